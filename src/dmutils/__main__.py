@@ -1,0 +1,5 @@
+import sys
+
+from dmutils.cli import main
+
+sys.exit(main())

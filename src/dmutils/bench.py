@@ -1,0 +1,35 @@
+"""``dmutils bench NAME [--json]``: benchmarks that print figures (never timed tests).
+
+Each benchmark is a module ``dmutils.benchmarks.<name>`` with ``add_arguments(parser)`` (optional)
+and ``run(args) -> dict``; with ``--json`` the dict is printed as one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+
+BENCHMARKS = {
+    "capture": "attention capture overhead and memory (ratio of generation time with/without capture)",
+    "generate": "dataset throughput vs plain generation",
+    "toy-model": "quality of the embedded toy model: presence rate, attention mIoU, speed, oracle mIoU",
+    "segmenter": "segmenter trained on synthetic vs real toy data",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke test of the benchmark itself)")
+
+
+def main(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"dmutils.benchmarks.{args.name.replace('-', '_')}")
+    result = module.run(args)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        width = max(map(len, result))
+        for k, v in result.items():
+            print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return 0

@@ -1,0 +1,1 @@
+"""Synthetic dataset factory: prompts -> images + attention maps -> masks -> VOC-layout folders."""

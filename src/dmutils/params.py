@@ -1,0 +1,370 @@
+"""Typed run parameters: one schema, defaults for every setting, loud errors before any compute.
+
+A params file is YAML. It may name a parent with ``extends: other.yaml`` (path relative to the
+file), whose values it overrides key by key. Command-line overrides use dotted keys
+(``--set capture.tau=2``) and are applied last. Unknown keys and bad values raise
+:class:`ParamsError` with a one-line message naming the field and what is allowed.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ParamsError(ValueError):
+    """A params file or override is wrong; the message says what and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------
+class ModelParams(_Strict):
+    """Which diffusion model generates, and how."""
+
+    path: str = Field("models/toy-sd", description="hub id or local diffusers folder")
+    family: Literal["sd", "sdxl"] = "sd"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    num_inference_steps: int = Field(25, ge=1, le=1000)
+    guidance_scale: float = Field(7.5, ge=0.0, le=50.0)
+    height: int | None = Field(None, ge=8, description="image side; None = the model's default")
+    width: int | None = Field(None, ge=8)
+    scheduler: str | None = Field(None, description="diffusers scheduler class name; None = the model's")
+
+
+class ClassSpec(_Strict):
+    """One class of the label set, with the words a prompt may use for it."""
+
+    name: str
+    synonyms: list[str] = Field(default_factory=list)
+    subclasses: list[str] = Field(default_factory=list)
+
+
+class PromptParams(_Strict):
+    """Where prompts come from and how class words are attached to them."""
+
+    source: Literal["templates", "captions", "retrieval"] = "templates"
+    templates: list[str] = Field(
+        default_factory=lambda: ["a {0}", "a {0} and a {1}", "a photo of a {0} and a {1}"],
+        description="'{0}', '{1}', ... are replaced by class words",
+    )
+    caption_file: str | None = Field(None, description="Dataset Diffusion JSON: filename, caption, class_prompt")
+    corpus_file: str | None = Field(None, description="text file, one caption a line, for retrieval")
+    class_prompt: Literal["none", "append", "cross_attention"] = Field(
+        "append", description="'append': 'a man on a horse; person horse'; 'cross_attention': maps from the class prompt only"
+    )
+    classes_per_image: list[int] = Field(default_factory=lambda: [1, 2])
+    use_synonyms: bool = True
+
+    @field_validator("classes_per_image")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError("must be a non-empty list of counts >= 1")
+        return v
+
+
+class CaptureParams(_Strict):
+    """Which attention maps are recorded while the model generates."""
+
+    cross_resolutions: list[int] = Field(default_factory=lambda: [16], description="map side lengths, e.g. 8/16/32/64 at 512 px")
+    self_resolutions: list[int] = Field(default_factory=lambda: [32])
+    blocks: list[Literal["down", "mid", "up"]] = Field(default_factory=lambda: ["down", "mid", "up"])
+    timestep_window: tuple[float, float] = Field((0.0, 1.0), description="fraction of the denoising steps, 0 = first step")
+    head_reduce: Literal["mean", "max"] = "mean"
+    token_reduce: Literal["mean", "max", "sum"] = "mean"
+    resolution_weights: dict[int, float] | None = Field(None, description="None = equal weights")
+
+    @field_validator("timestep_window")
+    @classmethod
+    def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError("must be (start, end) with 0 <= start < end <= 1")
+        return v
+
+
+class CRFParams(_Strict):
+    """DenseCRF refinement (DiffuMask defaults)."""
+
+    enabled: bool = False
+    iterations: int = Field(10, ge=1, le=100)
+    gaussian_sxy: float = Field(3.0, gt=0)
+    gaussian_compat: float = Field(3.0, ge=0)
+    bilateral_sxy: float = Field(80.0, gt=0)
+    bilateral_srgb: float = Field(13.0, gt=0)
+    bilateral_compat: float = Field(10.0, ge=0)
+
+
+class MaskParams(_Strict):
+    """How attention maps become labels."""
+
+    normalize: Literal["minmax", "minmax_per_class", "none"] = "minmax"
+    upsample: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    tau: int = Field(1, ge=0, le=16, description="self-attention exponent: A* = A_self^tau . A_cross")
+    refine: Literal["none", "self_attention", "affinity"] = "self_attention"
+    threshold_mode: Literal["fixed", "per_class", "adaptive"] = "fixed"
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    threshold_table: str | None = Field(None, description="CSV with columns class,threshold (from study 02)")
+    adaptive_candidates: list[float] = Field(default_factory=lambda: [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7])
+    uncertain_band: tuple[float, float] | None = Field(None, description="scores in [lo, hi) become 255 = ignore")
+    crf: CRFParams = Field(default_factory=CRFParams)
+    min_area: float = Field(0.0, ge=0.0, lt=1.0, description="regions smaller than this image fraction are removed")
+
+    @field_validator("uncertain_band")
+    @classmethod
+    def _band(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 <= v[0] < v[1] <= 1.0:
+            raise ValueError("must be (lo, hi) with 0 <= lo < hi <= 1, or null")
+        return v
+
+
+class SpliceParams(_Strict):
+    """DiffuMask's splicing augmentation: mosaics of generated samples."""
+
+    enabled: bool = False
+    grids: list[tuple[int, int]] = Field(default_factory=lambda: [(1, 2), (2, 2), (3, 3)])
+    count: int = Field(0, ge=0, description="number of mosaics; 0 = as many as source samples")
+    blur: float = Field(0.0, ge=0.0)
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class DatasetParams(_Strict):
+    """The synthetic dataset that generation writes."""
+
+    name: str = "toy-synthetic"
+    out_dir: str = Field("data/{run}/synthetic", description="'{run}' is replaced by run.name")
+    num_samples: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=1)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    save_maps: bool = True
+    workers: int = Field(1, ge=0, description="post-processing worker processes; 0 = in the main process")
+    min_area: float = Field(0.001, ge=0.0, lt=1.0, description="a named class below this fraction rejects the sample")
+    splice: SpliceParams = Field(default_factory=SpliceParams)
+
+
+class RealDataParams(_Strict):
+    """The real dataset that segmenters are evaluated on (and the real-label baseline trains on)."""
+
+    kind: Literal["toy", "voc", "cityscapes", "ade20k", "voc_layout"] = "toy"
+    root: str = Field("data/toy-real", description="dataset folder; for 'toy' it is rendered there if missing")
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    toy_sizes: dict[str, int] = Field(default_factory=lambda: {"train": 400, "val": 100, "test": 200})
+
+
+class NoiseLearningParams(_Strict):
+    enabled: bool = False
+    folds: int = Field(3, ge=2)
+    drop_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class TrainParams(_Strict):
+    """Segmenter training (transformers models)."""
+
+    architecture: Literal["segformer", "mask2former", "deeplabv3"] = "segformer"
+    pretrained: str | None = Field(None, description="hub id or folder; None = random init from config")
+    config: dict[str, Any] = Field(default_factory=dict, description="overrides of the transformers config")
+    image_size: int = Field(64, ge=16)
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    ema: float | None = Field(None, description="EMA decay, e.g. 0.999; None = off")
+    amp: bool = True
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    flip: bool = True
+    tta: bool = False
+    noise_learning: NoiseLearningParams = Field(default_factory=NoiseLearningParams)
+    self_training: bool = False
+    seen_classes: list[str] | None = Field(None, description="open-vocabulary split; None = all seen")
+
+
+class StudyParams(_Strict):
+    """Settings of the analysis notebooks."""
+
+    attention_prompts: list[str] = Field(default_factory=lambda: ["a red circle and a blue square"])
+    attention_seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    threshold_images_per_class: int = Field(12, ge=1)
+    thresholds: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
+    taus: list[int] = Field(default_factory=lambda: [0, 1, 2, 4])
+    ablation_grid: str | None = Field("params/ablations/toy_small.yaml", description="YAML of variants")
+    ablation_samples: int = Field(24, ge=1)
+
+
+class OracleParams(_Strict):
+    """What labels generated images as ground truth in the studies."""
+
+    kind: Literal["toy", "transformers", "none"] = "toy"
+    model: str | None = Field(None, description="transformers segmentation model (hub id or folder)")
+    class_map: dict[str, str] = Field(default_factory=dict, description="oracle label -> our class")
+
+
+class RunParams(_Strict):
+    name: str = "toy"
+    seed: int = 0
+    notebooks: list[str] = Field(
+        default_factory=lambda: ["01_attention_analysis", "02_threshold_vs_iou", "03_generate_dataset", "04_train_segmenter", "05_ablations"]
+    )
+    reports_dir: str = "reports"
+
+
+class Params(_Strict):
+    """Everything one run needs."""
+
+    run: RunParams = Field(default_factory=RunParams)
+    model: ModelParams = Field(default_factory=ModelParams)
+    classes: list[ClassSpec] = Field(default_factory=list, description="empty = the toy world's classes")
+    prompts: PromptParams = Field(default_factory=PromptParams)
+    capture: CaptureParams = Field(default_factory=CaptureParams)
+    masks: MaskParams = Field(default_factory=MaskParams)
+    dataset: DatasetParams = Field(default_factory=DatasetParams)
+    real: RealDataParams = Field(default_factory=RealDataParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    study: StudyParams = Field(default_factory=StudyParams)
+    oracle: OracleParams = Field(default_factory=OracleParams)
+
+    @model_validator(mode="after")
+    def _fill_classes(self) -> "Params":
+        if not self.classes:
+            from dmutils.toyworld import CLASSES
+
+            object.__setattr__(self, "classes", [ClassSpec(**c) for c in CLASSES])
+        return self
+
+    # -- helpers ------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def resolve_path(self, p: str) -> Path:
+        """A path from the params, relative to the repository root unless absolute; '{run}' expanded."""
+        path = Path(p.replace("{run}", self.run.name)).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    def digest(self, *sections: str) -> str:
+        """A short hash of the named sections (all when none): same params, same hash."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {k: data[k] for k in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ParamsError(f"{path}: 'extends' loops back to itself via {' -> '.join(map(str, seen))}")
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: must hold a mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = _read_yaml((path.parent / parent), seen + (path,))
+    return deep_merge(base, data)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``over`` into a copy of ``base``; nested mappings merge, everything else replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["capture.tau=2", "run.name=x"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ParamsError(f"override {item!r} must look like section.key=value, e.g. masks.tau=2")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ParamsError(f"override {item!r} has an empty key part")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"override {item!r} conflicts with another override of {p!r}")
+        node[parts[-1]] = value
+    return out
+
+
+def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid field names at ``loc`` (the parent of an offending key)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                sub = ann
+            else:
+                return []
+        model = sub
+    return list(model.model_fields)
+
+
+def _explain(e: ValidationError, source: str) -> ParamsError:
+    lines = []
+    for err in e.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            valid = _fields_of(Params, loc[:-1])
+            near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"did you mean '{'.'.join(map(str, loc[:-1] + (near[0],)))}'?" if near else f"valid keys: {', '.join(valid)}"
+            lines.append(f"unknown key '{dotted}' ({hint})")
+        else:
+            got = err.get("input")
+            lines.append(f"'{dotted}' = {got!r} is not allowed: {err['msg']}")
+    return ParamsError(f"{source}: " + "; ".join(lines))
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Params:
+    """Read a params file (None = all defaults), apply ``extends`` and overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
+            p = REPO_ROOT / p
+        data = _read_yaml(p)
+        source = str(path)
+    if overrides:
+        over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        data = deep_merge(data, over)
+        source += " with overrides"
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise _explain(e, source) from None

@@ -1,0 +1,1 @@
+"""Segmenters: dataset readers, training, evaluation, noise learning, self-training."""

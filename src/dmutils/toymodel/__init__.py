@@ -1,0 +1,1 @@
+"""The embedded default model: a small Stable-Diffusion-shaped model trained on the toy world."""
