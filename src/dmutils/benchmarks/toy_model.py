@@ -1,0 +1,107 @@
+"""``dmutils bench toy-model``: is the embedded model good enough to stand in for Stable Diffusion?
+
+On generated images from two-class prompts ("a circle and a star", every pair of classes in turn,
+fixed seeds), with the oracle as ground truth:
+- ``presence_rate``: the fraction of named objects the oracle finds (at least ``min_fraction`` of the image);
+- ``attention_miou``: mIoU (background included) of plain cross-attention masks (heads, layers and steps
+  averaged over the toy params' resolutions; min-max normalised; fixed threshold; no refinement) vs the oracle;
+- ``seconds_per_image`` at 50 steps (batch of ``batch``, with CFG), and ``oracle_miou_real`` on real test scenes.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import numpy as np
+import torch
+
+from dmutils import oracle as oracle_mod
+from dmutils.params import load_params
+from dmutils.toyworld import CLASS_NAMES
+
+SPLIT_TEST_OFFSET = 2_000_000
+
+
+def two_class_prompts(n: int) -> list[tuple[str, tuple[str, str]]]:
+    pairs = list(itertools.permutations(CLASS_NAMES, 2))
+    return [(f"a {a} and a {b}", (a, b)) for a, b in (pairs[i % len(pairs)] for i in range(n))]
+
+
+def attention_masks(maps, i: int, classes: tuple[str, ...], size: int, threshold: float) -> np.ndarray:
+    """Plain masks: each class word's map min-max normalised, argmax, background below ``threshold``."""
+    from dmutils.masks import label_map, normalize
+
+    scores = normalize(maps.class_maps(i, {c: c for c in classes}, size=size), "minmax")
+    return label_map(scores, [CLASS_NAMES.index(c) + 1 for c in classes], threshold, None)
+
+
+def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold: float, min_fraction: float = 0.01, progress=True):
+    from tqdm.auto import tqdm
+
+    from dmutils.attention import CaptureSpec, capture
+
+    spec = CaptureSpec.from_params(params.capture)
+    spec = CaptureSpec(cross_resolutions=spec.cross_resolutions, self_resolutions=(), blocks=spec.blocks,
+                       timestep_window=spec.timestep_window, head_reduce=spec.head_reduce, token_reduce=spec.token_reduce)
+    items = two_class_prompts(n)
+    found = named = 0
+    preds, targets, images = [], [], []
+    for start in tqdm(range(0, n, batch), desc="bench toy-model", disable=not progress):
+        chunk = items[start:start + batch]
+        gens = [torch.Generator().manual_seed(start + k) for k in range(len(chunk))]
+        with capture(pipe, spec) as rec:
+            out = pipe([p for p, _ in chunk], generator=gens, num_inference_steps=steps,
+                       guidance_scale=params.model.guidance_scale, output_type="np")
+        maps = rec.maps()
+        imgs = (out.images * 255).round().astype(np.uint8)
+        truth = orc.predict(imgs)
+        for k, (_, classes) in enumerate(chunk):
+            size = imgs.shape[1]
+            preds.append(attention_masks(maps, k, classes, size, threshold))
+            for c in classes:
+                named += 1
+                found += (truth[k] == CLASS_NAMES.index(c) + 1).mean() >= min_fraction
+            # the oracle's labels of classes the prompt did not name count as background
+            t = truth[k].copy()
+            t[~np.isin(t, [0] + [CLASS_NAMES.index(c) + 1 for c in classes])] = 0
+            targets.append(t)
+        images.append(imgs)
+    return {"presence_rate": found / named, "attention_miou": oracle_mod.miou(np.stack(preds), np.stack(targets)),
+            "images": np.concatenate(images), "preds": np.stack(preds), "targets": np.stack(targets)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:  # pragma: no cover - via bench.py
+    pass
+
+
+def run(args: argparse.Namespace) -> dict:
+    from dmutils.pipeline import load_pipeline
+
+    quick = getattr(args, "quick", False)
+    params = load_params("params/toy.yaml")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    pipe = load_pipeline(params.model, device="cpu")
+    orc = oracle_mod.load()
+    n, batch = (16, 8) if quick else (120, 12)
+    res = evaluate_model(pipe, params, n, batch, params.model.num_inference_steps, orc, params.masks.threshold)
+
+    prompts = [p for p, _ in two_class_prompts(4)]
+    pipe(prompts[:1], num_inference_steps=2, output_type="np")  # warm-up
+    t0 = time.perf_counter()
+    pipe(prompts, generator=[torch.Generator().manual_seed(k) for k in range(4)], num_inference_steps=10 if quick else 50, output_type="np")
+    spi = (time.perf_counter() - t0) / 4
+
+    real = oracle_mod.render_set(60 if quick else 200, SPLIT_TEST_OFFSET)
+    return {
+        "presence_rate": round(res["presence_rate"], 4),
+        "attention_miou": round(res["attention_miou"], 4),
+        "seconds_per_image": round(spi, 4),
+        "seconds_per_image_steps": 10 if quick else 50,
+        "oracle_miou_real": round(oracle_mod.miou(orc.predict(real[0]), real[1]), 4),
+        "images": n,
+        "steps": params.model.num_inference_steps,
+        "cross_resolutions": list(params.capture.cross_resolutions),
+        "threshold": params.masks.threshold,
+        "threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,213 @@
+"""Train the embedded toy model from scratch: ``dmutils train-toy-model``.
+
+Two stages, both on scenes of the toy world rendered on the fly once at start:
+1. the VAE (reconstruction + a small KL), then the latent scaling factor (1 / std of the latents), as SD does;
+2. the UNet and the text encoder's embeddings together, epsilon prediction with min-SNR weighting, 10% empty
+   captions for classifier-free guidance, an EMA of the weights that is what gets saved.
+The result is saved with ``StableDiffusionPipeline.save_pretrained`` (safetensors) and loads with
+``StableDiffusionPipeline.from_pretrained(folder)``, like SD 1.5. A log sits beside the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dmutils.toymodel import build
+from dmutils.toyworld import CLASSES, CLASS_NAMES, make_scene
+
+
+def render_corpus(n: int, seed: int, append_fraction: float = 0.25) -> tuple[torch.Tensor, list[str]]:
+    """n scenes as a uint8 tensor (n, 3, 64, 64) and their captions; some with class words appended."""
+    rng = np.random.default_rng(seed)
+    images, captions = [], []
+    for i in tqdm(range(n), desc="render", leave=False):
+        s = make_scene(seed * 10_000_000 + i, size=build.IMAGE_SIZE)
+        cap = s.caption
+        if rng.random() < append_fraction:
+            cap = f"{cap}; {' '.join(s.classes)}"
+        images.append(torch.from_numpy(s.image).permute(2, 0, 1))
+        captions.append(cap)
+    return torch.stack(images), captions
+
+
+def _to_unit(x: torch.Tensor) -> torch.Tensor:
+    return x.float() / 127.5 - 1.0
+
+
+class Log:
+    """Lines to stdout and to ``training_log.txt`` beside the weights."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = path.open("a")
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        tqdm.write(line)
+        self.f.write(line + "\n")
+        self.f.flush()
+
+
+def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, device, log: Log, max_minutes: float | None, gen: torch.Generator):
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae.train().to(device)
+    t0 = time.time()
+    bar = tqdm(range(steps), desc="vae")
+    for step in bar:
+        idx = torch.randint(0, len(images), (batch,), generator=gen)
+        # the VAE is fully convolutional: 32 px crops teach it the same at a quarter of the cost
+        i, j = torch.randint(0, images.shape[-1] - 32 + 1, (2,), generator=gen).tolist()
+        x = _to_unit(images[idx, :, i:i + 32, j:j + 32]).to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=None)).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 100 == 0:
+            log(f"vae step {step} loss {loss.item():.4f}")
+        if max_minutes and time.time() - t0 > 60 * max_minutes:
+            log(f"vae stopped at step {step} (time budget)")
+            break
+    vae.eval()
+    return vae
+
+
+@torch.no_grad()
+def encode_all(vae, images: torch.Tensor, device, batch: int = 256) -> torch.Tensor:
+    out = [vae.encode(_to_unit(images[i:i + batch]).to(device)).latent_dist.mean.cpu() for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+def train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args, device, log: Log, gen: torch.Generator):
+    from diffusers.training_utils import EMAModel, compute_snr
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    warm = max(1, args.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
+    ema = EMAModel(params, decay=0.999, use_ema_warmup=True, power=2 / 3)
+    ids_all = tokenizer(captions, padding="max_length", max_length=build.MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+    empty = tokenizer([""], padding="max_length", max_length=build.MAX_LENGTH, return_tensors="pt").input_ids[0]
+    unet.train().to(device)
+    text_encoder.train().to(device)
+    t0 = time.time()
+    bar = tqdm(range(args.steps), desc="unet")
+    for step in bar:
+        idx = torch.randint(0, len(latents), (args.batch,), generator=gen)
+        x0 = latents[idx].to(device)
+        ids = ids_all[idx].clone()
+        drop = torch.rand(args.batch, generator=gen) < 0.1
+        ids[drop] = empty
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (args.batch,), generator=gen).to(device)
+        xt = scheduler.add_noise(x0, noise, t)
+        cond = text_encoder(ids.to(device)).last_hidden_state
+        pred = unet(xt, t, cond).sample
+        snr = compute_snr(scheduler, t)
+        weight = torch.clamp(snr, max=5.0) / snr
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.step(params)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 100 == 0:
+            log(f"unet step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} elapsed {time.time() - t0:.0f}s")
+        if args.max_minutes and time.time() - t0 > 60 * args.max_minutes:
+            log(f"unet stopped at step {step} (time budget of {args.max_minutes} min)")
+            break
+    ema.copy_to(params)
+    unet.eval()
+    text_encoder.eval()
+    return step + 1, time.time() - t0
+
+
+def train_toy_model(args: argparse.Namespace) -> Path:
+    from diffusers import StableDiffusionPipeline
+
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    log = Log(out / "training_log.txt")
+    log(f"train-toy-model: {vars(args)} device={device} torch={torch.__version__}")
+    t_start = time.time()
+    images, captions = render_corpus(args.scenes, args.seed)
+    log(f"rendered {len(images)} scenes in {time.time() - t_start:.0f}s; e.g. {captions[:3]}")
+
+    if args.init_from:
+        # continue training a saved model: its VAE and tokenizer stay, UNet and text encoder go on learning
+        from diffusers import StableDiffusionPipeline
+
+        init = StableDiffusionPipeline.from_pretrained(args.init_from, safety_checker=None)
+        tokenizer, text_encoder, vae, unet = init.tokenizer, init.text_encoder, init.vae, init.unet
+        scheduler = build.make_scheduler()
+        log(f"continuing from {args.init_from}")
+    else:
+        tokenizer = build.make_tokenizer(out / "tokenizer")
+        text_encoder = build.make_text_encoder(len(tokenizer), tokenizer.eos_token_id, tokenizer.bos_token_id)
+        vae, unet, scheduler = build.make_vae(), build.make_unet(), build.make_scheduler()
+
+    t_vae = time.time()
+    if not args.init_from:
+        train_vae(vae, images, args.vae_steps, 32, 1e-3, device, log, args.vae_minutes, gen)
+    latents = encode_all(vae, images, device)
+    if not args.init_from:
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    scale = vae.config.scaling_factor
+    latents = latents * scale
+    with torch.no_grad():
+        x = _to_unit(images[:64]).to(device)
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        vae_psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec, x)))
+    log(f"vae done in {time.time() - t_vae:.0f}s: latents {tuple(latents.shape[1:])}, scaling_factor {scale:.4f}, reconstruction PSNR {vae_psnr:.1f} dB")
+
+    steps_done, unet_seconds = train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args, device, log, gen)
+    pipe = StableDiffusionPipeline(vae=vae.cpu(), text_encoder=text_encoder.cpu(), tokenizer=tokenizer, unet=unet.cpu(),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    total = time.time() - t_start
+    summary = {"seed": args.seed, "scenes": args.scenes, "unet_steps": steps_done, "init_from": args.init_from, "batch": args.batch, "lr": args.lr,
+               "unet_seconds": round(unet_seconds), "total_seconds": round(total), "vae_psnr_db": round(vae_psnr, 2),
+               "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "classes": CLASS_NAMES, "class_list": CLASSES}
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    log(f"saved to {out} after {total / 60:.1f} min in all")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="models/toy-sd", help="output folder (diffusers format)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenes", type=int, default=16000, help="rendered training scenes")
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--vae-minutes", type=float, default=8.0, help="stop the VAE stage after this long")
+    parser.add_argument("--steps", type=int, default=3000, help="UNet optimisation steps")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop the UNet stage after this long")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--init-from", default=None, help="a saved toy model folder to continue training")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+
+
+def main(args: argparse.Namespace) -> int:
+    train_toy_model(args)
+    return 0

@@ -1,0 +1,81 @@
+"""The embedded default model and the oracle: load like SD, generate, label."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dmutils import oracle
+from dmutils.toymodel import build
+from dmutils.toyworld import vocabulary
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "toy-sd"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(MODEL, safety_checker=None, local_files_only=True)
+
+
+def test_tokenizer_keeps_every_vocabulary_word_whole_and_falls_back_to_characters(tmp_path):
+    tok = build.make_tokenizer(tmp_path / "tok")
+    for w in vocabulary():
+        assert tok.tokenize(w) == [f"{w}</w>"]
+    assert len(tok.tokenize("aeroplane")) > 1  # unknown words split, as in CLIP
+    ids = tok("a red circle", padding="max_length", max_length=77).input_ids
+    assert len(ids) == 77 and ids[0] == tok.bos_token_id and ids[4] == tok.eos_token_id
+
+
+def test_shipped_model_loads_like_stable_diffusion_and_generates_64px(pipe):
+    out = pipe(["a red circle and a blue square"], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+               output_type="np")
+    assert out.images.shape == (1, 64, 64, 3)
+    assert np.isfinite(out.images).all()
+
+
+def test_shipped_model_has_sd_parts_and_cross_attention_at_three_resolutions(pipe):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    assert isinstance(pipe.unet, UNet2DConditionModel) and isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.text_encoder, CLIPTextModel) and isinstance(pipe.tokenizer, CLIPTokenizer)
+    from dmutils.attention import attention_layers
+
+    latent = pipe.unet.config.sample_size
+    sides = {latent >> layer.level for layer in attention_layers(pipe.unet) if layer.kind == "cross"}
+    assert len(sides) >= 3, sides
+
+
+def test_shipped_model_is_small_and_in_safetensors():
+    files = list(MODEL.rglob("*"))
+    assert sum(f.stat().st_size for f in files if f.is_file()) <= 40 * 2**20
+    weights = [f for f in files if f.suffix in (".safetensors", ".bin", ".pt")]
+    assert weights and all(f.suffix == ".safetensors" for f in weights)
+    assert (MODEL / "training_log.txt").is_file()
+    summary = json.loads((MODEL / "training_summary.json").read_text())
+    assert summary["unet_steps"] >= 1
+
+
+def test_oracle_reaches_its_bar_on_real_test_scenes():
+    model = oracle.load()
+    images, labels = oracle.render_set(40, seed_offset=2_000_000)
+    assert oracle.miou(model.predict(images), labels) >= 0.95
+
+
+def test_oracle_rejects_wrong_shapes_and_missing_weights(tmp_path):
+    with pytest.raises(ValueError, match="expects"):
+        oracle.load().predict(np.zeros((64, 64), np.uint8))
+    with pytest.raises(FileNotFoundError, match="python -m dmutils.oracle"):
+        oracle.load(tmp_path)
+
+
+def test_miou_counts_background_and_ignores_absent_classes():
+    t = np.zeros((1, 4, 4), np.uint8)
+    t[0, :2] = 1
+    p = t.copy()
+    p[0, 0, 0] = 0  # one object pixel missed
+    # class 1: 7/8; background: 8/9; classes 2.. absent -> not averaged
+    assert oracle.miou(p, t) == pytest.approx((7 / 8 + 8 / 9) / 2)
