@@ -79,8 +79,10 @@ class PromptParams(_Strict):
 class CaptureParams(_Strict):
     """Which attention maps are recorded while the model generates."""
 
-    cross_resolutions: list[int] = Field(default_factory=lambda: [16], description="map side lengths, e.g. 8/16/32/64 at 512 px")
-    self_resolutions: list[int] = Field(default_factory=lambda: [32])
+    # Defaults are for the toy model (64 px images, maps at 16/8/4/2). Dataset Diffusion's SD setting is
+    # cross [16] + self [32] at 512 px (params/voc_sd15.yaml).
+    cross_resolutions: list[int] = Field(default_factory=lambda: [16, 8], description="map side lengths, e.g. 8/16/32/64 for SD at 512 px")
+    self_resolutions: list[int] = Field(default_factory=lambda: [16])
     blocks: list[Literal["down", "mid", "up"]] = Field(default_factory=lambda: ["down", "mid", "up"])
     timestep_window: tuple[float, float] = Field((0.0, 1.0), description="fraction of the denoising steps, 0 = first step")
     head_reduce: Literal["mean", "max"] = "mean"
@@ -108,6 +110,19 @@ class CRFParams(_Strict):
     bilateral_compat: float = Field(10.0, ge=0)
 
 
+class AffinityParams(_Strict):
+    """DiffuMask's learned semantic affinity (AffinityNet-style), for masks.refine='affinity'."""
+
+    radius: int = Field(5, ge=1, le=16, description="pixel pairs / random-walk neighbours within this radius")
+    beta: float = Field(8.0, gt=0, description="affinity exponent of the transition matrix (AffinityNet: 8)")
+    iterations: int = Field(8, ge=0, le=256, description="random-walk steps")
+    dim: int = Field(16, ge=1, description="embedding channels")
+    width: int = Field(16, ge=1, description="conv channels")
+    steps: int = Field(100, ge=1, description="training steps on the batch of pseudo-masks")
+    pairs: int = Field(4096, ge=1, description="pixel pairs sampled per group (bg-bg, object-object, cross-label) per step")
+    lr: float = Field(1e-2, gt=0)
+
+
 class MaskParams(_Strict):
     """How attention maps become labels."""
 
@@ -121,6 +136,8 @@ class MaskParams(_Strict):
     adaptive_candidates: list[float] = Field(default_factory=lambda: [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7])
     uncertain_band: tuple[float, float] | None = Field(None, description="scores in [lo, hi) become 255 = ignore")
     crf: CRFParams = Field(default_factory=CRFParams)
+    affinity: AffinityParams = Field(default_factory=AffinityParams)
+    resolution_weights: dict[int, float] | None = Field(None, description="weight per cross-attention resolution; None = equal (DiffuMask)")
     min_area: float = Field(0.0, ge=0.0, lt=1.0, description="regions smaller than this image fraction are removed")
 
     @field_validator("uncertain_band")
@@ -167,9 +184,12 @@ class RealDataParams(_Strict):
 
 
 class NoiseLearningParams(_Strict):
+    """DiffuMask's noise learning: k-fold agreement of each synthetic mask with a held-out prediction."""
+
     enabled: bool = False
     folds: int = Field(3, ge=2)
     drop_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    fold_steps: int | None = Field(None, ge=1, description="training steps of each fold model; None = train.steps")
 
 
 class TrainParams(_Strict):
@@ -177,21 +197,35 @@ class TrainParams(_Strict):
 
     architecture: Literal["segformer", "mask2former", "deeplabv3"] = "segformer"
     pretrained: str | None = Field(None, description="hub id or folder; None = random init from config")
-    config: dict[str, Any] = Field(default_factory=dict, description="overrides of the transformers config")
+    config: dict[str, Any] = Field(default_factory=dict, description="overrides of the small default config in dmutils.segment.models")
+    device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     image_size: int = Field(64, ge=16)
     steps: int = Field(600, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
-    ema: float | None = Field(None, description="EMA decay, e.g. 0.999; None = off")
-    amp: bool = True
+    schedule: Literal["poly", "cosine"] = Field("poly", description="learning-rate decay after warmup (poly power 0.9)")
+    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay, e.g. 0.999; None = off")
+    amp: bool = Field(True, description="mixed precision; used on CUDA only")
     scale_range: tuple[float, float] = (0.75, 1.5)
     flip: bool = True
+    cache: bool = Field(True, description="decode every sample once into memory (small sets); off for VOC-sized sets")
+    checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
+    eval_batch_size: int = Field(32, ge=1)
     tta: bool = False
+    tta_scales: list[float] = Field(default_factory=lambda: [0.75, 1.0, 1.25], description="multi-scale TTA factors (plus flips)")
+    pseudo_label_confidence: float = Field(0.9, ge=0, le=1, description="self-training: pixels below it become 255 = ignore")
     noise_learning: NoiseLearningParams = Field(default_factory=NoiseLearningParams)
     self_training: bool = False
     seen_classes: list[str] | None = Field(None, description="open-vocabulary split; None = all seen")
+
+    @field_validator("scale_range")
+    @classmethod
+    def _scales(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("must be (lo, hi) with 0 < lo <= hi, e.g. (0.75, 1.5)")
+        return v
 
 
 class StudyParams(_Strict):
@@ -199,8 +233,11 @@ class StudyParams(_Strict):
 
     attention_prompts: list[str] = Field(default_factory=lambda: ["a red circle and a blue square"])
     attention_seeds: list[int] = Field(default_factory=lambda: [0, 1])
-    threshold_images_per_class: int = Field(12, ge=1)
+    timestep_windows: int = Field(4, ge=1, le=50, description="study 01: disjoint windows the denoising steps are split into")
+    threshold_images_per_class: int = Field(8, ge=1, description="study 02: generated images per class (every other one names two classes)")
     thresholds: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
+    crf_thresholds: list[float] | None = Field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+                                               description="study 02: thresholds of the CRF-on sweeps (DenseCRF is slow); None = study.thresholds")
     taus: list[int] = Field(default_factory=lambda: [0, 1, 2, 4])
     ablation_grid: str | None = Field("params/ablations/toy_small.yaml", description="YAML of variants")
     ablation_samples: int = Field(24, ge=1)
@@ -215,12 +252,16 @@ class OracleParams(_Strict):
 
 
 class RunParams(_Strict):
-    name: str = "toy"
+    """What ``dmutils run`` executes and where the report goes."""
+
+    name: str = Field("toy", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="report folder name: letters, digits, . _ -")
     seed: int = 0
     notebooks: list[str] = Field(
-        default_factory=lambda: ["01_attention_analysis", "02_threshold_vs_iou", "03_generate_dataset", "04_train_segmenter", "05_ablations"]
+        default_factory=lambda: ["01_attention_analysis", "02_threshold_vs_iou", "03_generate_dataset", "04_train_segmenter", "05_ablations"],
+        description="names in notebooks_dir ('.ipynb' optional) or paths; run in this order",
     )
-    reports_dir: str = "reports"
+    notebooks_dir: str = Field("notebooks", description="where notebook names are looked up")
+    reports_dir: str = Field("reports", description="reports go to <reports_dir>/<name>/")
 
 
 class Params(_Strict):

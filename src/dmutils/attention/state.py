@@ -1,0 +1,51 @@
+"""The capture state: running sums of attention probabilities, flat in the number of steps.
+
+One float32 buffer per (kind, resolution) on the model's device, summed over layers and steps;
+``counts`` says how many (layer, step) maps each holds. Nothing is kept per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class CaptureState:
+    head_reduce: str = "mean"
+    sums: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    counts: dict[tuple[str, int], int] = field(default_factory=dict)
+    shapes: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # (h, w) of each map
+    recording: bool = False  # the current UNet call is a step inside the window
+    cond: slice = field(default_factory=lambda: slice(None))  # rows of the UNet batch that are the conditional half
+    step: int = -1
+    num_steps: int = 0
+    steps_recorded: list[int] = field(default_factory=list)
+    class_context: torch.Tensor | None = None  # class-prompt embeddings, (N, 77, D), or None
+    peak_bytes: int = 0
+
+    def add(self, kind: str, resolution: int, probs: torch.Tensor) -> None:
+        """Add one layer's probabilities (N, heads, queries, keys), reduced over heads."""
+        probs = probs.float()
+        reduced = probs.mean(1) if self.head_reduce == "mean" else probs.amax(1)
+        key = (kind, resolution)
+        buf = self.sums.get(key)
+        if buf is None:
+            self.sums[key] = reduced.clone()
+            self.counts[key] = 1
+            self.peak_bytes = max(self.peak_bytes, self.nbytes)
+        else:
+            buf += reduced
+            self.counts[key] += 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.sums.values())
+
+    def reset(self) -> None:
+        """Forget the sums (a new generation starts)."""
+        self.sums.clear()
+        self.counts.clear()
+        self.shapes.clear()
+        self.steps_recorded.clear()
+        self.step = -1

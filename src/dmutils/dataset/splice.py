@@ -1,0 +1,148 @@
+"""DiffuMask's splicing augmentation: mosaics of 1x2, 2x2 or 3x3 generated samples with their masks.
+
+A mosaic has the **dataset's image size** (not the grid's r*H x c*W): every tile is centre-cropped to
+its cell's aspect ratio and resized into the cell (image: bilinear/antialiased, mask: nearest), so
+loaders and segmenters see one image size, and what splicing is for -- smaller objects, several
+instances and classes per image -- comes from the shrinking. Cropping rather than squeezing keeps
+shapes undistorted; the mask is cropped and resized with the same boxes, so it stays aligned.
+Cells split the side as evenly as integers allow (64 px in 3 rows: 21, 21, 22).
+
+Photometric options (``dataset.splice.blur``, ``color_jitter``) change the image only, after
+splicing: a Gaussian blur of radius ``U(0, blur)`` px and brightness/contrast/saturation factors
+in ``[1 - j, 1 + j]`` (PIL's ImageEnhance). Mosaic ``k`` draws its grid, tiles and jitter from
+(run.seed, k), so the same params give the same mosaics.
+
+Mosaics are drawn from the source's ``train`` split only (val images never leak into training
+mosaics) and written as a new VOC-layout dataset whose ``train`` split lists them all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+from tqdm.auto import tqdm
+
+from dmutils import voc
+from dmutils.dataset.prompts import _hash_int
+from dmutils.params import Params, ParamsError, SpliceParams, load_params
+
+
+def _edges(n: int, parts: int) -> list[int]:
+    return [round(n * k / parts) for k in range(parts + 1)]
+
+
+def _crop_to_aspect(h: int, w: int, ch: int, cw: int) -> tuple[int, int, int, int]:
+    """Centre box (left, top, right, bottom) of an h x w tile with the aspect ratio ch : cw."""
+    if w * ch > h * cw:  # too wide
+        nw = max(1, round(h * cw / ch))
+        left = (w - nw) // 2
+        return left, 0, left + nw, h
+    nh = max(1, round(w * ch / cw))
+    top = (h - nh) // 2
+    return 0, top, w, top + nh
+
+
+def splice(images: list[np.ndarray], labels: list[np.ndarray], grid: tuple[int, int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One mosaic of ``rows * cols`` tiles (row-major) at ``size`` = (H, W): image (H, W, 3), label (H, W)."""
+    rows, cols = grid
+    if len(images) != rows * cols or len(labels) != rows * cols:
+        raise ValueError(f"a {rows}x{cols} mosaic needs {rows * cols} tiles, got {len(images)} images, {len(labels)} labels")
+    H, W = size
+    ys, xs = _edges(H, rows), _edges(W, cols)
+    out_img = np.zeros((H, W, 3), np.uint8)
+    out_lab = np.zeros((H, W), np.uint8)
+    for k, (img, lab) in enumerate(zip(images, labels)):
+        if img.shape[:2] != lab.shape:
+            raise ValueError(f"tile {k}: image {img.shape[:2]} and label {lab.shape} differ in size")
+        r, c = divmod(k, cols)
+        ch, cw = ys[r + 1] - ys[r], xs[c + 1] - xs[c]
+        box = _crop_to_aspect(*lab.shape, ch, cw)
+        tile = Image.fromarray(img).resize((cw, ch), Image.BILINEAR, box=box)
+        tlab = Image.fromarray(lab).resize((cw, ch), Image.NEAREST, box=box)
+        out_img[ys[r]:ys[r + 1], xs[c]:xs[c + 1]] = np.asarray(tile)
+        out_lab[ys[r]:ys[r + 1], xs[c]:xs[c + 1]] = np.asarray(tlab)
+    return out_img, out_lab
+
+
+def photometric(image: np.ndarray, rng: np.random.Generator, blur: float, jitter: float) -> np.ndarray:
+    """Gaussian blur and colour jitter; the label is untouched (pixels do not move)."""
+    img = Image.fromarray(image)
+    if jitter > 0:
+        for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+            img = enhance(img).enhance(float(rng.uniform(1 - jitter, 1 + jitter)))
+    if blur > 0:
+        img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, blur))))
+    return np.asarray(img)
+
+
+def _read_meta(src: Path) -> dict:
+    path = src / "dataset.json"
+    if not path.is_file():
+        raise ParamsError(f"{src} is not a dataset folder (no dataset.json); give a folder that 'dmutils generate' wrote")
+    return json.loads(path.read_text())
+
+
+def splice_dataset(src: str | Path, out: str | Path, splice_params: SpliceParams, seed: int = 0,
+                   progress: bool = True) -> dict:
+    """Write ``splice_params.count`` mosaics of ``src``'s train samples to ``out`` (VOC layout); returns a summary."""
+    src, out = Path(src), Path(out)
+    meta = _read_meta(src)
+    ids = voc.read_split(src, "train")
+    grids = [tuple(g) for g in splice_params.grids]
+    bad = [g for g in grids if len(g) != 2 or min(g) < 1]
+    if bad or not grids:
+        raise ParamsError(f"dataset.splice.grids must be a non-empty list of [rows, cols] with rows, cols >= 1; got {splice_params.grids}")
+    need = max(r * c for r, c in grids)
+    if len(ids) < need:
+        raise ParamsError(f"{src} has {len(ids)} train samples; a {need}-tile mosaic needs at least {need} "
+                          f"(generate more or drop the larger grids from dataset.splice.grids)")
+    if out.resolve() == src.resolve():
+        raise ParamsError("splice output must be a new folder, not the source dataset")
+    first = voc.read_image(src / voc.IMAGES / f"{ids[0]}.jpg")
+    size = first.shape[:2]
+    count = splice_params.count or len(ids)
+    manifest, written = [], []
+    for k in tqdm(range(count), desc="splice", unit="mosaic", disable=not progress):
+        rng = np.random.default_rng([_hash_int("dmutils-splice", seed, k) % 2**63])
+        grid = grids[int(rng.integers(len(grids)))]
+        picks = [ids[j] for j in rng.choice(len(ids), size=grid[0] * grid[1], replace=False)]
+        images = [voc.read_image(src / voc.IMAGES / f"{i}.jpg") for i in picks]
+        labels = [voc.read_label(src / voc.LABELS / f"{i}.png") for i in picks]
+        image, label = splice(images, labels, grid, size)
+        image = photometric(image, rng, splice_params.blur, splice_params.color_jitter)
+        sid = f"splice_{k:06d}"
+        voc.write_sample(out, sid, image, label)
+        present = [int(v) for v in np.unique(label) if v != voc.IGNORE_INDEX]
+        manifest.append({"id": sid, "grid": list(grid), "sources": picks, "labels": present})
+        written.append(sid)
+    voc.write_split(out, "train", written)
+    voc.atomic_write_bytes(out / "manifest.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in manifest).encode())
+    new_meta = {k: v for k, v in meta.items() if k in ("classes", "palette", "image_size")}
+    new_meta.update(name=f"{meta.get('name', src.name)}-spliced", source=str(src), seed=seed,
+                    splice=splice_params.model_dump(mode="json"))
+    voc.atomic_write_bytes(out / "dataset.json", json.dumps(new_meta, indent=2, sort_keys=True).encode())
+    grid_counts: dict[str, int] = {}
+    for m in manifest:
+        key = "x".join(map(str, m["grid"]))
+        grid_counts[key] = grid_counts.get(key, 0) + 1
+    return {"out_dir": str(out), "written": len(written), "grids": grid_counts}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dmutils.cli import add_params_arguments
+
+    parser.add_argument("dataset", type=Path, help="source dataset folder (what 'dmutils generate' wrote)")
+    add_params_arguments(parser)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <dataset>-spliced)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    params: Params = load_params(args.params, args.overrides)
+    out = args.out or args.dataset.with_name(args.dataset.name + "-spliced")
+    summary = splice_dataset(args.dataset, out, params.dataset.splice, params.run.seed, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0

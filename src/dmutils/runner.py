@@ -1,0 +1,249 @@
+"""``dmutils run PARAMS [--only 01,03] [--set k=v ...]``: the study notebooks, run with papermill, as one report.
+
+Params are loaded and validated first and the notebook list is checked, so a typo costs a
+one-line error, not a kernel start. Each notebook receives ``params_file``, ``overrides`` and
+``run_dir`` in its tagged parameters cell and runs with its own folder as working dir (as in
+JupyterLab). Everything lands in ``reports/<run.name>/``::
+
+    index.html  run.json  artifacts.jsonl
+    notebooks/<name>.ipynb  notebooks/<name>.html     executed notebook and its HTML export
+    figures/<fig>.png|pdf  tables/<table>.csv          written by the notebooks through dmutils.nb
+
+``run.json`` and ``index.html`` are rewritten after every notebook, so a failed or interrupted
+run leaves a report of what it did. The first failing notebook stops the run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dmutils import nb
+from dmutils.cli import add_params_arguments
+from dmutils.params import REPO_ROOT, Params, ParamsError, load_params
+from dmutils.voc import atomic_write_bytes
+
+KERNEL = "dmutils"
+FALLBACK_KERNEL = "python3"  # ipykernel's own spec: always this interpreter
+VERSIONS = ["dmutils", "torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "pandas",
+            "pydantic", "pydensecrf2", "torchmetrics", "papermill", "nbconvert", "ipykernel"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_params_arguments(parser)
+    parser.add_argument("--only", default=None, metavar="PREFIXES",
+                        help="run only the notebooks whose names start with these comma-separated prefixes, e.g. 01,03")
+    parser.add_argument("--kernel", default=None,
+                        help=f"Jupyter kernel (default: '{KERNEL}' when installed, else this interpreter's '{FALLBACK_KERNEL}')")
+
+
+def main(args: argparse.Namespace) -> int:
+    command = shlex.join(["dmutils", "run", *([args.params] if args.params else []), *(["--only", args.only] if args.only else []),
+                          *(x for o in args.overrides for x in ("--set", o))])
+    record = run(args.params, args.overrides, only=args.only, kernel=args.kernel, command=command)
+    if record["status"] != "ok":
+        print(f"dmutils run: error: {record['message']}", file=sys.stderr)
+        return 1
+    print(f"report: {Path(record['run_dir']) / 'index.html'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks done before any compute
+# ---------------------------------------------------------------------------------------------
+def resolve_notebooks(params: Params) -> list[Path]:
+    """``run.notebooks`` as existing .ipynb paths, in order; names are looked up in ``run.notebooks_dir``."""
+    folder = params.resolve_path(params.run.notebooks_dir)
+    paths = []
+    for entry in params.run.notebooks:
+        p = Path(entry if entry.endswith(".ipynb") else f"{entry}.ipynb").expanduser()
+        paths.append(p if p.is_absolute() else folder / p)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        have = sorted(p.stem for p in folder.glob("*.ipynb")) if folder.is_dir() else []
+        raise ParamsError(f"run.notebooks lists notebooks that do not exist: {', '.join(missing)}; "
+                          f"available in {folder}: {', '.join(have) or 'none'}")
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        raise ParamsError(f"run.notebooks names a notebook twice (outputs are named by file stem): {stems}")
+    return paths
+
+
+def select(paths: list[Path], only: str | None) -> list[Path]:
+    """The notebooks whose stems start with one of the comma-separated prefixes (all when None)."""
+    if not only:
+        return paths
+    prefixes = [s.strip() for s in only.split(",") if s.strip()]
+    unmatched = [pre for pre in prefixes if not any(p.stem.startswith(pre) for p in paths)]
+    if not prefixes or unmatched:
+        raise ParamsError(f"--only {only!r}: {', '.join(map(repr, unmatched)) or 'no prefix'} matches no notebook; "
+                          f"the sequence is {', '.join(p.stem for p in paths)}")
+    return [p for p in paths if any(p.stem.startswith(pre) for pre in prefixes)]
+
+
+def choose_kernel(requested: str | None = None) -> str:
+    """The project's kernel when registered (``make setup`` does it), else this interpreter's."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    ksm = KernelSpecManager()
+    specs = ksm.find_kernel_specs()
+    if requested:
+        if requested not in specs:
+            raise ParamsError(f"Jupyter kernel {requested!r} is not installed; installed: {', '.join(sorted(specs)) or 'none'}")
+        return requested
+    if KERNEL in specs:
+        exe = Path(ksm.get_kernel_spec(KERNEL).argv[0])
+        if exe.is_absolute() and exe.resolve() != Path(sys.executable).resolve():
+            print(f"warning: kernel '{KERNEL}' runs {exe}, not this interpreter ({sys.executable}); "
+                  f"re-register it with `make setup` or pass --kernel {FALLBACK_KERNEL}", file=sys.stderr)
+        return KERNEL
+    if FALLBACK_KERNEL in specs:
+        return FALLBACK_KERNEL
+    raise ParamsError(f"no Jupyter kernel found: run `make setup`, or "
+                      f"`python -m ipykernel install --sys-prefix --name {KERNEL} --display-name 'Python (dmutils)'`")
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+def run(params_file: str | Path | None = None, overrides: list[str] | None = None, only: str | None = None,
+        kernel: str | None = None, command: str | None = None) -> dict[str, Any]:
+    """Execute the notebook sequence; return the run record (the content of ``run.json``).
+
+    Raises :class:`ParamsError` before anything runs when the params, the notebook list, ``only``
+    or the kernel are wrong. A failing notebook does not raise: the record's ``status`` is
+    ``'failed'`` and its ``message`` names the notebook and the cell's error.
+    """
+    overrides = list(overrides or [])
+    path = nb.find_params_file(params_file)
+    params = load_params(path, overrides)
+    sequence = resolve_notebooks(params)
+    chosen = select(sequence, only)
+    kernel = choose_kernel(kernel)
+
+    run_dir = nb.default_run_dir(params)
+    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    (run_dir / nb.ARTIFACTS).unlink(missing_ok=True)  # this run's log starts empty
+    record: dict[str, Any] = {
+        "name": params.run.name, "status": "running", "message": None,
+        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "seconds": None,
+        "command": command or f"dmutils run {path or ''}".strip(), "params_file": str(path) if path else None,
+        "overrides": overrides, "seed": params.run.seed, "params_digest": params.digest(), "kernel": kernel,
+        "run_dir": str(run_dir), "git": git_info(), "versions": package_versions(),
+        "notebooks": [{"name": p.stem, "source": str(p), "status": "queued" if p in chosen else "not run",
+                       "seconds": None, "ipynb": None, "html": None, "error": None,
+                       "note": None if p in chosen else "not selected by --only", "artifacts": []} for p in sequence],
+        "params": params.model_dump(mode="json"),
+    }
+    entries = {e["source"]: e for e in record["notebooks"]}
+    t_run = time.perf_counter()
+    try:
+        for i, src in enumerate(chosen, 1):
+            entry = entries[str(src)]
+            print(f"[{i}/{len(chosen)}] {src.stem} ...", flush=True)
+            entry["status"] = "running"
+            _write(record, run_dir)
+            _execute(src, entry, run_dir, path, overrides, kernel)
+            print(f"[{i}/{len(chosen)}] {src.stem}: {entry['status']} in {entry['seconds']:.1f} s", flush=True)
+            if entry["error"]:
+                err = entry["error"]
+                where = f" in cell In [{err['cell']}]" if err["cell"] is not None else ""
+                see = f" (executed notebook with the traceback: {run_dir / entry['ipynb']})" if entry["ipynb"] else ""
+                record["status"] = "failed"
+                record["message"] = f"notebook {src.stem} failed{where}: {err['ename']}: {err['evalue']}{see}"
+                break
+        else:
+            record["status"] = "ok"
+    finally:  # also on Ctrl-C: the report shows how far the run got
+        if record["status"] == "running":
+            record["status"], record["message"] = "interrupted", "the run stopped before the end (interrupted)"
+        for e in record["notebooks"]:
+            if e["status"] in ("queued", "running"):
+                e["status"] = "interrupted" if e["status"] == "running" else "not run"
+                e["note"] = e["note"] or ("not run: an earlier notebook failed" if record["status"] == "failed" else None)
+        record["seconds"] = round(time.perf_counter() - t_run, 2)
+        _write(record, run_dir)
+    return record
+
+
+def _execute(src: Path, entry: dict[str, Any], run_dir: Path, params_file: Path | None,
+             overrides: list[str], kernel: str) -> None:
+    """Run one notebook with papermill, export it to HTML, file its artifacts under it."""
+    import papermill as pm
+
+    out = run_dir / "notebooks" / src.name
+    before = len(nb.read_artifacts(run_dir))
+    parameters = {"params_file": str(params_file) if params_file else "", "overrides": overrides, "run_dir": str(run_dir)}
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=str(src.parent),
+                            progress_bar=sys.stderr.isatty(), log_output=False)
+    except pm.PapermillExecutionError as e:
+        entry["error"] = {"cell": e.exec_count, "ename": e.ename, "evalue": e.evalue}
+    except Exception as e:  # the kernel died or would not start: still a failure of this notebook
+        entry["error"] = {"cell": None, "ename": type(e).__name__, "evalue": str(e)}
+    entry["seconds"] = round(time.perf_counter() - t0, 2)
+    entry["artifacts"] = nb.read_artifacts(run_dir)[before:]
+    if out.is_file():
+        entry["ipynb"] = out.relative_to(run_dir).as_posix()
+        html = _export_html(out)
+        entry["html"] = html.relative_to(run_dir).as_posix() if html else None
+    placeholder = [a for a in entry["artifacts"] if a.get("kind") == "status" and a.get("status") == "placeholder"]
+    entry["status"] = "failed" if entry["error"] else "placeholder" if placeholder else "ok"
+    if placeholder:
+        entry["note"] = placeholder[-1].get("note")
+
+
+def _export_html(ipynb: Path) -> Path | None:
+    """HTML of an executed notebook next to it (images embedded); None, with a warning, if export fails."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    try:
+        body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(ipynb, as_version=4))
+    except Exception as e:  # a report without one HTML export beats no report
+        print(f"warning: HTML export of {ipynb.name} failed: {e}", file=sys.stderr)
+        return None
+    html = ipynb.with_suffix(".html")
+    atomic_write_bytes(html, body.encode())
+    return html
+
+
+def _write(record: dict[str, Any], run_dir: Path) -> None:
+    from dmutils.report import write_index
+
+    atomic_write_bytes(run_dir / "run.json", json.dumps(record, indent=2).encode())
+    write_index(record, run_dir)
+
+
+def git_info() -> dict[str, Any]:
+    """Commit of the repository and whether tracked files differ from it (None outside git)."""
+    def git(*a: str) -> str | None:
+        try:
+            r = subprocess.run(["git", "-C", str(REPO_ROOT), *a], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions from package metadata (no imports, so no torch start-up cost)."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in VERSIONS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out

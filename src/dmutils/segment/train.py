@@ -1,0 +1,196 @@
+"""Train a segmenter on one or more datasets: ``dmutils train params.yaml --data real|synthetic|both``.
+
+Every batch is a function of (seed, step) only (``data.make_batch``) and the global RNG is reseeded
+per step, so a run interrupted and resumed from its checkpoint ends with the same weights as an
+uninterrupted one. AdamW with linear warmup then poly or cosine decay; optional EMA of weights;
+mixed precision on CUDA only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dmutils.params import Params, ParamsError, load_params
+from dmutils.segment.data import SegmentationDataset, TensorCache, check_same_classes, make_batch
+from dmutils.segment.models import Segmenter, build_segmenter
+from dmutils.voc import atomic_write_bytes
+
+
+@dataclass
+class TrainResult:
+    segmenter: Segmenter  # the EMA weights when EMA is on
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    out_dir: Path | None = None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamsError(f"train.device={name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def _scheduler(opt: torch.optim.Optimizer, train) -> torch.optim.lr_scheduler.LRScheduler:
+    from transformers import get_scheduler
+
+    name, kw = ("polynomial", {"power": 0.9}) if train.schedule == "poly" else ("cosine", {})
+    return get_scheduler(name, opt, num_warmup_steps=int(train.warmup_fraction * train.steps),
+                         num_training_steps=train.steps, scheduler_specific_kwargs=kw)
+
+
+def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_dir: str | Path | None = None,
+                    resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``params.train`` on the concatenation of ``datasets`` (same class lists).
+
+    With ``out_dir`` a checkpoint is written every ``train.checkpoint_every`` steps and on Ctrl-C,
+    and the final model goes to ``out_dir/model`` (``load_segmenter`` reads it); ``resume=True``
+    continues from ``out_dir/checkpoint.pt``.
+    """
+    train, seed = params.train, params.run.seed
+    datasets = datasets if isinstance(datasets, (list, tuple)) else [datasets]
+    if not datasets or any(len(d) == 0 for d in datasets):
+        raise ValueError("every training dataset must hold at least one sample; check the split files")
+    classes = check_same_classes(datasets)
+    device = pick_device(train.device)
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / "checkpoint.pt" if out else None
+    if resume and not (ckpt_path and ckpt_path.is_file()):
+        raise FileNotFoundError(f"nothing to resume: {ckpt_path} not found (drop --resume to start afresh)")
+
+    data = torch.utils.data.ConcatDataset([TensorCache(d, train.image_size) if train.cache else d for d in datasets])
+    torch.manual_seed(seed)
+    seg = build_segmenter(train, classes).to(device)
+    opt = torch.optim.AdamW(seg.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    sched = _scheduler(opt, train)
+    ema = (torch.optim.swa_utils.AveragedModel(seg, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(train.ema),
+                                               use_buffers=True) if train.ema else None)
+    amp = train.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    digest = params.digest("train") + f"-{seed}-{[len(d) for d in datasets]}"
+
+    start, losses, seconds = 0, [], 0.0
+    if resume:
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state["digest"] != digest:
+            raise ParamsError(f"{ckpt_path} was written with other train params, seed or data; "
+                              "use the same ones to resume, or a new --out to start afresh")
+        seg.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        start, losses, seconds = state["step"], state["losses"], state["seconds"]
+
+    def checkpoint(step: int) -> None:
+        if ckpt_path is None:
+            return
+        import io
+
+        buf = io.BytesIO()
+        torch.save({"step": step, "model": seg.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema else None, "losses": losses,
+                    "seconds": seconds + time.perf_counter() - t0, "digest": digest}, buf)
+        atomic_write_bytes(ckpt_path, buf.getvalue())
+
+    seg.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, train.steps), initial=start, total=train.steps, desc=f"train {train.architecture}",
+               disable=not progress, leave=False)
+    done = start
+    try:
+        for step in bar:
+            x, y = make_batch(data, step, train.batch_size, train.image_size, seed, train.scale_range, train.flip)
+            torch.manual_seed(seed + step)  # dropout / point sampling: same per step on resume
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                loss = seg.loss(x.to(device), y.to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower train.lr (now {train.lr})")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(seg)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            done = step + 1
+            if done % train.checkpoint_every == 0 and done < train.steps:
+                checkpoint(done)
+    except KeyboardInterrupt:
+        checkpoint(done)
+        raise
+    seconds += time.perf_counter() - t0
+    final = ema.module if ema is not None else seg
+    final.eval()
+    if out is not None:
+        checkpoint(train.steps)
+        final.save(out / "model")
+        log = {"steps": train.steps, "seconds": seconds, "losses": losses, "seed": seed,
+               "datasets": [str(getattr(d, "root", type(d).__name__)) for d in datasets],
+               "params": params.model_dump(mode="json")}
+        atomic_write_bytes(out / "train_log.json", json.dumps(log).encode())
+    return TrainResult(final, losses, seconds, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+def synthetic_dataset(params: Params, split: str = "train") -> SegmentationDataset:
+    """The synthetic set that ``dmutils generate`` wrote for these params (``dataset.out_dir``)."""
+    from dmutils.segment.data import VOCLayoutDataset
+
+    root = params.resolve_path(params.dataset.out_dir)
+    if not (root / "dataset.json").is_file():
+        raise FileNotFoundError(f"no synthetic dataset at {root}; run 'dmutils generate' with these params first")
+    return VOCLayoutDataset(root, split)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dmutils.cli import add_params_arguments
+
+    add_params_arguments(parser)
+    parser.add_argument("--data", choices=["real", "synthetic", "both"], default="real", help="training data")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default data/<run>/segmenter-<data>)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation on the real test split")
+
+
+def main(args: argparse.Namespace) -> int:
+    from dmutils.segment.data import open_real
+    from dmutils.segment.evaluate import evaluate
+
+    params = load_params(args.params, args.overrides)
+    out = args.out or params.resolve_path(f"data/{{run}}/segmenter-{args.data}")
+    real_train = open_real(params, params.real.train_split) if args.data in ("real", "both") else None
+    synthetic = synthetic_dataset(params) if args.data in ("synthetic", "both") else None
+    if synthetic is not None and params.train.noise_learning.enabled:
+        from dmutils.segment.noise import noise_learning
+
+        synthetic, scores = noise_learning(params, synthetic, progress=True)
+        out.mkdir(parents=True, exist_ok=True)
+        scores.to_csv(out / "noise_scores.csv", index=False)
+    datasets = [d for d in (real_train, synthetic) if d is not None]
+    result = train_segmenter(params, datasets, out, resume=args.resume)
+    if synthetic is not None and params.train.self_training:
+        from dmutils.segment.selftrain import self_train
+
+        result = self_train(params, result.segmenter, synthetic, extra=[real_train] if real_train else [], out_dir=out / "self_trained")
+    print(f"trained in {result.seconds:.1f}s, final loss {result.losses[-1]:.4f}; model in {result.out_dir / 'model'}")
+    if not args.no_eval:
+        test = open_real(params, params.real.test_split)
+        metrics = evaluate(result.segmenter, test, tta=params.train.tta, scales=params.train.tta_scales,
+                           seen_classes=params.train.seen_classes, batch_size=params.train.eval_batch_size)
+        atomic_write_bytes(result.out_dir / "metrics.json", json.dumps(metrics.to_dict(), indent=2).encode())
+        print(metrics.summary())
+    return 0

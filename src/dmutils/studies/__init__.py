@@ -1,0 +1,11 @@
+"""The logic of the study notebooks, so the notebooks stay thin.
+
+- :mod:`dmutils.studies.attention` (notebook 01): per-resolution, per-timestep-window and per-head
+  cross-attention, self-attention affinity of a pixel, the effect of tau -- all from one generation.
+- :mod:`dmutils.studies.thresholds` (notebook 02): IoU against the oracle as a function of the
+  threshold, per class, with confidence bands; the best threshold per class as the ``class,threshold``
+  table that ``masks.threshold_mode='per_class'`` reads; the same sweep over tau and CRF on/off.
+- :mod:`dmutils.studies.explorer` (``notebooks/explore_attention.ipynb``): the interactive view.
+
+Figures are drawn with :mod:`dmutils.figures`; the oracle comes from :func:`dmutils.oracles.get_oracle`.
+"""

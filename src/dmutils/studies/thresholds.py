@@ -1,0 +1,328 @@
+"""Study 02: IoU of the masks against the oracle as a function of the threshold, tau and CRF.
+
+DiffuMask (arXiv 2303.11681, fig. 4) picks the mask threshold by measuring, on generated images
+labelled by a pretrained segmenter, the IoU at every threshold; here per class, with a confidence
+band, and the best threshold per class is written as the table ``masks.threshold_mode=per_class``
+reads. The steps, each a function of the one before::
+
+    specs   = study_specs(params)                          # N prompts per class, one- and two-class
+    samples = generate_samples(pipe, params, oracle)       # images + maps as dataset generation makes them
+    records = sweep(samples, params)                       # one IoU per (sample, class, tau, crf, threshold)
+    curves  = threshold_curves(records, params)            # per class: mean, 95% CI, n per threshold
+    table   = threshold_table(best_thresholds(curves))     # class,threshold: the argmax of each curve
+
+IoU of a class in one image is the binary IoU of ``mask == class`` and ``oracle == class``, pixels
+that either marks 255 (ignore) left out. An image whose oracle labels have no pixel of a class (the
+model did not draw it: a generation failure, not a mask failure) has no IoU for that class at any
+threshold, so every point of a curve averages the same images (``n``). Masks come from :func:`dmutils.masks.make_mask` with
+the params' mask settings, except that the threshold mode is ``fixed`` at the swept value, there is
+no uncertain band (it would hide the pixels the threshold decides), and tau / CRF are the swept ones
+(DenseCRF is slow: CRF-on masks are swept at the coarser ``study.crf_thresholds``).
+Samples are generated with :func:`dmutils.dataset.generate.generate_batch`, the code the dataset
+is made with, so the study measures exactly what generation would produce.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dmutils.dataset.prompts import SampleSpec, TemplateSource, class_words
+from dmutils.masks import label_map, make_mask, remove_small_regions
+from dmutils.params import MaskParams, Params, ParamsError
+
+CONFIDENCE = 0.95
+
+
+@dataclass
+class Sample:
+    """One generated image with what its masks are made from and the oracle's labels."""
+
+    spec: SampleSpec
+    image: np.ndarray  # (H, W, 3) uint8
+    cross: dict[int, np.ndarray]  # resolution -> (C, r, r) float32, C = len(spec.classes)
+    self_attn: dict[int, np.ndarray] | None  # resolution -> (r*r, r*r) float32
+    oracle: np.ndarray  # (H, W) uint8 labels in our class indices
+    class_ids: list[int]
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts and generation
+# ---------------------------------------------------------------------------------------------
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def check(params: Params) -> None:
+    """Errors that would otherwise surface after generation."""
+    s, m = params.study, params.masks
+    if m.refine == "affinity":
+        raise ParamsError("study 02 sweeps the self-attention refinement (tau); masks.refine='affinity' needs a fitted "
+                          "affinity model: set masks.refine='self_attention' or 'none' for the study")
+    for name, values in (("thresholds", s.thresholds), ("crf_thresholds", s.crf_thresholds)):
+        if values is not None and (not values or sorted(set(values)) != list(values) or not all(0 <= t <= 1 for t in values)):
+            raise ParamsError(f"study.{name} must be increasing distinct values in [0, 1], got {values}")
+    if not s.taus or any(t < 0 for t in s.taus):
+        raise ParamsError(f"study.taus must be a non-empty list of integers >= 0, got {s.taus}")
+
+
+def study_specs(params: Params) -> list[SampleSpec]:
+    """``study.threshold_images_per_class`` prompts per class: alternately one-class and two-class
+    (the second class drawn per prompt), from ``prompts.templates``, written as ``prompts.class_prompt`` says.
+
+    Everything derives from (run.seed, class, j): same params, same prompts and seeds."""
+    check(params)
+    by_slots = TemplateSource(params.model_copy(update={"prompts": params.prompts.model_copy(update={"classes_per_image": [1]})})).by_slots
+    mode, specs = params.prompts.class_prompt, []
+    for c, cls in enumerate(params.classes):
+        for j in range(params.study.threshold_images_per_class):
+            rng = np.random.default_rng(_seed("dmutils-study02", params.run.seed, cls.name, j) % 2**63)
+            k = 2 if j % 2 and 2 in by_slots and len(params.classes) > 1 else 1
+            others = [o for o in params.classes if o.name != cls.name]
+            picked = [cls] + ([others[int(rng.integers(len(others)))]] if k == 2 else [])
+            words = [str(rng.choice(class_words(p, params.prompts.use_synonyms, params.prompts.use_synonyms))) for p in picked]
+            templates = by_slots[k]
+            text = templates[int(rng.integers(len(templates)))].format(*words)
+            names = [p.name for p in picked]
+            if mode == "append":
+                prompt, read = f"{text}; {' '.join(names)}", {n: n for n in names}
+            elif mode == "cross_attention":
+                prompt, read = text, {n: n for n in names}
+            else:
+                prompt, read = text, dict(zip(names, words))
+            index = len(specs)
+            specs.append(SampleSpec(index, f"study02_{index:04d}", prompt, tuple(names), read,
+                                    _seed("dmutils-study02-seed", params.run.seed, cls.name, j) % (2**31 - 1),
+                                    " ".join(names) if mode == "cross_attention" else None))
+    return specs
+
+
+def generation_params(params: Params) -> Params:
+    """The params samples are generated with: self-attention kept whenever a swept tau needs it."""
+    tau = max([*params.study.taus, params.masks.tau])
+    masks = params.masks.model_copy(update={"refine": "self_attention", "tau": tau})
+    return params.model_copy(update={"masks": masks})
+
+
+def generate_samples(pipe, params: Params, oracle, progress: bool = True) -> tuple[list[Sample], list[dict]]:
+    """Generate the study's samples in batches of ``dataset.batch_size``; label them with ``oracle``.
+
+    Returns the samples and the rejected ones (``{"prompt", "reason"}``: a class word not in the prompt)."""
+    from tqdm.auto import tqdm
+
+    from dmutils.dataset.generate import generate_batch
+
+    specs, gen_params = study_specs(params), generation_params(params)
+    batch = params.dataset.batch_size
+    samples, rejected = [], []
+    for start in tqdm(range(0, len(specs), batch), desc="study 02: generating", disable=not progress):
+        chunk = specs[start:start + batch]
+        items = generate_batch(pipe, chunk, gen_params, batch)
+        labels = oracle.predict(np.stack([it["image"] for it in items]))
+        for spec, item, lab in zip(chunk, items, labels):
+            if item["reason"]:
+                rejected.append({"prompt": spec.prompt, "reason": item["reason"]})
+                continue
+            samples.append(Sample(spec, item["image"], {r: m.astype(np.float32) for r, m in item["cross"].items()},
+                                  {r: m.astype(np.float32) for r, m in item["self_attn"].items()} if item["self_attn"] else None,
+                                  lab, [params.class_names.index(c) + 1 for c in spec.classes]))
+    return samples, rejected
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep
+# ---------------------------------------------------------------------------------------------
+def main_condition(params: Params) -> tuple[int, bool]:
+    """(tau, crf) of the params' own mask settings: the condition of the per-class curves."""
+    return (params.masks.tau if params.masks.refine == "self_attention" else 0), params.masks.crf.enabled
+
+
+def conditions(params: Params) -> list[tuple[int, bool]]:
+    """Every (tau, crf) swept: each study tau at the params' CRF setting, and CRF off/on at the params' tau."""
+    tau, crf = main_condition(params)
+    out = [(int(t), crf) for t in params.study.taus] + [(tau, False), (tau, True)]
+    return list(dict.fromkeys(out))
+
+
+def mask_params(params: Params, tau: int, crf: bool, threshold: float | None = None) -> MaskParams:
+    """The params' mask settings with the swept tau, CRF and fixed threshold, no uncertain band."""
+    m = params.masks
+    update = {"tau": int(tau), "refine": "self_attention" if tau > 0 else "none", "threshold_mode": "fixed",
+              "uncertain_band": None, "crf": m.crf.model_copy(update={"enabled": bool(crf)})}
+    if threshold is not None:
+        update["threshold"] = float(threshold)
+    return m.model_copy(update=update)
+
+
+def class_ious(labels: np.ndarray, oracle: np.ndarray, class_id: int) -> float:
+    """Binary IoU of ``labels == class_id`` against ``oracle == class_id``, pixels 255 in either left
+    out; NaN when the oracle has no pixel of the class (the model did not draw it)."""
+    keep = (labels != 255) & (oracle != 255)
+    pred, true = (labels == class_id) & keep, (oracle == class_id) & keep
+    if not true.any():
+        return float("nan")
+    return float((pred & true).sum()) / float((pred | true).sum())
+
+
+def sample_ious(sample: Sample, mp: MaskParams, class_names: Sequence[str]) -> list[float]:
+    """IoU of each of the sample's classes for the mask ``make_mask`` makes with ``mp``."""
+    labels, _ = make_mask(sample.cross, sample.image, mp, sample.class_ids, sample.self_attn, class_names=list(class_names))
+    return [class_ious(labels, sample.oracle, k) for k in sample.class_ids]
+
+
+def threshold_labels(sample: Sample, params: Params, tau: int, crf: bool, thresholds: Sequence[float]) -> list[np.ndarray]:
+    """The labels ``make_mask`` gives at each threshold. Without CRF the scores do not depend on the
+    threshold, so make_mask runs once and its last two steps (threshold, small-region removal) per
+    threshold -- the same labels (tested); with CRF make_mask runs per threshold."""
+    if crf:
+        return [make_mask(sample.cross, sample.image, mask_params(params, tau, crf, t), sample.class_ids, sample.self_attn)[0]
+                for t in thresholds]
+    mp = mask_params(params, tau, crf)
+    _, scores = make_mask(sample.cross, sample.image, mp, sample.class_ids, sample.self_attn)
+    min_pixels = int(np.ceil(mp.min_area * scores[0].size))
+    return [remove_small_regions(label_map(scores, sample.class_ids, t), min_pixels) for t in thresholds]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Masks are many small tensor ops: on a shared CPU more threads only wait on each other."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def sweep(samples: Sequence[Sample], params: Params, progress: bool = False) -> pd.DataFrame:
+    """One row per (sample, class, tau, crf, threshold) with its IoU (see the module docstring).
+
+    CRF-on conditions are swept at ``study.crf_thresholds`` (all of ``study.thresholds`` when None)."""
+    from tqdm.auto import tqdm
+
+    check(params)
+    rows = []
+    conds = conditions(params)
+    with one_thread():
+        for s in tqdm(samples, desc="study 02: sweeping", disable=not progress):
+            for tau, crf in conds:
+                grid = params.study.crf_thresholds if crf and params.study.crf_thresholds is not None else params.study.thresholds
+                for t, labels in zip(grid, threshold_labels(s, params, tau, crf, grid)):
+                    for cls, k in zip(s.spec.classes, s.class_ids):
+                        rows.append({"sample": s.spec.id, "prompt": s.spec.prompt, "seed": s.spec.seed, "class": cls,
+                                     "tau": tau, "crf": crf, "threshold": float(t), "iou": class_ious(labels, s.oracle, k)})
+    return pd.DataFrame(rows, columns=["sample", "prompt", "seed", "class", "tau", "crf", "threshold", "iou"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves and the table
+# ---------------------------------------------------------------------------------------------
+def summarize(values: pd.Series | np.ndarray) -> dict[str, float]:
+    """Mean of per-image IoUs with the t-interval (95%) ``mean ± t(0.975, n-1) · sd / sqrt(n)``,
+    clipped to [0, 1] where IoUs live (n = 1: no spread, the band is the mean)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    n = len(v)
+    if n == 0:
+        return {"mean": float("nan"), "ci_lo": float("nan"), "ci_hi": float("nan"), "n": 0}
+    mean = float(v.mean())
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * v.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    return {"mean": mean, "ci_lo": max(mean - half, 0.0), "ci_hi": min(mean + half, 1.0), "n": n}
+
+
+def curves(records: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Mean IoU and confidence interval per group of ``by`` columns (``threshold`` among them)."""
+    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **summarize(g["iou"])}
+            for key, g in records.groupby(list(by), sort=True)]
+    return pd.DataFrame(rows, columns=[*by, "mean", "ci_lo", "ci_hi", "n"])
+
+
+def _at(records: pd.DataFrame, tau: int | None = None, crf: bool | None = None) -> pd.DataFrame:
+    keep = np.ones(len(records), dtype=bool)
+    if tau is not None:
+        keep &= records["tau"].to_numpy() == tau
+    if crf is not None:
+        keep &= records["crf"].to_numpy() == crf
+    return records[keep]
+
+
+def threshold_curves(records: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Per class and threshold at the params' own tau and CRF setting: the DiffuMask figure."""
+    tau, crf = main_condition(params)
+    out = curves(_at(records, tau, crf), ["class", "threshold"])
+    order = {c: k for k, c in enumerate(params.class_names)}
+    return out.sort_values(["class", "threshold"], key=lambda s: s.map(order) if s.name == "class" else s).reset_index(drop=True)
+
+
+def tau_curves(records: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """Per tau and threshold (every class instance pooled), at the params' CRF setting."""
+    return curves(_at(records, crf=main_condition(params)[1]), ["tau", "threshold"])
+
+
+def crf_curves(records: pd.DataFrame, params: Params) -> pd.DataFrame:
+    """CRF off and on, per threshold (every class instance pooled), at the params' tau."""
+    return curves(_at(records, tau=main_condition(params)[0]), ["crf", "threshold"])
+
+
+def best_thresholds(curve: pd.DataFrame, fallback: float = 0.5) -> pd.DataFrame:
+    """Per class the threshold where its mean IoU is highest (the first one on ties); a class
+    without any IoU gets ``fallback`` (``n = 0`` says so)."""
+    rows = []
+    for cls, g in curve.groupby("class", sort=False):
+        g = g.sort_values("threshold")
+        if g["mean"].notna().any():
+            best = g.loc[g["mean"].idxmax()]
+            rows.append({"class": cls, "threshold": float(best["threshold"]), "iou": best["mean"], "ci_lo": best["ci_lo"],
+                         "ci_hi": best["ci_hi"], "n": int(best["n"])})
+        else:
+            rows.append({"class": cls, "threshold": float(fallback), "iou": float("nan"), "ci_lo": float("nan"),
+                         "ci_hi": float("nan"), "n": 0})
+    return pd.DataFrame(rows)
+
+
+def threshold_table(best: pd.DataFrame) -> pd.DataFrame:
+    """The ``class,threshold`` table that :func:`dmutils.masks.read_threshold_table` reads."""
+    return best[["class", "threshold"]].reset_index(drop=True)
+
+
+def compare_modes(samples: Sequence[Sample], params: Params, table_path: str | Path) -> pd.DataFrame:
+    """Mean IoU of the three threshold modes at the params' tau and CRF: fixed (``masks.threshold``),
+    per class (the table at ``table_path``, read by make_mask itself) and adaptive (DiffuMask's per-image choice).
+
+    The per-class row is measured on the images its table was chosen on: an optimistic estimate."""
+    tau, crf = main_condition(params)
+    base = mask_params(params, tau, crf)
+    modes = {f"fixed {params.masks.threshold:g}": base,
+             "per class": base.model_copy(update={"threshold_mode": "per_class", "threshold_table": str(table_path)}),
+             "adaptive": base.model_copy(update={"threshold_mode": "adaptive"})}
+    rows = []
+    with one_thread():
+        for name, mp in modes.items():
+            ious = [iou for s in samples for iou in sample_ious(s, mp, s.spec.classes)]
+            rows.append({"mode": name, **summarize(np.asarray(ious))})
+    return pd.DataFrame(rows)
+
+
+def example_masks(samples: Sequence[Sample], params: Params, table_path: str | Path, k: int = 6) -> dict[str, list]:
+    """The first ``k`` samples (one per class where possible) with the oracle's labels and the per-class-threshold mask."""
+    tau, crf = main_condition(params)
+    mp = mask_params(params, tau, crf).model_copy(update={"threshold_mode": "per_class", "threshold_table": str(table_path)})
+    chosen, seen = [], set()
+    for s in samples:
+        if s.spec.classes[0] not in seen:
+            chosen.append(s)
+            seen.add(s.spec.classes[0])
+    chosen = (chosen + [s for s in samples if all(s is not c for c in chosen)])[:k]
+    with one_thread():
+        masks = [make_mask(s.cross, s.image, mp, s.class_ids, s.self_attn, class_names=list(s.spec.classes))[0] for s in chosen]
+    return {"images": [s.image for s in chosen], "oracle": [s.oracle for s in chosen], "masks": masks,
+            "prompts": [s.spec.prompt for s in chosen]}

@@ -1,0 +1,5 @@
+"""Shared test set-up: kept minimal; fixtures of one area live in that area's test file."""
+import os
+
+# Figures in tests (and in notebooks they run) render off-screen.
+os.environ.setdefault("MPLBACKEND", "Agg")

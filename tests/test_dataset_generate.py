@@ -1,0 +1,182 @@
+"""The dataset factory end to end on a tiny random-weight SD pipeline (32 px, 2 steps).
+
+One reference dataset is generated per module; the other tests compare against its bytes.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dmutils import voc
+from dmutils.dataset import generate as gen
+from dmutils.dataset.generate import generate_dataset, label_sample
+from dmutils.dataset.remask import _overrides, remask_dataset
+from dmutils.dataset.shards import merge_shards
+from dmutils.params import MaskParams, ParamsError, load_params
+
+N = 4
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every data file of a dataset folder (dataset.json aside), by relative path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and "shards" not in p.parts and p.name != "dataset.json"}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from dmutils.pipeline import load_pipeline
+    from dmutils.tiny_models import save_tiny_sd15
+
+    tmp = tmp_path_factory.mktemp("gen")
+    model = save_tiny_sd15(tmp / "tiny-sd")
+    raw = {"model": {"path": str(model), "num_inference_steps": 2, "device": "cpu"},
+           "capture": {"cross_resolutions": [16, 8], "self_resolutions": [16]},
+           "masks": {"threshold": 0.4},
+           "dataset": {"out_dir": str(tmp / "ref"), "num_samples": N, "batch_size": 2, "workers": 0, "min_area": 0.0}}
+    params_file = tmp / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    params = load_params(params_file)
+    pipe = load_pipeline(params.model)
+    summary = generate_dataset(params, pipe=pipe, progress=False)
+    return {"tmp": tmp, "file": params_file, "params": params, "pipe": pipe, "ref": tmp / "ref", "summary": summary}
+
+
+def _with(params, **dataset):
+    return params.model_copy(update={"dataset": params.dataset.model_copy(update=dataset)})
+
+
+def test_reference_layout_and_manifest(setup):
+    ref, s = setup["ref"], setup["summary"]
+    records = [json.loads(line) for line in (ref / "manifest.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(N))
+    assert s["written"] + s["rejected"] == N and s["generated_now"] == N
+    meta = json.loads((ref / "dataset.json").read_text())
+    assert meta["classes"][0] == "background" and meta["params_hash"] == records[0]["params_hash"]
+    split_ids = voc.read_split(ref, "train") + voc.read_split(ref, "val")
+    ok = [r for r in records if r["status"] == "ok"]
+    assert sorted(split_ids) == sorted(r["id"] for r in ok)
+    for r in ok:  # palette PNG with class ids of the named classes only (0 = background, 255 = ignore)
+        label = voc.read_label(ref / voc.LABELS / f"{r['id']}.png")
+        allowed = {0, 255} | {meta["classes"].index(c) for c in r["classes"]}
+        assert set(np.unique(label)) <= allowed
+        assert voc.read_image(ref / voc.IMAGES / f"{r['id']}.jpg").shape[:2] == label.shape
+        with np.load(ref / "maps" / f"{r['id']}.npz") as z:
+            assert z["cross_16"].dtype == np.float16 and z["cross_16"].shape == (len(r["classes"]), 16, 16)
+    for r in records:
+        if r["status"] != "ok":
+            assert r["reason"] and not (ref / voc.IMAGES / f"{r['id']}.jpg").exists()
+
+
+def test_rerun_skips_done_samples(setup):
+    def boom(*a, **k):
+        raise AssertionError("nothing is left to generate: the pipeline must not run")
+
+    before = _files(setup["ref"])
+    s = generate_dataset(setup["params"], pipe=boom, progress=False)
+    assert s["generated_now"] == 0 and s["skipped_done"] == N
+    assert _files(setup["ref"]) == before
+
+
+def test_shards_merge_to_the_same_bytes_as_one_run(setup, tmp_path):
+    params = _with(setup["params"], out_dir=str(tmp_path / "sharded"))
+    generate_dataset(params, shard=(0, 2), pipe=setup["pipe"], progress=False)
+    generate_dataset(_with(params, workers=1), shard=(1, 2), pipe=setup["pipe"], progress=False)  # worker processes
+    first = [json.loads(x)["index"] for x in (tmp_path / "sharded/shards/0-of-2/manifest.jsonl").read_text().splitlines()]
+    assert first == [0, 2]
+    with pytest.raises(ParamsError, match="complete set"):
+        merge_shards(tmp_path / "partial", [tmp_path / "sharded/shards/0-of-2"])
+    merge_shards(tmp_path / "sharded")
+    assert _files(tmp_path / "sharded") == _files(setup["ref"])
+
+
+def test_other_batch_size_gives_same_samples(setup, tmp_path):
+    params = _with(setup["params"], out_dir=str(tmp_path / "b3"), batch_size=3)
+    generate_dataset(params, pipe=setup["pipe"], progress=False)
+    a = [json.loads(x) for x in (setup["ref"] / "manifest.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "b3/manifest.jsonl").read_text().splitlines()]
+    key = ("id", "prompt", "seed", "classes", "words", "split")
+    assert [[r[k] for k in key] for r in a] == [[r[k] for k in key] for r in b]
+    for r in a:  # same noise and prompt: equal up to the float noise of another batch size
+        ja, jb = setup["ref"] / voc.IMAGES / f"{r['id']}.jpg", tmp_path / "b3" / voc.IMAGES / f"{r['id']}.jpg"
+        if ja.exists() and jb.exists():
+            assert np.abs(voc.read_image(ja).astype(int) - voc.read_image(jb)).mean() < 0.5
+
+
+def test_folder_made_with_other_params_is_refused(setup):
+    other = setup["params"].model_copy(update={"masks": setup["params"].masks.model_copy(update={"threshold": 0.6})})
+    with pytest.raises(ParamsError, match=r"other params.*masks\.threshold: 0\.4 -> 0\.6.*--overwrite"):
+        generate_dataset(other, pipe=None, progress=False)  # refused before any model is loaded
+
+
+def test_resume_after_kill_is_byte_identical(setup, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "dmutils", "generate", str(setup["file"]), "--no-progress",
+           "--set", f"dataset.out_dir={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    manifest, deadline = out / "manifest.jsonl", time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if manifest.is_file() and manifest.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"generate ended before it could be killed: {proc.stdout.read().decode()[-2000:]}"
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = manifest.read_bytes().count(b"\n")
+    assert 1 <= done < N
+    s = generate_dataset(_with(setup["params"], out_dir=str(out)), pipe=setup["pipe"], progress=False)
+    assert s["skipped_done"] == done and s["generated_now"] == N - done
+    assert not list(out.rglob("*.tmp"))
+    assert _files(out) == _files(setup["ref"])
+
+
+def test_rejected_samples_are_recorded_not_written(setup, tmp_path):
+    params = _with(setup["params"], out_dir=str(tmp_path / "strict"), num_samples=2, min_area=0.99)
+    s = generate_dataset(params, pipe=setup["pipe"], progress=False)
+    assert s["written"] == 0 and s["rejected"] == 2
+    for r in map(json.loads, (tmp_path / "strict/manifest.jsonl").read_text().splitlines()):
+        assert r["status"] == "rejected" and ("min_area" in r["reason"] or "empty mask" in r["reason"])
+    assert not list((tmp_path / "strict").glob("JPEGImages/*"))
+    assert voc.read_split(tmp_path / "strict", "train") == []
+
+
+def test_bad_maps_give_reasons():
+    image = np.zeros((32, 32, 3), np.uint8)
+    good = {16: np.random.default_rng(0).random((2, 16, 16)).astype(np.float32)}
+    bad = {16: good[16].copy()}
+    bad[16][1, 3, 3] = np.nan
+    mp = MaskParams(refine="none", threshold=0.3)
+    _, _, reason = label_sample(image, bad, None, ["circle", "square"], [1, 2], mp, 0.0)
+    assert reason.startswith("non-finite maps")
+    flat = {16: np.stack([good[16][0], np.zeros((16, 16), np.float32)])}  # square has no evidence anywhere
+    _, fractions, reason = label_sample(image, flat, None, ["circle", "square"], [1, 2], mp, 0.0)
+    assert fractions["square"] == 0 and "empty mask" in reason and "square" in reason
+
+
+def test_remask_reproduces_then_changes_masks_without_generating(setup, tmp_path, monkeypatch):
+    monkeypatch.setattr(gen, "_load_pipeline", lambda p: (_ for _ in ()).throw(AssertionError("no generation")))
+    ref = setup["ref"]
+    same = remask_dataset(ref, {}, tmp_path / "same", workers=0, progress=False)
+    assert same["remasked"] == setup["summary"]["written"]
+    labels = sorted(p.name for p in (ref / voc.LABELS).iterdir())
+    assert all((tmp_path / "same" / voc.LABELS / n).read_bytes() == (ref / voc.LABELS / n).read_bytes() for n in labels)
+    remask_dataset(ref, _overrides(None, ["masks.threshold=0.8"]), tmp_path / "high", workers=0, progress=False)
+    new = [(tmp_path / "high" / voc.LABELS / n) for n in labels]
+    changed = [n for n, p in zip(labels, new) if not p.exists() or p.read_bytes() != (ref / voc.LABELS / n).read_bytes()]
+    assert changed, "a higher threshold must change some mask"
+    for p in new:
+        if p.exists():  # fewer foreground pixels at a higher threshold
+            assert (voc.read_label(p) > 0).sum() <= (voc.read_label(ref / voc.LABELS / p.name) > 0).sum()
+    meta = json.loads((tmp_path / "high/dataset.json").read_text())
+    assert meta["params"]["masks"]["threshold"] == 0.8
+    with pytest.raises(ParamsError, match="capture.tau|capture"):
+        _overrides(None, ["capture.head_reduce=max"])

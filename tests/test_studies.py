@@ -1,0 +1,278 @@
+"""Studies 01/02, the explorer and the oracle factory, on a tiny random-weight SD pipeline (32 px
+images, maps 16/8/4/2) and the toy oracle. The notebook test executes notebooks 01, 02 and
+explore_attention with papermill at tiny sizes and checks the tables they wrote against dmutils."""
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dmutils import nb
+from dmutils.attention import CaptureSpec, capture
+from dmutils.masks import make_mask, read_threshold_table
+from dmutils.oracles import OracleError, get_oracle, label_lookup
+from dmutils.params import REPO_ROOT, load_params
+from dmutils.studies import attention as study
+from dmutils.studies import thresholds
+from dmutils.tiny_models import save_tiny_sd15, tiny_sd15_pipeline
+from dmutils.toyworld import CLASS_NAMES, make_scene
+
+SMALL = ["model.num_inference_steps=3", "study.threshold_images_per_class=2", "study.thresholds=[0.2,0.4,0.6]",
+         "study.crf_thresholds=[0.4]", "study.taus=[0,2]", "study.attention_seeds=[0]", "study.timestep_windows=3",
+         "dataset.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.set_num_threads(1)
+    return tiny_sd15_pipeline(0)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(None, SMALL)
+
+
+@pytest.fixture(scope="module")
+def study02(pipe, params):
+    samples, rejected = thresholds.generate_samples(pipe, params, get_oracle(params), progress=False)
+    return samples, rejected, thresholds.sweep(samples, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Study 01
+# ---------------------------------------------------------------------------------------------
+def test_timestep_windows_equal_a_capture_of_that_window(pipe, params):
+    gen = study.generate(pipe, params, ["a red circle and a blue square"], [3], head_resolution=16)
+    spec = CaptureSpec.from_params(params.capture)
+    for window in [(0.0, 1.0), (0.3, 1.0)]:
+        with torch.no_grad(), capture(pipe, dataclasses.replace(spec, timestep_window=window)) as rec:
+            pipe(gen.prompts, num_inference_steps=3, guidance_scale=params.model.guidance_scale, output_type="np",
+                 generator=[torch.Generator().manual_seed(3)])
+        ref, mine = rec.maps(gen.prompts), gen.maps(window)
+        assert mine.steps == ref.steps
+        for r in ref.cross_resolutions:
+            torch.testing.assert_close(mine.cross(0, r), ref.cross(0, r), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(mine.self_attention(0, 16), ref.self_attention(0, 16), rtol=1e-4, atol=1e-7)
+    # per-head maps averaged over heads and layers are what the capture records (head_reduce=mean)
+    heads = torch.stack([h.mean(1) for h in gen.heads.values()]).mean(0)
+    torch.testing.assert_close(heads[0], gen.maps().cross(0, 16), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="holds none"):
+        gen.maps((0.1, 0.3))
+
+
+def test_study01_tables(pipe, params):
+    gen = study.generate(pipe, params, ["a circle and a ring"], [1], head_resolution=16)
+    labels = get_oracle(params).predict(gen.images)
+    table = study.attention_in_mask(gen, params, labels, windows=study.equal_windows(3), taus=[0, 2])
+    assert set(table["class"]) == {"circle", "ring"}
+    assert table.groupby("class").size().tolist() == [len(gen.maps().cross_resolutions) + 1 + 3 + 2] * 2
+    valid = table["mass_in_mask"].dropna()
+    assert ((valid >= 0) & (valid <= 1 + 1e-6)).all()
+    # one value recomputed by hand: the 16x16 map of 'ring', upsampled, its mass inside the oracle's ring
+    pos = gen.maps().token_positions(0, "ring")
+    m = torch.nn.functional.interpolate(gen.maps().cross(0, 16)[pos].mean(0)[None, None], size=(32, 32), mode="bilinear")[0, 0]
+    mask = torch.from_numpy(labels[0] == CLASS_NAMES.index("ring") + 1)
+    row = table[(table["class"] == "ring") & (table["map"] == "cross@16")]
+    assert row["mass_in_mask"].item() == pytest.approx(float((m * mask).sum() / m.sum()), rel=1e-5)
+    spread = study.head_spread(gen, 0, "circle")
+    assert len(spread) == sum(h.shape[1] for h in gen.heads.values())
+    assert spread["entropy"].between(0, 1 + 1e-6).all()
+
+
+def test_explorer_views_reuse_the_generation(pipe, params):
+    from dmutils.studies.explorer import Explorer
+
+    ex = Explorer(pipe, params)
+    with pytest.raises(RuntimeError, match="generate"):
+        ex.table()
+    ex.generate("a red circle and a blue square", 0)
+    gen = ex.gen
+    view = ex.compute(resolution=8, window=(0.5, 1.0), tau=0, threshold=0.3)
+    maps = gen.maps((0.5, 1.0))
+    cross = {8: torch.stack([maps.cross(0, 8)[maps.token_positions(0, w)].mean(0) for w in ("circle", "square")])}
+    mp = params.masks.model_copy(update={"tau": 0, "refine": "none", "threshold": 0.3, "resolution_weights": None})
+    labels, _ = make_mask(cross, gen.images[0], mp, [1, 2])
+    np.testing.assert_array_equal(view["labels"], labels)
+    band = ex.table(threshold=0.2, band=(0.2, 0.6))
+    assert list(band["class"]) == ["circle", "square"] and band["ignore_fraction"].iloc[0] >= 0
+    assert ex.gen is gen  # no new generation
+
+
+# ---------------------------------------------------------------------------------------------
+# Study 02
+# ---------------------------------------------------------------------------------------------
+def test_study_specs_cover_every_class_and_are_reproducible(params):
+    specs = thresholds.study_specs(params)
+    assert [s.classes[0] for s in specs] == [c for c in params.class_names for _ in range(2)]
+    assert sum(len(s.classes) == 2 for s in specs) == len(params.class_names)  # every other prompt names two classes
+    assert all(s.prompt.endswith("; " + " ".join(s.classes)) for s in specs)  # prompts.class_prompt = append
+    assert [s.prompt for s in thresholds.study_specs(load_params(None, SMALL))] == [s.prompt for s in specs]
+    other = thresholds.study_specs(load_params(None, [*SMALL, "run.seed=5"]))
+    assert [s.seed for s in other] != [s.seed for s in specs]
+    with pytest.raises(ValueError, match="study.thresholds"):
+        thresholds.study_specs(load_params(None, [*SMALL, "study.thresholds=[0.6,0.2]"]))
+
+
+def test_sweep_equals_make_mask(study02, params):
+    samples, rejected, records = study02
+    assert not rejected and len(samples) == 2 * len(params.class_names)
+    conds = thresholds.conditions(params)
+    assert conds == [(0, False), (2, False), (1, False), (1, True)]
+    expected_rows = sum(len(s.spec.classes) * (3 * 3 + 1) for s in samples)  # 3 no-CRF conditions x 3 thresholds + CRF x 1
+    assert len(records) == expected_rows
+    s = next(x for x in samples if len(x.spec.classes) == 2)
+    for tau, crf, t in [(2, False, 0.4), (1, True, 0.4), (0, False, 0.6)]:
+        labels, _ = make_mask(s.cross, s.image, thresholds.mask_params(params, tau, crf, t), s.class_ids, s.self_attn)
+        for cls, k in zip(s.spec.classes, s.class_ids):
+            pred, true = labels == k, s.oracle == k
+            want = (pred & true).sum() / (pred | true).sum() if true.any() else np.nan
+            got = records[(records["sample"] == s.spec.id) & (records["class"] == cls) & (records["tau"] == tau)
+                          & (records["crf"] == crf) & (records["threshold"] == t)]["iou"]
+            np.testing.assert_allclose(got.item(), want, equal_nan=True)
+
+
+def test_best_threshold_is_the_argmax_and_the_csv_is_read_by_masks(study02, params, tmp_path):
+    records = study02[2]
+    curve = thresholds.threshold_curves(records, params)
+    main = records[(records["tau"] == params.masks.tau) & (records["crf"] == params.masks.crf.enabled)]
+    best = thresholds.best_thresholds(curve)
+    assert curve.groupby("class")["n"].nunique().eq(1).all()  # every point of a curve averages the same images
+    for cls in params.class_names:
+        means = main[main["class"] == cls].groupby("threshold")["iou"].mean()
+        row = curve[curve["class"] == cls]
+        np.testing.assert_allclose(row["mean"].to_numpy(), means.to_numpy())
+        want = float(means.idxmax()) if means.notna().any() else 0.5
+        assert best.set_index("class").loc[cls, "threshold"] == want
+    path = tmp_path / "class_thresholds.csv"
+    thresholds.threshold_table(best).to_csv(path, index=False)
+    assert read_threshold_table(path) == dict(zip(best["class"], best["threshold"]))
+    modes = thresholds.compare_modes(study02[0], params, path)
+    assert list(modes["mode"]) == ["fixed 0.5", "per class", "adaptive"] and modes["n"].gt(0).all()
+
+
+def test_summary_is_the_t_interval():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    values = rng.random(9)
+    s = thresholds.summarize(np.append(values, np.nan))
+    lo, hi = stats.t.interval(0.95, 8, loc=values.mean(), scale=stats.sem(values))
+    assert s["n"] == 9 and s["mean"] == pytest.approx(values.mean())
+    assert (s["ci_lo"], s["ci_hi"]) == pytest.approx((max(lo, 0), min(hi, 1)))
+    records = pd.DataFrame({"class": ["a", "a", "b", "b"], "threshold": [0.3, 0.5, 0.3, 0.5], "iou": [0.2, 0.2, 0.4, 0.1]})
+    best = thresholds.best_thresholds(thresholds.curves(records, ["class", "threshold"]))
+    assert dict(zip(best["class"], best["threshold"])) == {"a": 0.3, "b": 0.3}  # ties: the lower threshold
+
+
+# ---------------------------------------------------------------------------------------------
+# The oracle factory
+# ---------------------------------------------------------------------------------------------
+def test_toy_oracle_labels_the_toy_world(params):
+    scenes = [make_scene(2_000_000 + i) for i in range(8)]
+    pred = get_oracle(params).predict(np.stack([s.image for s in scenes]))
+    truth = np.stack([s.label for s in scenes])
+    assert pred.shape == truth.shape and pred.dtype == np.uint8
+    assert (pred == truth).mean() > 0.9
+    with pytest.raises(OracleError, match="oracle.kind='none'"):
+        get_oracle(load_params(None, ["oracle.kind=none"]))
+
+
+def test_label_lookup_rules():
+    lut = label_lookup(["background", "Disc", "circle", "tree", "wall"], ["circle", "square"], {"disc": "circle", "wall": "ignore"})
+    assert lut.tolist() == [0, 1, 1, 0, 255]  # unmapped 'tree' -> background
+    with pytest.raises(OracleError, match="does not have.*sky"):
+        label_lookup(["background", "tree"], ["circle"], {"sky": "circle"})
+    with pytest.raises(OracleError, match="unknown classes"):
+        label_lookup(["background", "tree"], ["circle"], {"tree": "forest"})
+
+
+def test_transformers_oracle_maps_a_segformer(tmp_path):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    names = ["background", "disc", "box", "tree"]
+    torch.manual_seed(0)
+    cfg = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16], num_attention_heads=[1, 1],
+                          patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=16, num_labels=4,
+                          id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    model = SegformerForSemanticSegmentation(cfg).eval()
+    model.save_pretrained(tmp_path / "seg")
+    processor = SegformerImageProcessor(size={"height": 32, "width": 32})
+    processor.save_pretrained(tmp_path / "seg")
+    params = load_params(None, ["oracle.kind=transformers", f"oracle.model={tmp_path / 'seg'}",
+                                "oracle.class_map={disc: circle, box: square, tree: ignore}"])
+    oracle = get_oracle(params)
+    images = np.random.default_rng(0).integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
+    labels = oracle.predict(images)
+    with torch.no_grad():
+        out = model(**processor(images=list(images), return_tensors="pt"))
+    raw = np.stack([m.numpy() for m in processor.post_process_semantic_segmentation(out, target_sizes=[(40, 40)] * 3)])
+    np.testing.assert_array_equal(labels, np.array([0, 1, 2, 255], dtype=np.uint8)[raw])
+    assert labels.shape == (3, 40, 40)
+    with pytest.raises(OracleError, match="no such folder"):
+        get_oracle(load_params(None, ["oracle.kind=transformers", "oracle.model=models/not-there"]))
+    with pytest.raises(OracleError, match="needs oracle.model"):
+        get_oracle(load_params(None, ["oracle.kind=transformers"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebooks, executed
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_notebooks_write_the_tables_dmutils_computes(tmp_path, monkeypatch):
+    import papermill as pm
+
+    from dmutils.runner import choose_kernel
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernels inherit it: no thread oversubscription on a shared CPU
+    model = save_tiny_sd15(tmp_path / "tiny-sd")
+    overrides = [*SMALL, f"model.path={model}", "run.name=study-test"]
+    out = tmp_path / "report"
+    kernel = choose_kernel()
+
+    def execute(name: str) -> None:
+        pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"), kernel_name=kernel,
+                            parameters={"params_file": "params/toy.yaml", "overrides": overrides, "run_dir": str(out)},
+                            cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
+
+    # the three kernels spend most of their time importing torch/diffusers: run them side by side
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(execute, ["01_attention_analysis", "02_threshold_vs_iou", "explore_attention"]))
+    tables = out / nb.TABLES
+    params = load_params(REPO_ROOT / "params/toy.yaml", overrides)
+
+    # 02: curves and the threshold table are what dmutils computes from the records the notebook saved
+    records = pd.read_csv(tables / "threshold_iou_records.csv")
+    curve = thresholds.threshold_curves(records, params)
+    pd.testing.assert_frame_equal(pd.read_csv(tables / "iou_vs_threshold.csv"), curve, check_dtype=False)
+    table = read_threshold_table(tables / "class_thresholds.csv")
+    assert table == dict(zip(*thresholds.threshold_table(thresholds.best_thresholds(curve, params.masks.threshold)).to_dict("list").values()))
+    assert set(table) == set(params.class_names)
+    pd.testing.assert_frame_equal(pd.read_csv(tables / "iou_vs_threshold_tau.csv"), thresholds.tau_curves(records, params), check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_csv(tables / "iou_vs_threshold_crf.csv"), thresholds.crf_curves(records, params), check_dtype=False)
+    specs = thresholds.study_specs(params)
+    assert set(records["prompt"]) == {s.prompt for s in specs}
+    assert len(records) == sum(len(s.classes) for s in specs) * (3 * 3 + 1)  # 3 no-CRF conditions x 3 thresholds + CRF x 1
+
+    # 01: one row per (class word, map variant) of the prompt; the head table covers every head
+    mass = pd.read_csv(tables / "attention_in_mask.csv")
+    assert set(mass["class"]) == {"circle", "square"}
+    assert set(mass["map"]) == {"cross@16", "cross@8", "aggregated", "tau=0", "tau=2"} | {f"window steps {k}-{k}" for k in (1, 2, 3)}
+    assert mass["mass_in_mask"].dropna().between(0, 1 + 1e-6).all()
+    summary = pd.read_csv(tables / "attention_in_mask_summary.csv")
+    np.testing.assert_allclose(summary.set_index("map").loc[mass["map"].unique(), "mass_in_mask"],
+                               mass.groupby("map", sort=False)["mass_in_mask"].mean())
+    assert len(pd.read_csv(tables / "attention_head_spread.csv")) > 0
+
+    # explorer: the default view's table, and figures of every notebook in the log
+    view = pd.read_csv(tables / "explore_attention_view.csv")
+    assert list(view["class"]) == ["circle", "square"] and view["pixel_fraction"].between(0, 1).all()
+    artifacts = nb.read_artifacts(out)
+    figures = {a["name"] for a in artifacts if a["kind"] == "figure"}
+    assert {"attention_per_resolution_0", "iou_vs_threshold", "explore_attention"} <= figures
+    assert all((out / f).is_file() for a in artifacts for f in a["files"].values())
+    key = {a["name"] for a in artifacts if a.get("key")}
+    assert {"iou_vs_threshold", "class_thresholds", "attention_in_mask"} <= key
