@@ -81,10 +81,12 @@ class CaptureParams(_Strict):
 
     # Defaults are for the toy model (64 px images, maps at 16/8/4/2). Dataset Diffusion's SD setting is
     # cross [16] + self [32] at 512 px (params/voc_sd15.yaml).
-    cross_resolutions: list[int] = Field(default_factory=lambda: [16, 8], description="map side lengths, e.g. 8/16/32/64 for SD at 512 px")
+    # On the toy model the 16x16 maps of the late half of the steps localise best (bench toy-model:
+    # attention mIoU 0.71 vs 0.64 over all steps and 0.63 with 16+8 maps averaged).
+    cross_resolutions: list[int] = Field(default_factory=lambda: [16], description="map side lengths, e.g. 8/16/32/64 for SD at 512 px")
     self_resolutions: list[int] = Field(default_factory=lambda: [16])
     blocks: list[Literal["down", "mid", "up"]] = Field(default_factory=lambda: ["down", "mid", "up"])
-    timestep_window: tuple[float, float] = Field((0.0, 1.0), description="fraction of the denoising steps, 0 = first step")
+    timestep_window: tuple[float, float] = Field((0.5, 1.0), description="fraction of the denoising steps, 0 = first step")
     head_reduce: Literal["mean", "max"] = "mean"
     token_reduce: Literal["mean", "max", "sum"] = "mean"
     resolution_weights: dict[int, float] | None = Field(None, description="None = equal weights")
@@ -126,7 +128,8 @@ class AffinityParams(_Strict):
 class MaskParams(_Strict):
     """How attention maps become labels."""
 
-    normalize: Literal["minmax", "minmax_per_class", "none"] = "minmax"
+    normalize: Literal["minmax", "minmax_per_class", "none"] = Field(
+        "minmax_per_class", description="'minmax_per_class': each class map to [0, 1] (Dataset Diffusion); 'minmax': jointly")
     upsample: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
     tau: int = Field(1, ge=0, le=16, description="self-attention exponent: A* = A_self^tau . A_cross")
     refine: Literal["none", "self_attention", "affinity"] = "self_attention"

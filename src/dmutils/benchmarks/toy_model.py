@@ -4,7 +4,8 @@ On generated images from two-class prompts ("a circle and a star", every pair of
 fixed seeds), with the oracle as ground truth:
 - ``presence_rate``: the fraction of named objects the oracle finds (at least ``min_fraction`` of the image);
 - ``attention_miou``: mIoU (background included) of plain cross-attention masks (heads, layers and steps
-  averaged over the toy params' resolutions; min-max normalised; fixed threshold; no refinement) vs the oracle;
+  averaged at the toy params' resolutions and timestep window (the late half of the steps; ``attention_miou_all_steps``
+  averages every step); each class map min-max normalised; fixed threshold; no refinement) vs the oracle;
 - ``seconds_per_image`` at 50 steps (batch of ``batch``, with CFG), and ``oracle_miou_real`` on real test scenes.
 """
 from __future__ import annotations
@@ -28,22 +29,23 @@ def two_class_prompts(n: int) -> list[tuple[str, tuple[str, str]]]:
     return [(f"a {a} and a {b}", (a, b)) for a, b in (pairs[i % len(pairs)] for i in range(n))]
 
 
-def attention_masks(maps, i: int, classes: tuple[str, ...], size: int, threshold: float) -> np.ndarray:
-    """Plain masks: each class word's map min-max normalised, argmax, background below ``threshold``."""
+def attention_masks(maps, i: int, classes: tuple[str, ...], size: int, threshold: float, norm: str) -> np.ndarray:
+    """Plain masks: each class word's map normalised (``norm``), argmax, background below ``threshold``."""
     from dmutils.masks import label_map, normalize
 
-    scores = normalize(maps.class_maps(i, {c: c for c in classes}, size=size), "minmax")
+    scores = normalize(maps.class_maps(i, {c: c for c in classes}, size=size), norm)
     return label_map(scores, [CLASS_NAMES.index(c) + 1 for c in classes], threshold, None)
 
 
-def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold: float, min_fraction: float = 0.01, progress=True):
+def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold: float, min_fraction: float = 0.01, progress=True,
+                   window: tuple[float, float] | None = None):
     from tqdm.auto import tqdm
 
     from dmutils.attention import CaptureSpec, capture
 
     spec = CaptureSpec.from_params(params.capture)
     spec = CaptureSpec(cross_resolutions=spec.cross_resolutions, self_resolutions=(), blocks=spec.blocks,
-                       timestep_window=spec.timestep_window, head_reduce=spec.head_reduce, token_reduce=spec.token_reduce)
+                       timestep_window=window or spec.timestep_window, head_reduce=spec.head_reduce, token_reduce=spec.token_reduce)
     items = two_class_prompts(n)
     found = named = 0
     preds, targets, images = [], [], []
@@ -58,7 +60,7 @@ def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold:
         truth = orc.predict(imgs)
         for k, (_, classes) in enumerate(chunk):
             size = imgs.shape[1]
-            preds.append(attention_masks(maps, k, classes, size, threshold))
+            preds.append(attention_masks(maps, k, classes, size, threshold, params.masks.normalize))
             for c in classes:
                 named += 1
                 found += (truth[k] == CLASS_NAMES.index(c) + 1).mean() >= min_fraction
@@ -85,6 +87,8 @@ def run(args: argparse.Namespace) -> dict:
     orc = oracle_mod.load()
     n, batch = (16, 8) if quick else (120, 12)
     res = evaluate_model(pipe, params, n, batch, params.model.num_inference_steps, orc, params.masks.threshold)
+    every_step = evaluate_model(pipe, params, n, batch, params.model.num_inference_steps, orc, params.masks.threshold,
+                                window=(0.0, 1.0))
 
     prompts = [p for p, _ in two_class_prompts(4)]
     pipe(prompts[:1], num_inference_steps=2, output_type="np")  # warm-up
@@ -96,6 +100,9 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "presence_rate": round(res["presence_rate"], 4),
         "attention_miou": round(res["attention_miou"], 4),
+        "attention_miou_all_steps": round(every_step["attention_miou"], 4),
+        "timestep_window": list(params.capture.timestep_window),
+        "normalize": params.masks.normalize,
         "seconds_per_image": round(spi, 4),
         "seconds_per_image_steps": 10 if quick else 50,
         "oracle_miou_real": round(oracle_mod.miou(orc.predict(real[0]), real[1]), 4),

@@ -1,0 +1,262 @@
+"""Study 05: which choices matter -- mask mIoU against the oracle for a grid of params variants.
+
+A grid (``study.ablation_grid``, YAML) names groups of variants; each variant is a dict of dotted
+overrides of the run's params::
+
+    groups:
+      tau:
+        "0": {masks.tau: 0}
+        "2": {masks.tau: 2}
+
+Generating is the expensive part, so variants share generated samples: they are grouped by the
+settings that change what the model draws or what is captured (:func:`generation_key`: model,
+classes, prompts, capture except the resolutions, seed), each group is generated once with the
+union of the resolutions its variants read and self-attention kept, and each variant's masks are
+made from those maps restricted to its own resolutions. Scores are cached on disk under a hash of
+the variant's effective params (:func:`variant_hash`), so a rerun computes only what changed and
+skips generation for groups whose variants are all cached. The steps::
+
+    variants = load_grid(params)                                   # [Variant(group, setting, overrides)]
+    results  = run_grid(pipe_factory, params, variants, cache_dir)  # one row per variant: miou, n
+    tables   = pivot_tables(results)                                # paper-style: one table per group
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dmutils.params import Params, ParamsError, deep_merge, _explain
+from dmutils.studies.thresholds import Sample, one_thread, study_specs
+
+BASELINE = ("baseline", "params")
+GENERATION_SECTIONS = ("model", "classes", "prompts")
+CAPTURE_SHARED = ("cross_resolutions", "self_resolutions", "resolution_weights")  # read per variant, not per generation
+
+
+@dataclass
+class Variant:
+    """One ablation setting: its group (a table of the report), its label and its dotted overrides."""
+
+    group: str
+    setting: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}: {self.setting}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid
+# ---------------------------------------------------------------------------------------------
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        parts = str(key).split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def apply(params: Params, overrides: dict[str, Any], where: str = "variant") -> Params:
+    """``params`` with dotted ``overrides`` applied and validated (a bad key names the variant)."""
+    from pydantic import ValidationError
+
+    try:
+        return Params.model_validate(deep_merge(params.model_dump(mode="json"), _nest(overrides)))
+    except ValidationError as e:
+        raise _explain(e, where) from None
+
+
+def load_grid(params: Params, path: str | Path | None = None) -> list[Variant]:
+    """The variants of the grid file (default ``study.ablation_grid``), the baseline first; every
+    variant is validated here, before anything is generated."""
+    path = path or params.study.ablation_grid
+    if not path:
+        raise ParamsError("study.ablation_grid is null: set it to a grid YAML, e.g. params/ablations/toy_small.yaml")
+    file = params.resolve_path(str(path)) if not Path(path).is_absolute() else Path(path)
+    if not file.is_file():
+        raise ParamsError(f"study.ablation_grid {str(path)!r}: no such file ({file}); see params/ablations/ for examples")
+    import yaml
+
+    data = yaml.safe_load(file.read_text()) or {}
+    groups = data.get("groups") if isinstance(data, dict) else None
+    if not isinstance(groups, dict) or not groups:
+        raise ParamsError(f"{file}: must hold 'groups: {{group: {{setting: {{dotted.key: value}}}}}}'")
+    variants = [Variant(*BASELINE)]
+    for group, settings in groups.items():
+        if not isinstance(settings, dict) or not settings:
+            raise ParamsError(f"{file}: group {group!r} must map setting labels to override dicts")
+        for setting, over in settings.items():
+            if not isinstance(over, dict):
+                raise ParamsError(f"{file}: {group}/{setting} must be a dict of dotted overrides, e.g. {{masks.tau: 2}}")
+            v = Variant(str(group), str(setting), dict(over))
+            p = apply(params, v.overrides, f"{file}: variant '{v.name}'")
+            if p.masks.refine == "affinity":
+                raise ParamsError(f"{file}: variant '{v.name}': masks.refine='affinity' is not ablated here (needs a fitted model)")
+            variants.append(v)
+    return variants
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys: what decides the samples, what decides a score
+# ---------------------------------------------------------------------------------------------
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def generation_key(params: Params) -> str:
+    """Hash of the settings that change the generated images or their captured maps."""
+    d = params.model_dump(mode="json")
+    capture = {k: v for k, v in d["capture"].items() if k not in CAPTURE_SHARED}
+    return _hash({**{k: d[k] for k in GENERATION_SECTIONS}, "capture": capture, "seed": d["run"]["seed"],
+                  "samples": d["study"]["ablation_samples"], "oracle": d["oracle"]})
+
+
+def variant_hash(params: Params) -> str:
+    """Hash of everything a variant's score depends on: the cache key."""
+    d = params.model_dump(mode="json")
+    return _hash({"generation": generation_key(params), "capture": d["capture"], "masks": d["masks"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples
+# ---------------------------------------------------------------------------------------------
+def ablation_specs(params: Params):
+    """``study.ablation_samples`` prompts, classes taken in turn (study 02's prompts, interleaved)."""
+    n_cls = len(params.classes)
+    per_class = -(-params.study.ablation_samples // n_cls)
+    p = params.model_copy(update={"study": params.study.model_copy(update={"threshold_images_per_class": per_class})})
+    specs = study_specs(p)
+    order = sorted(range(len(specs)), key=lambda i: (i % per_class, i // per_class))
+    return [specs[i] for i in order][: params.study.ablation_samples]
+
+
+def generation_params(variants_params: Sequence[Params]) -> Params:
+    """Params that generate once for all ``variants_params`` (same generation key): the union of
+    their resolutions, self-attention kept at the largest tau."""
+    first = variants_params[0]
+    cross = sorted({r for p in variants_params for r in p.capture.cross_resolutions}, reverse=True)
+    self_res = sorted({r for p in variants_params for r in p.capture.self_resolutions}, reverse=True)
+    tau = max(1, *(p.masks.tau for p in variants_params))
+    return first.model_copy(update={
+        "capture": first.capture.model_copy(update={"cross_resolutions": cross, "self_resolutions": self_res}),
+        "masks": first.masks.model_copy(update={"refine": "self_attention", "tau": tau})})
+
+
+def generate(pipe, params: Params, oracle) -> list[Sample]:
+    """The ablation samples of ``params`` (from :func:`generation_params`), labelled by ``oracle``."""
+    from dmutils.dataset.generate import generate_batch
+
+    specs, batch, samples = ablation_specs(params), params.dataset.batch_size, []
+    for start in range(0, len(specs), batch):
+        chunk = specs[start:start + batch]
+        items = generate_batch(pipe, chunk, params, batch)
+        labels = oracle.predict(np.stack([it["image"] for it in items]))
+        for spec, item, lab in zip(chunk, items, labels):
+            if item["reason"]:
+                continue
+            samples.append(Sample(spec, item["image"], {r: m.astype(np.float32) for r, m in item["cross"].items()},
+                                  {r: m.astype(np.float32) for r, m in (item["self_attn"] or {}).items()} or None,
+                                  lab, [params.class_names.index(c) + 1 for c in spec.classes]))
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores
+# ---------------------------------------------------------------------------------------------
+def confusion(pred: np.ndarray, true: np.ndarray, num_classes: int) -> np.ndarray:
+    """Confusion matrix (true x pred) over pixels that neither marks 255 (ignore)."""
+    keep = (pred != 255) & (true != 255)
+    idx = true[keep].astype(np.int64) * num_classes + pred[keep].astype(np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def miou(conf: np.ndarray) -> float:
+    """Mean IoU over the classes present in the labels or predictions (background included)."""
+    inter = np.diag(conf).astype(np.float64)
+    union = conf.sum(0) + conf.sum(1) - inter
+    return float((inter[union > 0] / union[union > 0]).mean()) if (union > 0).any() else float("nan")
+
+
+def score(samples: Sequence[Sample], params: Params) -> dict[str, Any]:
+    """mIoU of the masks ``params`` make from ``samples`` against the oracle (pooled over images),
+    with the fraction of pixels the masks leave as 255 (the uncertain band's cost)."""
+    from dmutils.masks import make_mask
+
+    k = len(params.classes) + 1
+    conf, ignored = np.zeros((k, k), dtype=np.int64), []
+    with one_thread():
+        for s in samples:
+            cross = {r: s.cross[r] for r in params.capture.cross_resolutions}
+            self_attn = {r: s.self_attn[r] for r in params.capture.self_resolutions} if s.self_attn else None
+            labels, _ = make_mask(cross, s.image, params.masks, s.class_ids, self_attn, class_names=list(s.spec.classes))
+            conf += confusion(labels, s.oracle, k)
+            ignored.append(float((labels == 255).mean()))
+    return {"miou": miou(conf), "n": len(samples), "ignored": float(np.mean(ignored)) if ignored else float("nan")}
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid run
+# ---------------------------------------------------------------------------------------------
+def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence[Variant], cache_dir: str | Path,
+             oracle=None, progress: bool = True) -> pd.DataFrame:
+    """Score every variant: one row each (variant, group, setting, miou, n, ignored, cached, key).
+
+    ``pipe_factory`` is called once, and only when some variant is not cached; samples are generated
+    once per generation key. ``oracle`` default: :func:`dmutils.oracles.get_oracle` (also lazily)."""
+    from tqdm.auto import tqdm
+
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    vparams = {v.name: apply(params, v.overrides, f"variant '{v.name}'") for v in variants}
+    results: dict[str, dict] = {}
+    for v in variants:
+        f = cache / f"{variant_hash(vparams[v.name])}.json"
+        if f.is_file():
+            results[v.name] = {**json.loads(f.read_text()), "cached": True}
+    todo: dict[str, list[Variant]] = {}
+    for v in variants:
+        if v.name not in results:
+            todo.setdefault(generation_key(vparams[v.name]), []).append(v)
+    pipe = pipe_factory() if todo else None
+    if todo and oracle is None:
+        from dmutils.oracles import get_oracle
+
+        oracle = get_oracle(params)
+    for group in tqdm(list(todo.values()), desc="ablations: generation groups", disable=not progress):
+        samples = generate(pipe, generation_params([vparams[v.name] for v in group]), oracle)
+        for v in group:
+            p = vparams[v.name]
+            res = score(samples, p)
+            results[v.name] = {**res, "cached": False}
+            from dmutils.voc import atomic_write_bytes
+
+            atomic_write_bytes(cache / f"{variant_hash(p)}.json", json.dumps({**res, "variant": v.name}).encode())
+    rows = [{"variant": v.name, "group": v.group, "setting": v.setting, "miou": results[v.name]["miou"],
+             "n": results[v.name]["n"], "ignored": results[v.name]["ignored"], "cached": results[v.name]["cached"],
+             "key": variant_hash(vparams[v.name])} for v in variants]
+    return pd.DataFrame(rows, columns=["variant", "group", "setting", "miou", "n", "ignored", "cached", "key"])
+
+
+def pivot_tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One paper-style table per group: the baseline row, then the group's settings, mIoU in % and
+    the change against the baseline."""
+    base = results[results["group"] == BASELINE[0]]
+    base_miou = float(base["miou"].iloc[0]) if len(base) else float("nan")
+    out = {}
+    for group, g in results[results["group"] != BASELINE[0]].groupby("group", sort=False):
+        t = pd.concat([base, g])[["setting", "miou", "n"]].copy()
+        t["delta"] = (t["miou"] - base_miou) * 100
+        t["miou"] = t["miou"] * 100
+        out[str(group)] = t.rename(columns={"miou": "mIoU (%)", "delta": "Δ vs baseline"}).reset_index(drop=True)
+    return out

@@ -1,0 +1,149 @@
+"""Study 05 (ablations) on a tiny random-weight SD pipeline (32 px, maps 16/8/4/2) and the toy oracle:
+the grid is validated up front, mask-only variants share one generation, scores are cached by params
+hash, a rerun computes only what changed, and the scores are the mIoU make_mask's labels get."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from dmutils.masks import make_mask
+from dmutils.oracles import get_oracle
+from dmutils.params import ParamsError, load_params
+from dmutils.studies import ablations
+from dmutils.tiny_models import tiny_sd15_pipeline
+
+SMALL = ["model.num_inference_steps=2", "study.ablation_samples=3", "dataset.batch_size=3"]
+GRID = {"groups": {
+    "cross_resolutions": {"16": {"capture.cross_resolutions": [16]}, "16+8+4": {"capture.cross_resolutions": [16, 8, 4]}},
+    "tau": {"0": {"masks.tau": 0}, "2": {"masks.tau": 2}},
+    "band": {"[0.4, 0.6)": {"masks.uncertain_band": [0.4, 0.6]}},
+    "class_prompt": {"none": {"prompts.class_prompt": "none"}},
+}}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.set_num_threads(1)
+    return tiny_sd15_pipeline(0)
+
+
+def write_grid(tmp_path, grid=GRID):
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def params(tmp_path):
+    return load_params(None, SMALL + [f"study.ablation_grid={write_grid(tmp_path)}"])
+
+
+class Counting:
+    """A pipeline factory and generate() wrapper that count what was computed."""
+
+    def __init__(self, pipe, monkeypatch):
+        self.pipe, self.factory_calls, self.generated = pipe, 0, []
+        real = ablations.generate
+
+        def generate(p, params, oracle):
+            self.generated.append(params)
+            return real(p, params, oracle)
+
+        monkeypatch.setattr(ablations, "generate", generate)
+
+    def __call__(self):
+        self.factory_calls += 1
+        return self.pipe
+
+
+def test_grid_loads_baseline_first_and_rejects_bad_variants(tmp_path, params):
+    variants = ablations.load_grid(params)
+    assert variants[0].name == "baseline: params" and variants[0].overrides == {}
+    assert [v.name for v in variants[1:3]] == ["cross_resolutions: 16", "cross_resolutions: 16+8+4"]
+    bad = write_grid(tmp_path, {"groups": {"tau": {"x": {"masks.tua": 2}}}})
+    with pytest.raises(ParamsError, match=r"variant 'tau: x'.*masks\.tau"):
+        ablations.load_grid(params, bad)
+    with pytest.raises(ParamsError, match="no such file"):
+        ablations.load_grid(params, tmp_path / "nope.yaml")
+    with pytest.raises(ParamsError, match="ablation_grid is null"):
+        ablations.load_grid(load_params(None, ["study.ablation_grid=null"]))
+
+
+def test_generation_key_separates_only_generation_settings(params):
+    key = lambda over: ablations.generation_key(ablations.apply(params, over))  # noqa: E731
+    base = key({})
+    assert key({"masks.tau": 4}) == key({"capture.cross_resolutions": [4]}) == key({"masks.crf.enabled": True}) == base
+    assert key({"prompts.class_prompt": "none"}) != base
+    assert key({"capture.timestep_window": [0.5, 1.0]}) != base
+    assert key({"run.seed": 1}) != base
+    h = lambda over: ablations.variant_hash(ablations.apply(params, over))  # noqa: E731
+    assert len({h({}), h({"masks.tau": 4}), h({"capture.cross_resolutions": [4]}), h({"masks.threshold": 0.4})}) == 4
+    assert h({"masks.tau": 4}) == h({"masks.tau": 4})
+
+
+def test_run_grid_generates_once_per_key_and_caches(tmp_path, params, pipe, monkeypatch):
+    variants = ablations.load_grid(params)
+    oracle = get_oracle(params)
+    count = Counting(pipe, monkeypatch)
+    first = ablations.run_grid(count, params, variants, tmp_path / "cache", oracle, progress=False)
+    assert count.factory_calls == 1
+    assert len(count.generated) == 2  # the class_prompt variant is the only one that generates anew
+    shared = next(g for g in count.generated if g.prompts.class_prompt == params.prompts.class_prompt)
+    assert shared.capture.cross_resolutions == [16, 8, 4] and shared.masks.tau == 2  # union of what variants read
+    assert list(first["variant"]) == [v.name for v in variants]
+    assert not first["cached"].any() and (first["n"] > 0).all()
+    assert first["miou"].between(0, 1).all()
+    assert first.loc[first["group"] == "band", "ignored"].item() > 0 == first.loc[first["group"] == "tau", "ignored"].max()
+
+    again = ablations.run_grid(count, params, variants, tmp_path / "cache", oracle, progress=False)
+    assert count.factory_calls == 1 and len(count.generated) == 2  # nothing recomputed, not even the pipeline
+    assert again["cached"].all()
+    pd.testing.assert_series_equal(again["miou"], first["miou"])
+
+    changed = [*variants, ablations.Variant("threshold", "0.3", {"masks.threshold": 0.3})]
+    third = ablations.run_grid(count, params, changed, tmp_path / "cache", oracle, progress=False)
+    assert len(count.generated) == 3 and list(third["cached"]) == [True] * len(variants) + [False]
+
+    # same params, fresh cache: the same scores (seeds derive from the params)
+    fresh = ablations.run_grid(lambda: pipe, params, variants[:2], tmp_path / "cache2", oracle, progress=False)
+    np.testing.assert_allclose(fresh["miou"], first["miou"][:2], rtol=1e-6)
+
+
+def test_score_is_pooled_miou_of_make_mask_labels(params, pipe):
+    gen = ablations.generation_params([params, ablations.apply(params, {"capture.cross_resolutions": [16, 8, 4]})])
+    samples = ablations.generate(pipe, gen, get_oracle(params))
+    assert samples and all(set(s.cross) == {16, 8, 4} for s in samples)
+    p = ablations.apply(params, {"capture.cross_resolutions": [8]})
+    k = len(params.classes) + 1
+    conf = np.zeros((k, k), dtype=np.int64)
+    for s in samples:
+        labels, _ = make_mask({8: s.cross[8]}, s.image, p.masks, s.class_ids, s.self_attn, class_names=list(s.spec.classes))
+        for t in range(k):
+            for q in range(k):
+                conf[t, q] += int(((s.oracle == t) & (labels == q)).sum())
+    present = (conf.sum(0) + conf.sum(1)) > 0
+    expected = np.mean([conf[c, c] / (conf[c].sum() + conf[:, c].sum() - conf[c, c]) for c in np.flatnonzero(present)])
+    assert ablations.score(samples, p)["miou"] == pytest.approx(expected)
+
+
+def test_miou_and_confusion_by_hand():
+    true = np.array([[0, 0, 1, 1], [0, 255, 2, 2]], dtype=np.uint8)
+    pred = np.array([[0, 1, 1, 1], [255, 0, 2, 0]], dtype=np.uint8)
+    conf = ablations.confusion(pred, true, 3)
+    assert conf.sum() == 6  # two pixels ignored
+    # class 0: inter 1, union 1+... -> pred0 {(0,0),(1,1)x ignored,(1,3)}; IoU0 = 1/3, IoU1 = 2/3, IoU2 = 1/2
+    assert ablations.miou(conf) == pytest.approx(np.mean([1 / 3, 2 / 3, 1 / 2]))
+
+
+def test_pivot_tables_put_the_baseline_first():
+    results = pd.DataFrame({"variant": ["baseline: params", "tau: 0", "tau: 2", "crf: on"],
+                            "group": ["baseline", "tau", "tau", "crf"], "setting": ["params", "0", "2", "on"],
+                            "miou": [0.5, 0.4, 0.55, 0.6], "n": [3] * 4})
+    tables = ablations.pivot_tables(results)
+    assert list(tables) == ["tau", "crf"]
+    assert list(tables["tau"]["setting"]) == ["params", "0", "2"]
+    np.testing.assert_allclose(tables["tau"]["Δ vs baseline"], [0, -10, 5])
+    np.testing.assert_allclose(tables["crf"]["mIoU (%)"], [50, 60])
