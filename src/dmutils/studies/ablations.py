@@ -14,7 +14,9 @@ classes, prompts, capture except the resolutions, seed), each group is generated
 union of the resolutions its variants read and self-attention kept, and each variant's masks are
 made from those maps restricted to its own resolutions. Scores are cached on disk under a hash of
 the variant's effective params (:func:`variant_hash`), so a rerun computes only what changed and
-skips generation for groups whose variants are all cached. The steps::
+skips generation for groups whose variants are all cached. Caveat: capturing more layers runs
+their attention through the capture processors, which can move the images by float rounding, so a
+variant scored in a grid with other resolutions may differ from a fresh score in the 4th digit. The steps::
 
     variants = load_grid(params)                                   # [Variant(group, setting, overrides)]
     results  = run_grid(pipe_factory, params, variants, cache_dir)  # one row per variant: miou, n

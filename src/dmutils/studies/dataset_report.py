@@ -1,0 +1,92 @@
+"""Notebook 03: what a generated dataset holds, read back from its files (not from the generator's memory).
+
+Everything comes from ``manifest.jsonl`` (one record per sample: classes, split, status, reject
+reason, pixel fraction of each named class) and the label PNGs, so the report of a resumed or
+merged dataset is the same as that of one generated in one go.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dmutils import voc
+from dmutils.dataset.generate import MANIFEST, Manifest
+
+IGNORE = 255
+
+
+def read_records(root: str | Path) -> list[dict]:
+    """The manifest's records in index order; a clear error when ``root`` is no generated dataset."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: generate the dataset first (dmutils generate, or notebook 03)")
+    return [r for _, r in sorted(Manifest(path).read().items())]
+
+
+def sample_table(records: list[dict]) -> pd.DataFrame:
+    """One row per sample: id, prompt, seed, classes ('+'-joined), split, status, reason."""
+    return pd.DataFrame([{"index": r["index"], "id": r["id"], "prompt": r["prompt"], "seed": r["seed"],
+                          "classes": "+".join(r["classes"]), "split": r["split"], "status": r["status"],
+                          "reason": r.get("reason")} for r in records])
+
+
+def class_table(root: str | Path, records: list[dict], class_names: list[str]) -> pd.DataFrame:
+    """Per class (plus background and ignore): written samples naming it, its mean pixel fraction in
+    those samples (manifest) and its share of all labelled pixels (label PNGs, so 255 counts too)."""
+    ok = [r for r in records if r["status"] == "ok"]
+    counts = np.zeros(256, dtype=np.int64)
+    for r in ok:
+        counts += np.bincount(voc.read_label(Path(root) / voc.LABELS / f"{r['id']}.png").ravel(), minlength=256)
+    total = max(int(counts.sum()), 1)
+    rows = [{"class": "background", "samples": len(ok), "mean_fraction": np.nan, "pixel_share": counts[0] / total}]
+    for k, c in enumerate(class_names, 1):
+        fr = [r["fractions"][c] for r in ok if c in r["classes"]]
+        rows.append({"class": c, "samples": len(fr), "mean_fraction": float(np.mean(fr)) if fr else np.nan,
+                     "pixel_share": counts[k] / total})
+    rows.append({"class": "ignore", "samples": sum(1 for r in ok if _has_ignore(root, r)), "mean_fraction": np.nan,
+                 "pixel_share": counts[IGNORE] / total})
+    return pd.DataFrame(rows)
+
+
+def _has_ignore(root: str | Path, record: dict) -> bool:
+    return bool((voc.read_label(Path(root) / voc.LABELS / f"{record['id']}.png") == IGNORE).any())
+
+
+def rejections(records: list[dict]) -> pd.DataFrame:
+    """Rejected samples: id, prompt, classes, the reason's kind (text before ':') and the full reason."""
+    rows = [{"id": r["id"], "prompt": r["prompt"], "classes": "+".join(r["classes"]),
+             "kind": r["reason"].split(":")[0], "reason": r["reason"]} for r in records if r["status"] != "ok"]
+    return pd.DataFrame(rows, columns=["id", "prompt", "classes", "kind", "reason"])
+
+
+def reason_counts(records: list[dict]) -> pd.DataFrame:
+    """How many samples each kind of reason rejected, and how many were written ('ok')."""
+    kinds = ["ok" if r["status"] == "ok" else r["reason"].split(":")[0] for r in records]
+    out = pd.Series(kinds, dtype=object).value_counts().rename_axis("outcome").reset_index(name="samples")
+    out["fraction"] = out["samples"] / max(len(records), 1)
+    return out
+
+
+def throughput(summary: dict) -> pd.DataFrame:
+    """Generation speed of this run (``generate_dataset``'s summary); 0 samples generated now = resumed."""
+    return pd.DataFrame([{"generated_now": summary["generated_now"], "skipped_done": summary["skipped_done"],
+                          "written": summary["written"], "rejected": summary["rejected"], "seconds": summary["seconds"],
+                          "samples_per_s": summary["samples_per_s"]}])
+
+
+def sample_grid(root: str | Path, records: list[dict], class_names: list[str], n: int = 6):
+    """The first ``n`` written samples: image, mask overlay (VOC palette), and the ignore (255) region in white."""
+    from dmutils import figures
+
+    ok = [r for r in records if r["status"] == "ok"][:n]
+    if not ok:
+        raise ValueError("no written samples to show: every sample was rejected (see the rejection table)")
+    root = Path(root)
+    images = [voc.read_image(root / voc.IMAGES / f"{r['id']}.jpg") for r in ok]
+    labels = [voc.read_label(root / voc.LABELS / f"{r['id']}.png") for r in ok]
+    ignore = [np.repeat(((lab == IGNORE) * 255).astype(np.uint8)[..., None], 3, axis=2) for lab in labels]
+    titles = [r["prompt"] for r in ok] + ["mask"] * len(ok) + [f"ignore {float((lab == IGNORE).mean()):.0%}" for lab in labels]
+    return figures.image_grid([*images, *images, *ignore], [None] * len(ok) + labels + [None] * len(ok), titles,
+                              ncols=len(ok), class_names=class_names, title="Generated samples, masks and ignore regions")
