@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from dmutils import voc
@@ -35,6 +36,9 @@ def setup(tmp_path_factory):
     from dmutils.pipeline import load_pipeline
     from dmutils.tiny_models import save_tiny_sd15
 
+    # float sums (the saved maps) depend on the thread count: the reference, the killed subprocess and
+    # the resume all run on one thread (other test modules change torch's count in this process)
+    torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("gen")
     model = save_tiny_sd15(tmp / "tiny-sd")
     raw = {"model": {"path": str(model), "num_inference_steps": 2, "device": "cpu"},
@@ -120,7 +124,9 @@ def test_resume_after_kill_is_byte_identical(setup, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dmutils", "generate", str(setup["file"]), "--no-progress",
            "--set", f"dataset.out_dir={out}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    torch.set_num_threads(1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     manifest, deadline = out / "manifest.jsonl", time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
