@@ -225,8 +225,9 @@ def summarize(records: dict[int, dict], class_names: list[str]) -> dict[str, Any
 # Post-processing of one sample (worker side): mask, checks, files
 # ---------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _one_thread():
-    """Masks use one torch thread everywhere, so inline and worker results are the same bytes."""
+def one_thread():
+    """Masks are many small tensor ops run on one torch thread everywhere: inline and worker results
+    are then the same bytes, and on a shared CPU more threads would only wait on each other."""
     import torch
 
     n = torch.get_num_threads()
@@ -249,7 +250,7 @@ def label_sample(image: np.ndarray, cross: dict[int, np.ndarray], self_attn: dic
         if not np.isfinite(m).all():
             return None, {}, f"non-finite maps: self-attention at {res} has NaN/inf"
     try:
-        with _one_thread():
+        with one_thread():
             labels, _ = make_mask(cross, image, mask_params, class_ids, self_attn, class_names=classes)
     except MaskInputError as e:
         return None, {}, f"mask error: {e}"

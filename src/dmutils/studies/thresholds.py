@@ -23,7 +23,6 @@ is made with, so the study measures exactly what generation would produce.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dmutils.dataset.generate import one_thread
 from dmutils.dataset.prompts import SampleSpec, TemplateSource, class_words
 from dmutils.masks import label_map, make_mask, remove_small_regions
 from dmutils.params import MaskParams, Params, ParamsError
@@ -188,17 +188,6 @@ def threshold_labels(sample: Sample, params: Params, tau: int, crf: bool, thresh
     return [remove_small_regions(label_map(scores, sample.class_ids, t), min_pixels) for t in thresholds]
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Masks are many small tensor ops: on a shared CPU more threads only wait on each other."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def sweep(samples: Sequence[Sample], params: Params, progress: bool = False) -> pd.DataFrame:
