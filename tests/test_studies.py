@@ -20,7 +20,7 @@ from dmutils.studies import thresholds
 from dmutils.tiny_models import save_tiny_sd15, tiny_sd15_pipeline
 from dmutils.toyworld import CLASS_NAMES, make_scene
 
-SMALL = ["model.num_inference_steps=3", "capture.cross_resolutions=[16,8]", "study.threshold_images_per_class=2", "study.thresholds=[0.2,0.4,0.6]",
+SMALL = ["model.num_inference_steps=3", "capture.cross_resolutions=[16,8]", "masks.tau=1", "masks.crf.enabled=false", "study.threshold_images_per_class=2", "study.thresholds=[0.2,0.4,0.6]",
          "study.crf_thresholds=[0.4]", "study.taus=[0,2]", "study.attention_seeds=[0]", "study.timestep_windows=3",
          "dataset.batch_size=4"]
 
