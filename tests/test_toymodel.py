@@ -17,7 +17,8 @@ MODEL = Path(__file__).resolve().parents[1] / "models" / "toy-sd"
 def pipe():
     from diffusers import StableDiffusionPipeline
 
-    return StableDiffusionPipeline.from_pretrained(MODEL, safety_checker=None, local_files_only=True)
+    assert (MODEL / "model_index.json").is_file(), f"the embedded model is missing at {MODEL}; re-make it with `dmutils train-toy-model`"
+    return StableDiffusionPipeline.from_pretrained(str(MODEL), safety_checker=None, local_files_only=True)
 
 
 def test_tokenizer_keeps_every_vocabulary_word_whole_and_falls_back_to_characters(tmp_path):
