@@ -28,13 +28,7 @@ def _coarse_maps(scene):
     return masks.upsample(torch.nn.functional.avg_pool2d(onehot[None], 8)[0], scene.label.shape), ids
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On the shared 2-core machine, 2 torch threads spin-wait on each other: 1 thread is ~4x faster here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from dmutils.tiny_models import tiny_sd15_pipeline
 PROMPTS = ["a man riding a horse; person horse", "an aeroplane and a potted plant near a tv monitor"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine is shared: one thread is faster than two fighting for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

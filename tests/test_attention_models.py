@@ -11,12 +11,7 @@ from dmutils.pipeline import ModelNotFoundError, load_pipeline
 from dmutils.tiny_models import save_tiny_sd15, tiny_sd2_pipeline, tiny_sdxl_pipeline, tiny_tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(pipe, spec, prompts=("a red circle", "an aeroplane"), steps=2):

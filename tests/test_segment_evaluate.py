@@ -13,13 +13,7 @@ from dmutils.segment.selftrain import PseudoLabeled
 CLASSES = ["background", "a", "b", "c"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads waiting on each other cost 10-30x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FixedPrediction(nn.Module):

@@ -20,13 +20,7 @@ TINY_SEGFORMER = {"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_
                   "decoder_hidden_size": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads waiting on each other cost 10-30x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**train) -> "Params":  # noqa: F821
