@@ -88,6 +88,25 @@ def test_maps_equal_explicit_softmax_reference_and_images_are_unchanged(pipe):
             torch.testing.assert_close(got, expected[i], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("head_reduce", ["mean", "max"])
+def test_heads_in_chunks_give_the_same_maps_and_images(pipe, monkeypatch, head_reduce):
+    from dmutils.attention.processors import CaptureAttnProcessor
+
+    spec = CaptureSpec(cross_resolutions=(16,), self_resolutions=(16,), head_reduce=head_reduce)
+    with capture(pipe, spec) as rec:
+        whole = generate(pipe, steps=2)
+    expected = rec.maps()
+    # 16x16 self-attention of 2 samples: 2 * 256 * 256 * 4 bytes per head; allow one head at a time
+    monkeypatch.setattr(CaptureAttnProcessor, "max_chunk_bytes", 2 * 256 * 256 * 4)
+    with capture(pipe, spec) as rec:
+        chunked = generate(pipe, steps=2)
+    got = rec.maps()
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+    for i in range(2):
+        torch.testing.assert_close(got.self_attention(i, 16), expected.self_attention(i, 16), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got.cross(i, 16), expected.cross(i, 16), atol=1e-6, rtol=1e-5)
+
+
 def test_batch_maps_are_per_sample(pipe):
     with capture(pipe, CaptureSpec(cross_resolutions=(8,), self_resolutions=())) as rec:
         generate(pipe, PROMPTS, seeds=(0, 1), steps=2)

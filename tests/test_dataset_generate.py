@@ -186,3 +186,17 @@ def test_remask_reproduces_then_changes_masks_without_generating(setup, tmp_path
     assert meta["params"]["masks"]["threshold"] == 0.8
     with pytest.raises(ParamsError, match="capture.tau|capture"):
         _overrides(None, ["capture.head_reduce=max"])
+
+
+def test_self_attention_is_captured_only_when_masks_read_it(setup, tmp_path):
+    params = setup["params"]
+    no_self = params.model_copy(update={"masks": params.masks.model_copy(update={"tau": 0})})
+    no_self = _with(no_self, out_dir=str(tmp_path / "tau0"), num_samples=2)
+    generate_dataset(no_self, pipe=setup["pipe"], progress=False)
+    for npz in (tmp_path / "tau0" / gen.MAPS).iterdir():
+        cross, self_attn = gen.read_maps(npz)
+        assert sorted(cross) == [8, 16] and self_attn is None
+    assert all(gen.read_maps(p)[1] for p in (setup["ref"] / gen.MAPS).iterdir())  # tau=1: saved
+    with pytest.raises(ParamsError, match="needs self-attention maps"):
+        remask_dataset(tmp_path / "tau0", {"masks": {"tau": 2}}, tmp_path / "tau2", workers=0, progress=False)
+    assert not (tmp_path / "tau2").exists()

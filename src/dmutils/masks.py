@@ -297,6 +297,12 @@ def remove_small_regions(labels: np.ndarray, min_pixels: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # The whole pipeline
 # ---------------------------------------------------------------------------------------------
+def uses_self_attention(params: MaskParams) -> bool:
+    """Whether masks made with ``params`` read self-attention (A_self^tau . A_cross with tau > 0):
+    generation captures and saves it only then, since explicit self-attention is the costly part."""
+    return params.refine == "self_attention" and params.tau > 0
+
+
 def make_mask(class_maps: ArrayLike | Mapping[int, ArrayLike], image: np.ndarray, params: MaskParams,
               class_ids: Sequence[int] | np.ndarray, self_attn: ArrayLike | Mapping[int, ArrayLike] | None = None, *,
               class_names: Sequence[str] | None = None, affinity: "AffinityModel | None" = None) -> tuple[np.ndarray, np.ndarray]:
@@ -318,7 +324,7 @@ def make_mask(class_maps: ArrayLike | Mapping[int, ArrayLike], image: np.ndarray
             raise MaskInputError(f"threshold_mode='per_class' needs class_names, one per map ({len(ids)}), got {class_names}")
         thresholds = class_thresholds(read_threshold_table(params.threshold_table), class_names)
     refine = params.refine
-    if refine == "self_attention" and params.tau > 0:
+    if uses_self_attention(params):
         if self_attn is None:
             raise MaskInputError("refine='self_attention' with tau > 0 needs self_attn (r*r, r*r); "
                                  "capture self-attention or set masks.refine='none' (or masks.tau=0)")

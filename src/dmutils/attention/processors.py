@@ -7,6 +7,10 @@ probabilities are added to the :class:`~dmutils.attention.state.CaptureState`, a
 half with SDPA. Outside the window it calls the layer's original processor. The output equals the
 default's within float tolerance, so images do not change.
 
+The explicit probabilities are computed a few heads at a time (at most ``max_chunk_bytes`` of float32
+scores per chunk) and reduced over heads at once, so self-attention at 64x64 (4096 x 4096 per head)
+never holds every head's matrix: peak memory is one chunk, not ``batch x heads x 4096^2``.
+
 In class-prompt mode (``state.class_context`` set) a cross-attention layer computes its output as
 usual and in addition the probabilities of its queries against the class prompt's keys: the maps
 come from the class prompt, the image from the caption.
@@ -25,8 +29,9 @@ SUPPORTED = (AttnProcessor2_0, AttnProcessor)
 def attention_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) over keys, in float32: (batch, heads, queries, keys).
 
-    The scale is SDPA's default, which is what ``AttnProcessor2_0`` uses."""
-    scores = torch.matmul(query, key.transpose(-1, -2)).float() * query.shape[-1] ** -0.5
+    The scale is SDPA's default, which is what ``AttnProcessor2_0`` uses; it is applied to the query
+    (small) rather than to the scores (large), as SDPA does."""
+    scores = torch.matmul(query * query.shape[-1] ** -0.5, key.transpose(-1, -2)).float()
     if mask is not None:
         scores = scores + mask.float()
     return scores.softmax(dim=-1)
@@ -34,6 +39,8 @@ def attention_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor |
 
 class CaptureAttnProcessor:
     """``AttnProcessor2_0`` that records the probabilities of one layer into ``state``."""
+
+    max_chunk_bytes = 256 * 2**20  # float32 scores computed at once; more heads are done in chunks
 
     def __init__(self, state: CaptureState, kind: str, resolution: int, original) -> None:
         if not isinstance(original, SUPPORTED):
@@ -77,12 +84,10 @@ class CaptureAttnProcessor:
             if attn.norm_cross:
                 class_context = attn.norm_encoder_hidden_states(class_context)
             class_key = self._heads(attn, attn.to_k(class_context), attn.norm_k)
-            state.add(self.kind, self.resolution, attention_probs(query[cond], class_key))
+            self._record(query[cond], class_key, None, None)
         else:
             mask = None if attention_mask is None else attention_mask[cond]
-            probs = attention_probs(query[cond], key[cond], mask)
-            state.add(self.kind, self.resolution, probs)
-            out_cond = torch.matmul(probs.to(value.dtype), value[cond])
+            out_cond = self._record(query[cond], key[cond], value[cond], mask)
             if cond.start:  # the unconditional half, rows [0, start), with the fast kernel
                 mask = None if attention_mask is None else attention_mask[: cond.start]
                 out_uncond = F.scaled_dot_product_attention(query[: cond.start], key[: cond.start], value[: cond.start],
@@ -98,6 +103,27 @@ class CaptureAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+    def _record(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None,
+                mask: torch.Tensor | None) -> torch.Tensor | None:
+        """Add the head-reduced probabilities of softmax(q k^T) to the state, a chunk of heads at a
+        time; return probs @ value (batch, heads, queries, d) when ``value`` is given."""
+        n, heads, queries = query.shape[:3]
+        per_head = n * queries * key.shape[-2] * 4
+        step = max(1, min(heads, self.max_chunk_bytes // max(per_head, 1)))
+        reduce_max = self.state.head_reduce == "max"
+        reduced, outs = None, []
+        for h in range(0, heads, step):
+            heads_h = slice(h, h + step)
+            mask_h = None if mask is None else (mask[:, heads_h] if mask.shape[1] > 1 else mask)
+            probs = attention_probs(query[:, heads_h], key[:, heads_h], mask_h)
+            if value is not None:
+                outs.append(torch.matmul(probs.to(value.dtype), value[:, heads_h]))
+            part = probs.amax(1) if reduce_max else probs.sum(1)
+            reduced = part if reduced is None else (torch.maximum(reduced, part) if reduce_max else reduced.add_(part))
+            del probs
+        self.state.add(self.kind, self.resolution, reduced if reduce_max else reduced.div_(heads))
+        return torch.cat(outs, dim=1) if value is not None else None
 
     @staticmethod
     def _heads(attn: Attention, x: torch.Tensor, norm=None) -> torch.Tensor:

@@ -24,10 +24,9 @@ class CaptureState:
     class_context: torch.Tensor | None = None  # class-prompt embeddings, (N, 77, D), or None
     peak_bytes: int = 0
 
-    def add(self, kind: str, resolution: int, probs: torch.Tensor) -> None:
-        """Add one layer's probabilities (N, heads, queries, keys), reduced over heads."""
-        probs = probs.float()
-        reduced = probs.mean(1) if self.head_reduce == "mean" else probs.amax(1)
+    def add(self, kind: str, resolution: int, reduced: torch.Tensor) -> None:
+        """Add one layer's probabilities, already reduced over heads with ``head_reduce``: (N, queries, keys)."""
+        reduced = reduced.float()
         key = (kind, resolution)
         buf = self.sums.get(key)
         if buf is None:

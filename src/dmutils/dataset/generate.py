@@ -24,7 +24,8 @@ Why it is built this way:
 - **Masks are made from what is saved**: float16 maps and the JPEG-decoded image, so
   ``dmutils remask`` with the same mask params reproduces the labels exactly.
 - **Post-processing never blocks generation**: masks/CRF/encoding run in a process pool
-  (``dataset.workers``, spawned, one torch thread each; 0 = inline) while the next batch generates.
+  (``dataset.workers``, spawned, one torch thread each, at a lower CPU priority; 0 = inline) while
+  the next batch generates. Self-attention is captured only when the masks read it (tau > 0).
 - **Bad samples are rejected, not written**: non-finite maps, a class word missing from the prompt,
   an empty mask for a named class, a class below ``dataset.min_area``; the manifest says why.
 - **Other params, other folder.** ``dataset.json`` holds the hash of every param that decides the
@@ -288,6 +289,10 @@ def finish_sample(job: dict) -> dict:
 
 
 def _init_worker() -> None:
+    """One torch thread, and a lower CPU priority: where cores are few, generation keeps them and
+    post-processing runs in its gaps (the last batch's masks are the only ones waited for)."""
+    if hasattr(os, "nice"):
+        os.nice(10)
     import torch
 
     torch.set_num_threads(1)
@@ -329,18 +334,24 @@ def generate_batch(pipe, specs: list[SampleSpec], params: Params, batch_size: in
     """Generate ``specs`` (padded to ``batch_size`` rows) with attention capture.
 
     Returns per sample: image (H, W, 3) uint8, cross {res: (C, r, r) float16}, self_attn
-    {res: (N, N) float16} when the masks need it, and a reject reason or None."""
+    {res: (N, N) float16} when the masks need it, and a reject reason or None. Self-attention is
+    captured only when the masks read it (:func:`dmutils.masks.uses_self_attention`)."""
+    import dataclasses
+
     import torch
 
     from dmutils.attention.capture import capture
     from dmutils.attention.maps import WordLookupError
     from dmutils.attention.spec import CaptureSpec
+    from dmutils.masks import uses_self_attention
 
     rows = specs + [specs[-1]] * (batch_size - len(specs))
     m = params.model
     class_prompts = [s.class_prompt for s in rows] if params.prompts.class_prompt == "cross_attention" else None
-    need_self = params.masks.refine == "self_attention" and params.masks.tau > 0
+    need_self = uses_self_attention(params.masks)
     spec = CaptureSpec.from_params(params.capture)
+    if not need_self:
+        spec = dataclasses.replace(spec, self_resolutions=())
     prompts = [s.prompt for s in rows]
     with torch.no_grad(), capture(pipe, spec, class_prompts=class_prompts) as rec:
         out = pipe(prompts, num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale,
@@ -468,9 +479,7 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
     ds = params.dataset
     class_index = {c: k + 1 for k, c in enumerate(params.class_names)}
     mask_params = params.masks.model_dump(mode="json")
-    if todo and pipe is None:
-        pipe = _load_pipeline(params)
-    pool = make_pool(ds.workers)
+    pool = make_pool(ds.workers) if todo else None  # workers import while the model loads
     pending: deque[Future | _Done] = deque()
     max_pending = ds.batch_size * (ds.workers + 2)
     bar = tqdm(total=len(todo), desc=f"generate {root.name}", unit="sample", disable=not progress or not todo)
@@ -484,6 +493,8 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
             bar.update(1)
 
     try:
+        if todo and pipe is None:
+            pipe = _load_pipeline(params)
         for start in range(0, len(todo), ds.batch_size):
             specs = plan.specs(todo[start : start + ds.batch_size])
             for s, item in zip(specs, generate_batch(pipe, specs, params, ds.batch_size)):

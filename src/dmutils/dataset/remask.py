@@ -20,6 +20,7 @@ from pathlib import Path
 from dmutils import voc
 from dmutils.dataset.generate import (MANIFEST, MAPS, META, Manifest, _Done, dataset_meta, decode_jpeg, label_sample, make_pool,
                                       params_from_meta, prepare_output, read_maps, summarize, write_splits)
+from dmutils.masks import uses_self_attention
 from dmutils.params import MaskParams, ParamsError, deep_merge, load_params, parse_overrides
 
 
@@ -70,6 +71,10 @@ def remask_dataset(src: str | Path, overrides: dict | None = None, out: str | Pa
     todo = [r for r in records.values() if (src / MAPS / f"{r['id']}.npz").is_file()]
     if records and not todo:
         raise ParamsError(f"{src} has no saved maps (dataset.save_maps was false); regenerate with --set dataset.save_maps=true")
+    if todo and uses_self_attention(params.masks) and read_maps(src / MAPS / f"{todo[0]['id']}.npz")[1] is None:
+        raise ParamsError(f"masks.refine='self_attention' with masks.tau={params.masks.tau} needs self-attention maps, but {src} "
+                          "was generated with masks that do not read them (tau=0 or refine!='self_attention'), so none were "
+                          "saved; remask with masks.tau=0, or generate again with the tau you want")
     out = Path(out) if out else src
     new_meta = dataset_meta(params)
     if out != src:
