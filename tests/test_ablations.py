@@ -147,3 +147,53 @@ def test_pivot_tables_put_the_baseline_first():
     assert list(tables["tau"]["setting"]) == ["params", "0", "2"]
     np.testing.assert_allclose(tables["tau"]["Δ vs baseline"], [0, -10, 5])
     np.testing.assert_allclose(tables["crf"]["mIoU (%)"], [50, 60])
+
+
+TINY_TRAIN = ["train.config={hidden_sizes: [8, 16, 16, 16], depths: [1, 1, 1, 1], num_attention_heads: [1, 1, 1, 1], "
+              "decoder_hidden_size: 16}", "train.image_size=32", "train.steps=3", "train.batch_size=2",
+              "train.noise_learning.folds=2", "train.noise_learning.fold_steps=1", "train.noise_learning.drop_fraction=0.5",
+              "dataset.min_area=0.0", "masks.threshold=0.3"]
+SEG_GRID = {"segmenter_variants": ["baseline", "tau: 0"],
+            "groups": {"tau": {"0": {"masks.tau": 0}, "2": {"masks.tau": 2}},
+                       "splicing": {"on": {"dataset.splice.enabled": True, "dataset.splice.grids": [[1, 2]]}},
+                       "noise_learning": {"on": {"train.noise_learning.enabled": True}}}}
+
+
+def test_segmenter_variants_are_named_in_the_grid_or_only_change_training(tmp_path, params):
+    p = load_params(None, SMALL + [f"study.ablation_grid={write_grid(tmp_path, SEG_GRID)}"])
+    flagged = [v.name for v in ablations.load_grid(p) if v.segmenter]
+    assert flagged == ["baseline: params", "tau: 0", "splicing: on", "noise_learning: on"]
+    with pytest.raises(ParamsError, match=r"segmenter_variants names \['tau: 9'\]"):
+        ablations.load_grid(p, write_grid(tmp_path, {**SEG_GRID, "segmenter_variants": ["tau: 9"]}))
+
+
+def test_run_grid_trains_segmenters_for_flagged_variants_and_caches_them(tmp_path, pipe, monkeypatch):
+    from dmutils import toyworld
+    from dmutils.segment.data import ArrayDataset
+
+    params = load_params(None, SMALL + TINY_TRAIN + ["study.ablation_samples=4", "dataset.batch_size=4",
+                                                     f"study.ablation_grid={write_grid(tmp_path, SEG_GRID)}"])
+    test = ArrayDataset([(s.image, s.label) for s in map(lambda k: toyworld.make_scene(k, size=32), range(4))],
+                        ["background", *params.class_names], "toy test")
+    variants = ablations.load_grid(params)
+    count = Counting(pipe, monkeypatch)
+    first = ablations.run_grid(count, params, variants, tmp_path / "cache", get_oracle(params), progress=False, test=test)
+    rows = first.set_index("variant")
+    scored = rows["segmenter_miou"].notna()
+    assert list(rows.index[scored]) == ["baseline: params", "tau: 0", "splicing: on", "noise_learning: on"]
+    assert rows.loc[scored, "segmenter_miou"].between(0, 1).all()
+    base_n = rows.loc["baseline: params", "train_samples"]
+    assert base_n > 0
+    assert rows.loc["splicing: on", "train_samples"] == 2 * base_n  # as many mosaics as samples
+    assert rows.loc["noise_learning: on", "train_samples"] == base_n - round(0.5 * base_n)
+    # training-only variants make the baseline's masks: same mask score, same cache entry
+    assert rows.loc["splicing: on", "key"] == rows.loc["baseline: params", "key"]
+    assert rows.loc["splicing: on", "miou"] == rows.loc["baseline: params", "miou"]
+
+    again = ablations.run_grid(count, params, variants, tmp_path / "cache", get_oracle(params), progress=False, test=test)
+    assert count.factory_calls == 1 and again["cached"].all()
+    pd.testing.assert_series_equal(again["segmenter_miou"], first["segmenter_miou"])
+    tables = ablations.pivot_tables(first)
+    assert "segmenter mIoU (%)" in tables["splicing"] and "segmenter mIoU (%)" in tables["tau"]  # tau 0 is scored
+    assert "segmenter mIoU (%)" not in ablations.pivot_tables(first[first["group"].isin(["baseline", "tau"])].assign(
+        segmenter_miou=np.nan))["tau"]

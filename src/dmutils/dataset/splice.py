@@ -78,6 +78,39 @@ def photometric(image: np.ndarray, rng: np.random.Generator, blur: float, jitter
     return np.asarray(img)
 
 
+def draw_mosaic(k: int, n: int, splice_params: SpliceParams, seed: int) -> tuple[tuple[int, int], list[int], np.random.Generator]:
+    """Mosaic ``k`` of a source of ``n`` samples: its grid, the indices of its tiles (row-major, no
+    repeats) and the generator its photometric jitter draws from, all from (seed, k) alone."""
+    grids = [tuple(g) for g in splice_params.grids]
+    rng = np.random.default_rng([_hash_int("dmutils-splice", seed, k) % 2**63])
+    grid = grids[int(rng.integers(len(grids)))]
+    return grid, [int(j) for j in rng.choice(n, size=grid[0] * grid[1], replace=False)], rng
+
+
+def check_grids(splice_params: SpliceParams, n: int, what: str) -> None:
+    grids = [tuple(g) for g in splice_params.grids]
+    bad = [g for g in grids if len(g) != 2 or min(g) < 1]
+    if bad or not grids:
+        raise ParamsError(f"dataset.splice.grids must be a non-empty list of [rows, cols] with rows, cols >= 1; got {splice_params.grids}")
+    need = max(r * c for r, c in grids)
+    if n < need:
+        raise ParamsError(f"{what} has {n} train samples; a {need}-tile mosaic needs at least {need} "
+                          f"(generate more or drop the larger grids from dataset.splice.grids)")
+
+
+def mosaics(images: list[np.ndarray], labels: list[np.ndarray], splice_params: SpliceParams,
+            seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``splice_params.count`` mosaics (0 = as many as samples) of in-memory samples, drawn as
+    :func:`splice_dataset` draws them: the ablation study splices without writing a dataset."""
+    check_grids(splice_params, len(images), "the sample list")
+    out = []
+    for k in range(splice_params.count or len(images)):
+        grid, picks, rng = draw_mosaic(k, len(images), splice_params, seed)
+        image, label = splice([images[j] for j in picks], [labels[j] for j in picks], grid, images[0].shape[:2])
+        out.append((photometric(image, rng, splice_params.blur, splice_params.color_jitter), label))
+    return out
+
+
 def _read_meta(src: Path) -> dict:
     path = src / "dataset.json"
     if not path.is_file():
@@ -91,14 +124,7 @@ def splice_dataset(src: str | Path, out: str | Path, splice_params: SpliceParams
     src, out = Path(src), Path(out)
     meta = _read_meta(src)
     ids = voc.read_split(src, "train")
-    grids = [tuple(g) for g in splice_params.grids]
-    bad = [g for g in grids if len(g) != 2 or min(g) < 1]
-    if bad or not grids:
-        raise ParamsError(f"dataset.splice.grids must be a non-empty list of [rows, cols] with rows, cols >= 1; got {splice_params.grids}")
-    need = max(r * c for r, c in grids)
-    if len(ids) < need:
-        raise ParamsError(f"{src} has {len(ids)} train samples; a {need}-tile mosaic needs at least {need} "
-                          f"(generate more or drop the larger grids from dataset.splice.grids)")
+    check_grids(splice_params, len(ids), str(src))
     if out.resolve() == src.resolve():
         raise ParamsError("splice output must be a new folder, not the source dataset")
     first = voc.read_image(src / voc.IMAGES / f"{ids[0]}.jpg")
@@ -106,9 +132,8 @@ def splice_dataset(src: str | Path, out: str | Path, splice_params: SpliceParams
     count = splice_params.count or len(ids)
     manifest, written = [], []
     for k in tqdm(range(count), desc="splice", unit="mosaic", disable=not progress):
-        rng = np.random.default_rng([_hash_int("dmutils-splice", seed, k) % 2**63])
-        grid = grids[int(rng.integers(len(grids)))]
-        picks = [ids[j] for j in rng.choice(len(ids), size=grid[0] * grid[1], replace=False)]
+        grid, tiles, rng = draw_mosaic(k, len(ids), splice_params, seed)
+        picks = [ids[j] for j in tiles]
         images = [voc.read_image(src / voc.IMAGES / f"{i}.jpg") for i in picks]
         labels = [voc.read_label(src / voc.LABELS / f"{i}.png") for i in picks]
         image, label = splice(images, labels, grid, size)

@@ -185,6 +185,20 @@ class ADE20KDataset(SegmentationDataset):
 READERS = {"voc": VOCDataset, "cityscapes": CityscapesDataset, "ade20k": ADE20KDataset, "voc_layout": VOCLayoutDataset}
 
 
+class ArrayDataset(torch.utils.data.Dataset):
+    """Samples held in memory as (image uint8 HWC, label uint8 HW) pairs, e.g. masks made on the fly
+    by the ablation study; reads like the folder datasets (``classes``, ``root`` for logs)."""
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[str], root: str = "in memory"):
+        self.pairs, self.classes, self.root = list(pairs), list(classes), root
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.pairs[i]
+
+
 def open_real(params, split: str) -> SegmentationDataset:
     """The real dataset of ``params.real`` (toy splits are rendered on first use)."""
     real = params.real

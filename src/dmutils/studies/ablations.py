@@ -49,6 +49,7 @@ class Variant:
     group: str
     setting: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    segmenter: bool = False  # also scored by a segmenter trained on its data (dmutils.studies.ablation_segmenter)
 
     @property
     def name(self) -> str:
@@ -90,10 +91,15 @@ def load_grid(params: Params, path: str | Path | None = None) -> list[Variant]:
         raise ParamsError(f"study.ablation_grid {str(path)!r}: no such file ({file}); see params/ablations/ for examples")
     import yaml
 
+    from dmutils.studies.ablation_segmenter import training_only
+
     data = yaml.safe_load(file.read_text()) or {}
     groups = data.get("groups") if isinstance(data, dict) else None
     if not isinstance(groups, dict) or not groups:
         raise ParamsError(f"{file}: must hold 'groups: {{group: {{setting: {{dotted.key: value}}}}}}'")
+    wanted = data.get("segmenter_variants") or []
+    if not isinstance(wanted, list):
+        raise ParamsError(f"{file}: segmenter_variants must be a list of variant names, e.g. [baseline, 'tau: 1']")
     variants = [Variant(*BASELINE)]
     for group, settings in groups.items():
         if not isinstance(settings, dict) or not settings:
@@ -102,10 +108,18 @@ def load_grid(params: Params, path: str | Path | None = None) -> list[Variant]:
             if not isinstance(over, dict):
                 raise ParamsError(f"{file}: {group}/{setting} must be a dict of dotted overrides, e.g. {{masks.tau: 2}}")
             v = Variant(str(group), str(setting), dict(over))
+            v.segmenter = training_only(v.overrides)
             p = apply(params, v.overrides, f"{file}: variant '{v.name}'")
             if p.masks.refine == "affinity":
                 raise ParamsError(f"{file}: variant '{v.name}': masks.refine='affinity' is not ablated here (needs a fitted model)")
             variants.append(v)
+    names = {v.name: v for v in variants} | {"baseline": variants[0]}
+    unknown = [str(n) for n in wanted if str(n) not in names]
+    if unknown:
+        raise ParamsError(f"{file}: segmenter_variants names {unknown}, which are not variants; "
+                          f"use 'baseline' or 'group: setting', one of {sorted(names)}")
+    for n in wanted:
+        names[str(n)].segmenter = True
     return variants
 
 
@@ -190,6 +204,13 @@ def miou(conf: np.ndarray) -> float:
     return float((inter[union > 0] / union[union > 0]).mean()) if (union > 0).any() else float("nan")
 
 
+def variant_maps(sample: Sample, params: Params) -> tuple[dict, dict | None]:
+    """The sample's maps a variant reads: its own cross and self resolutions of the shared capture."""
+    cross = {r: sample.cross[r] for r in params.capture.cross_resolutions}
+    self_attn = {r: sample.self_attn[r] for r in params.capture.self_resolutions} if sample.self_attn else None
+    return cross, self_attn
+
+
 def score(samples: Sequence[Sample], params: Params) -> dict[str, Any]:
     """mIoU of the masks ``params`` make from ``samples`` against the oracle (pooled over images),
     with the fraction of pixels the masks leave as 255 (the uncertain band's cost)."""
@@ -199,8 +220,7 @@ def score(samples: Sequence[Sample], params: Params) -> dict[str, Any]:
     conf, ignored = np.zeros((k, k), dtype=np.int64), []
     with one_thread():
         for s in samples:
-            cross = {r: s.cross[r] for r in params.capture.cross_resolutions}
-            self_attn = {r: s.self_attn[r] for r in params.capture.self_resolutions} if s.self_attn else None
+            cross, self_attn = variant_maps(s, params)
             labels, _ = make_mask(cross, s.image, params.masks, s.class_ids, self_attn, class_names=list(s.spec.classes))
             conf += confusion(labels, s.oracle, k)
             ignored.append(float((labels == 255).mean()))
@@ -211,24 +231,33 @@ def score(samples: Sequence[Sample], params: Params) -> dict[str, Any]:
 # The grid run
 # ---------------------------------------------------------------------------------------------
 def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence[Variant], cache_dir: str | Path,
-             oracle=None, progress: bool = True) -> pd.DataFrame:
-    """Score every variant: one row each (variant, group, setting, miou, n, ignored, cached, key).
+             oracle=None, progress: bool = True, test=None) -> pd.DataFrame:
+    """Score every variant: one row each (variant, group, setting, miou, n, ignored, cached, key,
+    and for ``Variant.segmenter`` ones segmenter_miou, train_samples, train_seconds; NaN otherwise).
 
-    ``pipe_factory`` is called once, and only when some variant is not cached; samples are generated
-    once per generation key. ``oracle`` default: :func:`dmutils.oracles.get_oracle` (also lazily)."""
+    ``pipe_factory`` is called once, and only when some score is not cached; samples are generated
+    once per generation key. ``oracle`` default: :func:`dmutils.oracles.get_oracle`; ``test`` (the
+    segmenters' test set) default: the real test split; both loaded lazily."""
     from tqdm.auto import tqdm
+
+    from dmutils.studies import ablation_segmenter as seg
+    from dmutils.voc import atomic_write_bytes
 
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     vparams = {v.name: apply(params, v.overrides, f"variant '{v.name}'") for v in variants}
-    results: dict[str, dict] = {}
-    for v in variants:
-        f = cache / f"{variant_hash(vparams[v.name])}.json"
-        if f.is_file():
-            results[v.name] = {**json.loads(f.read_text()), "cached": True}
+    keys = {v.name: variant_hash(vparams[v.name]) for v in variants}
+    seg_keys = {v.name: seg.segmenter_key(vparams[v.name], keys[v.name]) for v in variants if v.segmenter}
+
+    def cached(key: str) -> dict | None:
+        f = cache / f"{key}.json"
+        return {**json.loads(f.read_text()), "cached": True} if f.is_file() else None
+
+    results = {v.name: cached(keys[v.name]) for v in variants}
+    seg_results = {name: cached(key) for name, key in seg_keys.items()}
     todo: dict[str, list[Variant]] = {}
     for v in variants:
-        if v.name not in results:
+        if results[v.name] is None or (v.segmenter and seg_results[v.name] is None):
             todo.setdefault(generation_key(vparams[v.name]), []).append(v)
     pipe = pipe_factory() if todo else None
     if todo and oracle is None:
@@ -239,26 +268,45 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
         samples = generate(pipe, generation_params([vparams[v.name] for v in group]), oracle)
         for v in group:
             p = vparams[v.name]
-            res = score(samples, p)
-            results[v.name] = {**res, "cached": False}
-            from dmutils.voc import atomic_write_bytes
+            if results[v.name] is None:
+                res = score(samples, p)
+                results[v.name] = {**res, "cached": False}
+                atomic_write_bytes(cache / f"{keys[v.name]}.json", json.dumps({**res, "variant": v.name}).encode())
+            if v.segmenter and seg_results[v.name] is None:
+                if test is None:
+                    from dmutils.segment.data import open_real
 
-            atomic_write_bytes(cache / f"{variant_hash(p)}.json", json.dumps({**res, "variant": v.name}).encode())
-    rows = [{"variant": v.name, "group": v.group, "setting": v.setting, "miou": results[v.name]["miou"],
-             "n": results[v.name]["n"], "ignored": results[v.name]["ignored"], "cached": results[v.name]["cached"],
-             "key": variant_hash(vparams[v.name])} for v in variants]
-    return pd.DataFrame(rows, columns=["variant", "group", "setting", "miou", "n", "ignored", "cached", "key"])
+                    test = open_real(params, params.real.test_split)
+                res = seg.segmenter_score(samples, p, test)
+                seg_results[v.name] = {**res, "cached": False}
+                atomic_write_bytes(cache / f"{seg_keys[v.name]}.json", json.dumps({**res, "variant": v.name}).encode())
+    rows = []
+    for v in variants:
+        r, sr = results[v.name], seg_results.get(v.name) or seg.nan_score()
+        rows.append({"variant": v.name, "group": v.group, "setting": v.setting, "miou": r["miou"], "n": r["n"],
+                     "ignored": r["ignored"], "segmenter_miou": sr["segmenter_miou"], "train_samples": sr["train_samples"],
+                     "train_seconds": sr["train_seconds"], "cached": r["cached"] and (sr.get("cached", True)),
+                     "key": keys[v.name]})
+    return pd.DataFrame(rows)
 
 
 def pivot_tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """One paper-style table per group: the baseline row, then the group's settings, mIoU in % and
-    the change against the baseline."""
+    the change against the baseline; plus the segmenter's mIoU where the group has one."""
     base = results[results["group"] == BASELINE[0]]
     base_miou = float(base["miou"].iloc[0]) if len(base) else float("nan")
+    base_seg = float(base["segmenter_miou"].iloc[0]) if len(base) and "segmenter_miou" in base else float("nan")
     out = {}
     for group, g in results[results["group"] != BASELINE[0]].groupby("group", sort=False):
-        t = pd.concat([base, g])[["setting", "miou", "n"]].copy()
+        t = pd.concat([base, g])
+        has_seg = "segmenter_miou" in t and t["segmenter_miou"].iloc[1:].notna().any()
+        t = t[["setting", "miou", "n", *(["segmenter_miou"] if has_seg else [])]].copy()
         t["delta"] = (t["miou"] - base_miou) * 100
         t["miou"] = t["miou"] * 100
-        out[str(group)] = t.rename(columns={"miou": "mIoU (%)", "delta": "Δ vs baseline"}).reset_index(drop=True)
+        names = {"miou": "mIoU (%)", "delta": "Δ vs baseline"}
+        if has_seg:
+            t["segmenter_delta"] = (t["segmenter_miou"] - base_seg) * 100
+            t["segmenter_miou"] = t["segmenter_miou"] * 100
+            names |= {"segmenter_miou": "segmenter mIoU (%)", "segmenter_delta": "segmenter Δ"}
+        out[str(group)] = t.rename(columns=names).reset_index(drop=True)
     return out
