@@ -81,10 +81,12 @@ def test_saved_tiny_sd15_loads_with_scheduler_override(tmp_path):
 
 def test_spec_from_params():
     params = load_params(overrides=["capture.cross_resolutions=[16,8]", "capture.self_resolutions=[32]",
-                                    "capture.resolution_weights={16: 2, 8: 1}",
+                                    "masks.resolution_weights={16: 2, 8: 1}",
                                     "capture.timestep_window=[0, 0.5]"])
-    spec = CaptureSpec.from_params(params.capture)
+    spec = CaptureSpec.from_params(params.capture, params.masks.resolution_weights)
     assert spec.cross_resolutions == (16, 8) and spec.self_resolutions == (32,)
     assert spec.resolution_weights == {16: 2.0, 8: 1.0} and spec.steps(10) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match=r"resolutions \[4\] that are not captured"):
         CaptureSpec(cross_resolutions=(16,), resolution_weights={4: 1.0})
+    with pytest.raises(ParamsError, match="moved to masks.resolution_weights"):
+        load_params(overrides=["capture.resolution_weights={16: 1}"])

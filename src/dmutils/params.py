@@ -89,7 +89,14 @@ class CaptureParams(_Strict):
     timestep_window: tuple[float, float] = Field((0.5, 1.0), description="fraction of the denoising steps, 0 = first step")
     head_reduce: Literal["mean", "max"] = "mean"
     token_reduce: Literal["mean", "max", "sum"] = "mean"
-    resolution_weights: dict[int, float] | None = Field(None, description="None = equal weights")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "resolution_weights" in data:
+            raise ValueError("capture.resolution_weights moved to masks.resolution_weights (one setting for the masks and "
+                             "the aggregated maps of the studies); set it there")
+        return data
 
     @field_validator("timestep_window")
     @classmethod

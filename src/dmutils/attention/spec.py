@@ -54,12 +54,13 @@ class CaptureSpec:
                 raise ValueError(f"resolution_weights must be >= 0 with a positive sum, got {self.resolution_weights}")
 
     @classmethod
-    def from_params(cls, capture: Any) -> "CaptureSpec":
-        """From ``params.capture`` (a :class:`dmutils.params.CaptureParams`)."""
+    def from_params(cls, capture: Any, resolution_weights: dict[int, float] | None = None) -> "CaptureSpec":
+        """From ``params.capture`` (a :class:`dmutils.params.CaptureParams`); ``resolution_weights``
+        (``params.masks.resolution_weights``) weight the aggregated maps."""
         return cls(cross_resolutions=tuple(capture.cross_resolutions), self_resolutions=tuple(capture.self_resolutions),
                    blocks=tuple(capture.blocks), timestep_window=tuple(capture.timestep_window),
                    head_reduce=capture.head_reduce, token_reduce=capture.token_reduce,
-                   resolution_weights=dict(capture.resolution_weights) if capture.resolution_weights else None)
+                   resolution_weights=dict(resolution_weights) if resolution_weights else None)
 
     def resolutions(self, kind: str) -> tuple[int, ...]:
         return self.cross_resolutions if kind == "cross" else self.self_resolutions

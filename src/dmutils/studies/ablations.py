@@ -39,7 +39,7 @@ from dmutils.studies.thresholds import Sample, one_thread, study_specs
 
 BASELINE = ("baseline", "params")
 GENERATION_SECTIONS = ("model", "classes", "prompts")
-CAPTURE_SHARED = ("cross_resolutions", "self_resolutions", "resolution_weights")  # read per variant, not per generation
+CAPTURE_SHARED = ("cross_resolutions", "self_resolutions")  # read per variant, not per generation
 
 
 @dataclass

@@ -131,7 +131,7 @@ def generate(pipe, params: Params, prompts: Sequence[str], seeds: Sequence[int],
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     if not prompts or len(prompts) != len(seeds):
         raise ValueError(f"give one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
-    spec = dataclasses.replace(CaptureSpec.from_params(params.capture), timestep_window=(0.0, 1.0))
+    spec = dataclasses.replace(CaptureSpec.from_params(params.capture, params.masks.resolution_weights), timestep_window=(0.0, 1.0))
     m = params.model
     cumulative: list[tuple[dict, dict]] = [({}, {})]
 

@@ -30,7 +30,7 @@ class SegmenterStudy:
         return float(self.headline.set_index("run").loc["b", "ratio_to_real"])
 
 
-def _first(dataset, n: int, tag: str):
+def first_n(dataset, n: int, tag: str):
     sub = torch.utils.data.Subset(dataset, list(range(n)))
     sub.classes, sub.root = dataset.classes, f"{getattr(dataset, 'root', 'dataset')}[{tag}]"
     return sub
@@ -58,7 +58,7 @@ def run_study(params: Params, progress: bool = False) -> SegmenterStudy:
     if n < params.train.noise_learning.folds:
         raise ValueError(f"{len(syn)} synthetic and {len(real)} real training samples: need at least "
                          f"train.noise_learning.folds={params.train.noise_learning.folds}; raise dataset.num_samples")
-    real, syn = _first(real, n, f"first {n}"), _first(syn, n, f"first {n}")
+    real, syn = first_n(real, n, f"first {n}"), first_n(syn, n, f"first {n}")
     kept, scores = noise_learning(params, syn, progress=progress)
     data = {"a": [real], "b": [syn], "c": [real, syn], "d": [kept]}
     rows, per_class, results = [], [], {}
