@@ -153,7 +153,7 @@ TINY_TRAIN = ["train.config={hidden_sizes: [8, 16, 16, 16], depths: [1, 1, 1, 1]
               "decoder_hidden_size: 16}", "train.image_size=32", "train.steps=3", "train.batch_size=2",
               "train.noise_learning.folds=2", "train.noise_learning.fold_steps=1", "train.noise_learning.drop_fraction=0.5",
               "dataset.min_area=0.0", "masks.threshold=0.3"]
-SEG_GRID = {"segmenter_variants": ["baseline", "tau: 0"],
+SEG_GRID = {"segmenter_variants": ["baseline", "tau: 0"], "segmenter_overrides": {"train.steps": 2},
             "groups": {"tau": {"0": {"masks.tau": 0}, "2": {"masks.tau": 2}},
                        "splicing": {"on": {"dataset.splice.enabled": True, "dataset.splice.grids": [[1, 2]]}},
                        "noise_learning": {"on": {"train.noise_learning.enabled": True}}}}
@@ -165,6 +165,10 @@ def test_segmenter_variants_are_named_in_the_grid_or_only_change_training(tmp_pa
     assert flagged == ["baseline: params", "tau: 0", "splicing: on", "noise_learning: on"]
     with pytest.raises(ParamsError, match=r"segmenter_variants names \['tau: 9'\]"):
         ablations.load_grid(p, write_grid(tmp_path, {**SEG_GRID, "segmenter_variants": ["tau: 9"]}))
+    short = ablations.load_grid(p, write_grid(tmp_path, {**SEG_GRID, "segmenter_overrides": {"train.steps": 2}}))
+    assert {v.name: v.segmenter_overrides for v in short if v.segmenter_overrides} == {n: {"train.steps": 2} for n in flagged}
+    with pytest.raises(ParamsError, match="segmenter_overrides must be dotted train"):
+        ablations.load_grid(p, write_grid(tmp_path, {**SEG_GRID, "segmenter_overrides": {"masks.tau": 1}}))
 
 
 def test_run_grid_trains_segmenters_for_flagged_variants_and_caches_them(tmp_path, pipe, monkeypatch):

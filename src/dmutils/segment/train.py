@@ -68,7 +68,8 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
     data = torch.utils.data.ConcatDataset([TensorCache(d, train.image_size) if train.cache else d for d in datasets])
     torch.manual_seed(seed)
     seg = build_segmenter(train, classes).to(device)
-    opt = torch.optim.AdamW(seg.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    # foreach: one fused update over all parameter tensors (the default only does this on CUDA)
+    opt = torch.optim.AdamW(seg.parameters(), lr=train.lr, weight_decay=train.weight_decay, foreach=True)
     sched = _scheduler(opt, train)
     ema = (torch.optim.swa_utils.AveragedModel(seg, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(train.ema),
                                                use_buffers=True) if train.ema else None)

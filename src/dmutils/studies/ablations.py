@@ -50,6 +50,7 @@ class Variant:
     setting: str
     overrides: dict[str, Any] = field(default_factory=dict)
     segmenter: bool = False  # also scored by a segmenter trained on its data (dmutils.studies.ablation_segmenter)
+    segmenter_overrides: dict[str, Any] = field(default_factory=dict)  # the grid's, for that training only
 
     @property
     def name(self) -> str:
@@ -100,6 +101,10 @@ def load_grid(params: Params, path: str | Path | None = None) -> list[Variant]:
     wanted = data.get("segmenter_variants") or []
     if not isinstance(wanted, list):
         raise ParamsError(f"{file}: segmenter_variants must be a list of variant names, e.g. [baseline, 'tau: 1']")
+    seg_over = data.get("segmenter_overrides") or {}
+    if not isinstance(seg_over, dict) or not all(str(k).startswith("train.") for k in seg_over):
+        raise ParamsError(f"{file}: segmenter_overrides must be dotted train.* overrides, e.g. {{train.steps: 80}}")
+    apply(params, seg_over, f"{file}: segmenter_overrides")
     variants = [Variant(*BASELINE)]
     for group, settings in groups.items():
         if not isinstance(settings, dict) or not settings:
@@ -120,6 +125,9 @@ def load_grid(params: Params, path: str | Path | None = None) -> list[Variant]:
                           f"use 'baseline' or 'group: setting', one of {sorted(names)}")
     for n in wanted:
         names[str(n)].segmenter = True
+    for v in variants:
+        if v.segmenter:
+            v.segmenter_overrides = dict(seg_over)
     return variants
 
 
@@ -247,7 +255,8 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
     cache.mkdir(parents=True, exist_ok=True)
     vparams = {v.name: apply(params, v.overrides, f"variant '{v.name}'") for v in variants}
     keys = {v.name: variant_hash(vparams[v.name]) for v in variants}
-    seg_keys = {v.name: seg.segmenter_key(vparams[v.name], keys[v.name]) for v in variants if v.segmenter}
+    seg_params = {v.name: apply(vparams[v.name], v.segmenter_overrides, f"variant '{v.name}'") for v in variants if v.segmenter}
+    seg_keys = {name: seg.segmenter_key(p, keys[name]) for name, p in seg_params.items()}
 
     def cached(key: str) -> dict | None:
         f = cache / f"{key}.json"
@@ -277,7 +286,7 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
                     from dmutils.segment.data import open_real
 
                     test = open_real(params, params.real.test_split)
-                res = seg.segmenter_score(samples, p, test)
+                res = seg.segmenter_score(samples, seg_params[v.name], test)
                 seg_results[v.name] = {**res, "cached": False}
                 atomic_write_bytes(cache / f"{seg_keys[v.name]}.json", json.dumps({**res, "variant": v.name}).encode())
     rows = []
