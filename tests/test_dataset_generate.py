@@ -200,3 +200,10 @@ def test_self_attention_is_captured_only_when_masks_read_it(setup, tmp_path):
     with pytest.raises(ParamsError, match="needs self-attention maps"):
         remask_dataset(tmp_path / "tau0", {"masks": {"tau": 2}}, tmp_path / "tau2", workers=0, progress=False)
     assert not (tmp_path / "tau2").exists()
+
+
+def test_params_diff_names_changed_added_and_removed_keys():
+    old = {"capture": {"resolution_weights": None, "blocks": ["up"]}, "masks": {"threshold": 0.5}}
+    new = {"capture": {"blocks": ["up"]}, "masks": {"threshold": 0.4, "tau": 0}}
+    assert gen.params_diff(old, new) == ["capture.resolution_weights: None -> (absent)", "masks.tau: (absent) -> 0",
+                                         "masks.threshold: 0.5 -> 0.4"]

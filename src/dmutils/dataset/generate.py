@@ -107,9 +107,11 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def params_diff(old: dict, new: dict) -> list[str]:
-    """Dotted keys whose values differ, e.g. ['masks.threshold: 0.5 -> 0.4']."""
+    """Dotted keys whose values differ, e.g. ['masks.threshold: 0.5 -> 0.4']; a key one side lacks
+    (a setting added or moved since the dataset was made) shows as '(absent)'."""
     a, b = _flatten(old), _flatten(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    show = lambda d, k: repr(d[k]) if k in d else "(absent)"  # noqa: E731
+    return [f"{k}: {show(a, k)} -> {show(b, k)}" for k in sorted(set(a) | set(b)) if k not in a or k not in b or a[k] != b[k]]
 
 
 def dataset_meta(params: Params) -> dict[str, Any]:
