@@ -167,6 +167,9 @@ def test_segmenter_variants_are_named_in_the_grid_or_only_change_training(tmp_pa
         ablations.load_grid(p, write_grid(tmp_path, {**SEG_GRID, "segmenter_variants": ["tau: 9"]}))
     short = ablations.load_grid(p, write_grid(tmp_path, {**SEG_GRID, "segmenter_overrides": {"train.steps": 2}}))
     assert {v.name: v.segmenter_overrides for v in short if v.segmenter_overrides} == {n: {"train.steps": 2} for n in flagged}
+    big = {**SEG_GRID, "groups": {**SEG_GRID["groups"], "splicing": {"3x3": {"dataset.splice.enabled": True}}}}
+    with pytest.raises(ParamsError, match=r"variant 'splicing: 3x3' \(study.ablation_samples\) has 3 train samples; a 9-tile"):
+        ablations.load_grid(p, write_grid(tmp_path, big))
     with pytest.raises(ParamsError, match="segmenter_overrides must be dotted train"):
         ablations.load_grid(p, write_grid(tmp_path, {**SEG_GRID, "segmenter_overrides": {"masks.tau": 1}}))
 

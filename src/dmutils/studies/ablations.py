@@ -115,6 +115,10 @@ def load_grid(params: Params, path: str | Path | None = None) -> list[Variant]:
             v = Variant(str(group), str(setting), dict(over))
             v.segmenter = training_only(v.overrides)
             p = apply(params, v.overrides, f"{file}: variant '{v.name}'")
+            if p.dataset.splice.enabled:  # mosaics need enough samples: say so before generating
+                from dmutils.dataset.splice import check_grids
+
+                check_grids(p.dataset.splice, p.study.ablation_samples, f"{file}: variant '{v.name}' (study.ablation_samples)")
             if p.masks.refine == "affinity":
                 raise ParamsError(f"{file}: variant '{v.name}': masks.refine='affinity' is not ablated here (needs a fitted model)")
             variants.append(v)
