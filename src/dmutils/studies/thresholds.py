@@ -139,7 +139,9 @@ def generate_samples(pipe, params: Params, oracle, progress: bool = True) -> tup
 # ---------------------------------------------------------------------------------------------
 def main_condition(params: Params) -> tuple[int, bool]:
     """(tau, crf) of the params' own mask settings: the condition of the per-class curves."""
-    return (params.masks.tau if params.masks.refine == "self_attention" else 0), params.masks.crf.enabled
+    from dmutils.masks import uses_self_attention
+
+    return (params.masks.tau if uses_self_attention(params.masks) else 0), params.masks.crf.enabled
 
 
 def conditions(params: Params) -> list[tuple[int, bool]]:
