@@ -23,14 +23,19 @@ import time
 from dmutils.params import load_params
 
 
-def _train_and_test(params, datasets, test) -> tuple[float, float, float]:
+def _train_and_test(params, datasets, test):
+    """The trained segmenter's ``EvalResult`` on ``test``, wall and CPU seconds of the training."""
     from dmutils.segment.evaluate import evaluate
     from dmutils.segment.train import train_segmenter
 
     wall, cpu = time.perf_counter(), time.process_time()
     result = train_segmenter(params, datasets, progress=False)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return evaluate(result.segmenter, test, batch_size=params.train.eval_batch_size).miou, wall, cpu
+    return evaluate(result.segmenter, test, batch_size=params.train.eval_batch_size), wall, cpu
+
+
+def _per_class(result) -> dict[str, float | None]:
+    return {k: round(float(v), 4) if v == v else None for k, v in result.per_class.items()}
 
 
 def _oracle_ceiling(params, synthetic, test) -> dict:
@@ -47,7 +52,7 @@ def _oracle_ceiling(params, synthetic, test) -> dict:
     conf = sum(confusion(m, o, k) for m, o in zip(masks, labels))
     oracle_set = ArrayDataset(list(zip(images, labels)), synthetic.classes, "synthetic images, oracle labels")
     ceiling, _, _ = _train_and_test(params, [oracle_set], test)
-    return {"mask_miou_vs_oracle": miou(conf), "miou_synthetic_oracle_labels": ceiling}
+    return {"mask_miou_vs_oracle": miou(conf), "miou_synthetic_oracle_labels": ceiling.miou}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -80,9 +85,11 @@ def run(args: argparse.Namespace) -> dict:
         n = min(len(real_train), len(synthetic))
         synthetic = first_n(synthetic, n, f"first {n}")
     out["train_samples"] = n
-    out["miou_real"], out["train_seconds"], out["train_cpu_seconds"] = _train_and_test(params, [first_n(real_train, n, f"first {n}")], test)
+    real, out["train_seconds"], out["train_cpu_seconds"] = _train_and_test(params, [first_n(real_train, n, f"first {n}")], test)
+    out["miou_real"], out["per_class_real"] = real.miou, _per_class(real)
     if synthetic is not None:
-        out["miou_synthetic"], out["synthetic_train_seconds"], _ = _train_and_test(params, [synthetic], test)
+        syn, out["synthetic_train_seconds"], _ = _train_and_test(params, [synthetic], test)
+        out["miou_synthetic"], out["per_class_synthetic"] = syn.miou, _per_class(syn)
         out["ratio"] = out["miou_synthetic"] / out["miou_real"] if out["miou_real"] > 0 else None
         if params.oracle.kind != "none":
             out |= _oracle_ceiling(params, synthetic, test)

@@ -1,0 +1,22 @@
+"""The segmenter benchmark end to end at --quick sizes: the JSON object issue #7 asks for."""
+import argparse
+import json
+
+import pytest
+
+from dmutils import bench
+from dmutils.toyworld import CLASS_NAMES
+
+
+@pytest.mark.slow
+def test_bench_segmenter_quick_prints_the_headline_keys_and_per_class_iou(capsys):
+    assert bench.main(argparse.Namespace(name="segmenter", json=True, quick=True)) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("miou_real", "miou_synthetic", "ratio", "train_seconds", "mask_miou_vs_oracle", "miou_synthetic_oracle_labels"):
+        assert out[key] is not None and out[key] >= 0, key
+    assert out["ratio"] == pytest.approx(out["miou_synthetic"] / out["miou_real"])
+    assert out["steps"] == 20 and out["train_samples"] <= 48
+    for split in ("real", "synthetic"):
+        per_class = out[f"per_class_{split}"]
+        assert sorted(per_class) == sorted(["background", *CLASS_NAMES])
+        assert all(v is None or 0 <= v <= 1 for v in per_class.values())
