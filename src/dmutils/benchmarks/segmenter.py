@@ -12,7 +12,8 @@ measured on the real toy test split. ``ratio`` = synthetic / real mIoU (target >
 Where the gap comes from: ``mask_miou_vs_oracle`` scores the synthetic masks against the oracle's
 labels of the same generated images, and ``miou_synthetic_oracle_labels`` trains on those images
 with the oracle's labels -- the most any mask method can reach with these images; what separates
-it from ``miou_real`` is the images themselves (the domain gap of the generator).
+it from ``miou_real`` is the images themselves (the domain gap of the generator);
+``per_class_real`` / ``per_class_synthetic`` (IoU per class) say which classes carry the gap.
 """
 from __future__ import annotations
 
