@@ -35,10 +35,6 @@ def _train_and_test(params, datasets, test):
     return evaluate(result.segmenter, test, batch_size=params.train.eval_batch_size), wall, cpu
 
 
-def _per_class(result) -> dict[str, float | None]:
-    return {k: round(float(v), 4) if v == v else None for k, v in result.per_class.items()}
-
-
 def _oracle_ceiling(params, synthetic, test) -> dict:
     """Mask quality against the oracle on the synthetic images, and a training on oracle labels."""
     import numpy as np
@@ -87,10 +83,10 @@ def run(args: argparse.Namespace) -> dict:
         synthetic = first_n(synthetic, n, f"first {n}")
     out["train_samples"] = n
     real, out["train_seconds"], out["train_cpu_seconds"] = _train_and_test(params, [first_n(real_train, n, f"first {n}")], test)
-    out["miou_real"], out["per_class_real"] = real.miou, _per_class(real)
+    out["miou_real"], out["per_class_real"] = real.miou, real.to_dict()["per_class"]
     if synthetic is not None:
         syn, out["synthetic_train_seconds"], _ = _train_and_test(params, [synthetic], test)
-        out["miou_synthetic"], out["per_class_synthetic"] = syn.miou, _per_class(syn)
+        out["miou_synthetic"], out["per_class_synthetic"] = syn.miou, syn.to_dict()["per_class"]
         out["ratio"] = out["miou_synthetic"] / out["miou_real"] if out["miou_real"] > 0 else None
         if params.oracle.kind != "none":
             out |= _oracle_ceiling(params, synthetic, test)
