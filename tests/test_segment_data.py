@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from dmutils import voc
-from dmutils.segment.data import (ADE20KDataset, CityscapesDataset, VOCDataset, VOCLayoutDataset, augment,
-                                  check_same_classes, make_batch, to_tensors)
+from dmutils.segment.data import (MEAN, STD, ADE20KDataset, CityscapesDataset, VOCDataset, VOCLayoutDataset, augment,
+                                  check_same_classes, make_batch, photometric, photometric_normalized, to_tensors)
 from dmutils.toyworld import CLASS_NAMES, make_scene
 
 
@@ -153,3 +153,30 @@ def test_make_batch_depends_only_on_seed_and_step():
     c = make_batch(data, 8, 4, 24, seed=1, scale_range=(0.8, 1.2), flip=True)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
+
+
+def test_photometric_batches_are_reproducible_and_leave_labels_alone():
+    data = [to_tensors(make_scene(s, size=32).image, make_scene(s, size=32).label) for s in range(5)]
+    plain = make_batch(data, 3, 4, 24, seed=1)
+    a = make_batch(data, 3, 4, 24, seed=1, photometric=True)
+    b = make_batch(data, 3, 4, 24, seed=1, photometric=True)
+    assert torch.equal(a[0], b[0])  # a function of (seed, step): resumes see the same batch
+    assert torch.equal(a[1], plain[1])  # labels never change
+    assert a[0].shape == plain[0].shape and not torch.allclose(a[0], plain[0], atol=1e-3)
+    # the distortion is photometric: the image still tells the labels apart as well as before
+    checked = 0
+    for x, xp, y in zip(a[0], plain[0], a[1]):
+        fg, bg = y > 0, y == 0
+        gap = lambda im: im.mean(0)[fg].mean() - im.mean(0)[bg].mean()  # noqa: E731
+        if fg.sum() > 10 and bg.sum() > 10 and abs(gap(xp)) > 0.2:
+            assert gap(x).sign() == gap(xp).sign()
+            checked += 1
+    assert checked
+
+
+def test_photometric_normalized_round_trips_the_normalisation():
+    x, _ = to_tensors(make_scene(0, size=32).image, make_scene(0, size=32).label)
+    g = torch.Generator().manual_seed(0)
+    unit = (x * STD + MEAN) * 2 - 1
+    expect = ((photometric(unit[None], torch.Generator().manual_seed(0)) + 1) / 2 - MEAN) / STD
+    assert torch.allclose(photometric_normalized(x[None], g), expect, atol=1e-5)

@@ -57,7 +57,7 @@ def test_shipped_model_is_small_and_in_safetensors():
     assert weights and all(f.suffix == ".safetensors" for f in weights)
     assert (MODEL / "training_log.txt").is_file()
     summary = json.loads((MODEL / "training_summary.json").read_text())
-    assert summary["unet_steps"] >= 1
+    assert summary["unet_steps"] + summary.get("decoder_steps", 0) >= 1
 
 
 def test_oracle_reaches_its_bar_on_real_test_scenes():
@@ -80,3 +80,25 @@ def test_miou_counts_background_and_ignores_absent_classes():
     p[0, 0, 0] = 0  # one object pixel missed
     # class 1: 7/8; background: 8/9; classes 2.. absent -> not averaged
     assert oracle.miou(p, t) == pytest.approx((7 / 8 + 8 / 9) / 2)
+
+
+def test_decoder_stage_leaves_the_latent_space_alone(tmp_path):
+    """The decoder stage may change only the decoder: a UNet trained on the old latents stays valid."""
+    from dmutils.toymodel.train import Log, finetune_decoder, render_corpus
+
+    torch.manual_seed(0)
+    vae = build.make_vae().eval()
+    images, _ = render_corpus(8, seed=7)
+    x = images[:4].float() / 127.5 - 1
+    with torch.no_grad():
+        z_before = vae.encode(x).latent_dist.mean
+    encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    decoder_before = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
+    finetune_decoder(vae, images, steps=3, batch=4, lr=1e-3, device="cpu", log=Log(tmp_path / "log.txt"),
+                     max_minutes=None, gen=torch.Generator().manual_seed(0))
+    assert all(torch.equal(v, vae.encoder.state_dict()[k]) for k, v in encoder_before.items())
+    assert any(not torch.equal(v, vae.decoder.state_dict()[k]) for k, v in decoder_before.items())
+    with torch.no_grad():
+        assert torch.equal(vae.encode(x).latent_dist.mean, z_before)
+    assert all(p.requires_grad for p in vae.parameters())  # the model is left as it was found
+    assert "decoder step 0" in (tmp_path / "log.txt").read_text()

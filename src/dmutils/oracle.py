@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dmutils.segment.data import photometric
 from dmutils.toyworld import CLASS_NAMES, make_scene
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,24 +65,6 @@ class ToyOracle(nn.Module):
         return labels[0] if single else labels
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Photometric changes that generated images show: global tint, contrast, softness, noise."""
-    n = x.shape[0]
-    r = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
-    x = x * (0.7 + 0.6 * r(n, 1, 1, 1)) + (r(n, 3, 1, 1) - 0.5) * 0.5
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = mean + (x - mean) * (0.7 + 0.6 * r(n, 1, 1, 1))
-    blur = r(n) < 0.5
-    if blur.any():
-        k = torch.tensor([1.0, 2.0, 1.0])
-        k = (k[:, None] * k[None]) / 16
-        xb = F.conv2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), k.expand(3, 1, 3, 3).contiguous(), groups=3)
-        x = x.clone()
-        x[blur] = xb
-    x = x + torch.randn(x.shape, generator=gen) * 0.08 * r(n, 1, 1, 1)
-    return x.clamp(-1.5, 1.5)
-
-
 def render_set(n: int, seed_offset: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     scenes = [make_scene(seed_offset + i, size=size) for i in range(n)]
     return np.stack([s.image for s in scenes]), np.stack([s.label for s in scenes])
@@ -103,7 +86,7 @@ def train(out: Path = DEFAULT_DIR, scenes: int = 3000, steps: int = 800, batch: 
     model.train()
     for step in range(steps):
         idx = torch.randint(0, len(x_all), (batch,), generator=gen)
-        x, y = augment(x_all[idx], gen), y_all[idx]
+        x, y = photometric(x_all[idx], gen), y_all[idx]
         if torch.rand(1, generator=gen).item() < 0.5:
             x, y = x.flip(-1), y.flip(-1)
         loss = F.cross_entropy(model(x), y)

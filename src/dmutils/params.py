@@ -220,6 +220,8 @@ class TrainParams(_Strict):
     amp: bool = Field(True, description="mixed precision; used on CUDA only")
     scale_range: tuple[float, float] = (0.75, 1.5)
     flip: bool = True
+    photometric: bool = Field(True, description="tint, contrast, blur and noise per batch (dmutils.segment.data.photometric): "
+                                                "robustness to the gap between generated and real images")
     cache: bool = Field(True, description="decode every sample once into memory (small sets); off for VOC-sized sets")
     checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
     eval_batch_size: int = Field(32, ge=1)

@@ -267,6 +267,36 @@ def augment(x: torch.Tensor, y: torch.Tensor, size: int, scale_range: tuple[floa
     return x, y
 
 
+def photometric(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Photometric distortion of a batch (N, 3, H, W) in [-1, 1]: global tint, gain, contrast, softness
+    (3x3 binomial blur on half of the images), pixel noise.
+
+    The changes that separate one image source from another (a generator's colour casts and soft
+    edges, a camera's noise) without moving a pixel's label: the oracle learns with it, and so may a
+    segmenter (``train.photometric``), as mmsegmentation's PhotoMetricDistortion does for VOC.
+    """
+    n = x.shape[0]
+    r = lambda *s: torch.rand(*s, generator=generator)  # noqa: E731
+    x = x * (0.7 + 0.6 * r(n, 1, 1, 1)) + (r(n, 3, 1, 1) - 0.5) * 0.5
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = mean + (x - mean) * (0.7 + 0.6 * r(n, 1, 1, 1))
+    blur = r(n) < 0.5
+    if blur.any():
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None]) / 16
+        xb = F.conv2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), k.expand(3, 1, 3, 3).contiguous(), groups=3)
+        x = x.clone()
+        x[blur] = xb
+    x = x + torch.randn(x.shape, generator=generator) * 0.08 * r(n, 1, 1, 1)
+    return x.clamp(-1.5, 1.5)
+
+
+def photometric_normalized(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``photometric`` on a batch normalised with ImageNet's mean and std (what ``to_tensors`` gives)."""
+    unit = (x * STD + MEAN) * 2 - 1
+    return ((photometric(unit, generator) + 1) / 2 - MEAN) / STD
+
+
 class TensorCache(torch.utils.data.Dataset):
     """Decoded samples kept in memory as tensors at a fixed short side (small datasets: decode once)."""
 
@@ -287,13 +317,14 @@ class TensorCache(torch.utils.data.Dataset):
 
 
 def make_batch(dataset, step: int, batch_size: int, size: int, seed: int, scale_range=(1.0, 1.0),
-               flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+               flip: bool = False, photometric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch number ``step``: indices and augmentation are a function of (seed, step) only, so a
     resumed run sees exactly the batches an uninterrupted one would."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     idx = torch.randint(0, len(dataset), (batch_size,), generator=g).tolist()
     xs, ys = zip(*(augment(*_as_tensors(dataset[i]), size, scale_range, flip, g) for i in idx))
-    return torch.stack(xs), torch.stack(ys)
+    x = torch.stack(xs)
+    return (photometric_normalized(x, g) if photometric else x), torch.stack(ys)
 
 
 def _as_tensors(sample) -> tuple[torch.Tensor, torch.Tensor]:
