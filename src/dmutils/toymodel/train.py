@@ -59,6 +59,14 @@ class Log:
         self.f.flush()
 
 
+def out_of_time(stage: str, step: int, t0: float, max_minutes: float | None, log: Log) -> bool:
+    """True (and a log line) once a stage has run past its time budget; stages end cleanly and are saved."""
+    if max_minutes and time.time() - t0 > 60 * max_minutes:
+        log(f"{stage} stopped at step {step} (time budget of {max_minutes} min)")
+        return True
+    return False
+
+
 def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, device, log: Log, max_minutes: float | None, gen: torch.Generator):
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train().to(device)
@@ -79,8 +87,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, devi
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 100 == 0:
             log(f"vae step {step} loss {loss.item():.4f}")
-        if max_minutes and time.time() - t0 > 60 * max_minutes:
-            log(f"vae stopped at step {step} (time budget)")
+        if out_of_time("vae", step, t0, max_minutes, log):
             break
     vae.eval()
     return vae
@@ -115,8 +122,7 @@ def finetune_decoder(vae, images: torch.Tensor, steps: int, batch: int, lr: floa
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 100 == 0:
             log(f"decoder step {step} loss {loss.item():.4f} elapsed {time.time() - t0:.0f}s")
-        if max_minutes and time.time() - t0 > 60 * max_minutes:
-            log(f"decoder stopped at step {step} (time budget of {max_minutes} min)")
+        if out_of_time("decoder", step, t0, max_minutes, log):
             break
     vae.requires_grad_(True)
     vae.eval()
@@ -175,8 +181,7 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 100 == 0:
             log(f"unet step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} elapsed {time.time() - t0:.0f}s")
-        if args.max_minutes and time.time() - t0 > 60 * args.max_minutes:
-            log(f"unet stopped at step {step} (time budget of {args.max_minutes} min)")
+        if out_of_time("unet", step, t0, args.max_minutes, log):
             break
     ema.copy_to(params)
     unet.eval()
