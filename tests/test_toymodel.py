@@ -94,8 +94,8 @@ def test_decoder_stage_leaves_the_latent_space_alone(tmp_path):
         z_before = vae.encode(x).latent_dist.mean
     encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
     decoder_before = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
-    finetune_decoder(vae, images, steps=3, batch=4, lr=1e-3, device="cpu", log=Log(tmp_path / "log.txt"),
-                     max_minutes=None, gen=torch.Generator().manual_seed(0))
+    assert finetune_decoder(vae, images, steps=3, batch=4, lr=1e-3, device="cpu", log=Log(tmp_path / "log.txt"),
+                            max_minutes=None, gen=torch.Generator().manual_seed(0)) == 3
     assert all(torch.equal(v, vae.encoder.state_dict()[k]) for k, v in encoder_before.items())
     assert any(not torch.equal(v, vae.decoder.state_dict()[k]) for k, v in decoder_before.items())
     with torch.no_grad():

@@ -94,8 +94,8 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, devi
 
 
 def finetune_decoder(vae, images: torch.Tensor, steps: int, batch: int, lr: float, device, log: Log,
-                     max_minutes: float | None, gen: torch.Generator):
-    """SD's ft-MSE recipe: the encoder stays frozen, so the latent space the UNet has learned is unchanged,
+                     max_minutes: float | None, gen: torch.Generator) -> int:
+    """Steps run. SD's ft-MSE recipe: the encoder stays frozen, so the latent space the UNet has learned is unchanged,
     and only the decoder learns on. On whole images with a cosine schedule, from latent means, as the UNet
     sees them. The first VAE stage stops early on 32 px crops; this stage sharpens the generator's edges."""
     latents = encode_all(vae, images, device)
@@ -126,7 +126,7 @@ def finetune_decoder(vae, images: torch.Tensor, steps: int, batch: int, lr: floa
             break
     vae.requires_grad_(True)
     vae.eval()
-    return vae
+    return step + 1
 
 
 @torch.no_grad()
@@ -221,8 +221,9 @@ def train_toy_model(args: argparse.Namespace) -> Path:
     if not args.init_from:
         train_vae(vae, images, args.vae_steps, 32, 1e-3, device, log, args.vae_minutes, gen)
     psnr_before = reconstruction_psnr(vae, images[:256], device)
+    decoder_steps = 0
     if args.decoder_steps:
-        finetune_decoder(vae, images, args.decoder_steps, 32, args.decoder_lr, device, log, args.decoder_minutes, gen)
+        decoder_steps = finetune_decoder(vae, images, args.decoder_steps, 32, args.decoder_lr, device, log, args.decoder_minutes, gen)
     vae_psnr = reconstruction_psnr(vae, images[:256], device)
     log(f"vae done in {time.time() - t_vae:.0f}s: reconstruction PSNR {vae_psnr:.2f} dB (before the decoder stage {psnr_before:.2f})")
 
@@ -240,7 +241,7 @@ def train_toy_model(args: argparse.Namespace) -> Path:
     total = time.time() - t_start
     summary = {"seed": args.seed, "scenes": args.scenes, "unet_steps": steps_done, "init_from": args.init_from, "batch": args.batch, "lr": args.lr,
                "unet_seconds": round(unet_seconds), "total_seconds": round(total), "vae_psnr_db": round(vae_psnr, 2),
-               "decoder_steps": args.decoder_steps, "vae_psnr_db_before_decoder_stage": round(psnr_before, 2),
+               "decoder_steps": decoder_steps, "vae_psnr_db_before_decoder_stage": round(psnr_before, 2),
                "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "classes": CLASS_NAMES, "class_list": CLASSES}
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2))
