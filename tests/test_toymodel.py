@@ -102,3 +102,27 @@ def test_decoder_stage_leaves_the_latent_space_alone(tmp_path):
         assert torch.equal(vae.encode(x).latent_dist.mean, z_before)
     assert all(p.requires_grad for p in vae.parameters())  # the model is left as it was found
     assert "decoder step 0" in (tmp_path / "log.txt").read_text()
+
+
+def test_decoder_only_stage_from_the_command_line_keeps_unet_and_encoder(tmp_path):
+    """`train-toy-model --init-from M --steps 0 --decoder-steps N`: a new decoder, every other weight as in M."""
+    import argparse
+
+    from diffusers import StableDiffusionPipeline
+
+    from dmutils.toymodel import train
+
+    def run(*argv):
+        parser = argparse.ArgumentParser()
+        train.add_arguments(parser)
+        return train.train_toy_model(parser.parse_args(["--scenes", "8", "--batch", "4", "--threads", "1", *argv]))
+
+    base = run("--out", str(tmp_path / "base"), "--vae-steps", "2", "--steps", "2")
+    tuned = run("--out", str(tmp_path / "tuned"), "--init-from", str(base), "--steps", "0", "--decoder-steps", "2", "--seed", "1")
+    a, b = (StableDiffusionPipeline.from_pretrained(str(d), safety_checker=None) for d in (base, tuned))
+    same = lambda m, n: all(torch.equal(v, n.state_dict()[k]) for k, v in m.state_dict().items())  # noqa: E731
+    assert same(a.unet, b.unet) and same(a.text_encoder, b.text_encoder) and same(a.vae.encoder, b.vae.encoder)
+    assert not same(a.vae.decoder, b.vae.decoder)
+    assert a.vae.config.scaling_factor == b.vae.config.scaling_factor != 0.18215  # set once, from the first VAE stage
+    summary = json.loads((tuned / "training_summary.json").read_text())
+    assert summary["unet_steps"] == 0 and summary["decoder_steps"] == 2

@@ -111,7 +111,7 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
     try:
         for step in bar:
             x, y = make_batch(data, step, train.batch_size, train.image_size, seed, train.scale_range, train.flip,
-                                  train.photometric)
+                              train.photometric)
             torch.manual_seed(seed + step)  # dropout / point sampling: same per step on resume
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                 loss = seg.loss(x.to(device), y.to(device))

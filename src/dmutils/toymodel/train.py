@@ -228,12 +228,13 @@ def train_toy_model(args: argparse.Namespace) -> Path:
     log(f"vae done in {time.time() - t_vae:.0f}s: reconstruction PSNR {vae_psnr:.2f} dB (before the decoder stage {psnr_before:.2f})")
 
     steps_done, unet_seconds = 0, 0.0
-    if args.steps:
+    if args.steps or not args.init_from:  # a new VAE needs its scaling factor even without a UNet stage
         latents = encode_all(vae, images, device)
         if not args.init_from:
             vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
         latents = latents * vae.config.scaling_factor
         log(f"latents {tuple(latents.shape[1:])}, scaling_factor {vae.config.scaling_factor:.4f}")
+    if args.steps:
         steps_done, unet_seconds = train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args, device, log, gen)
     pipe = StableDiffusionPipeline(vae=vae.cpu(), text_encoder=text_encoder.cpu(), tokenizer=tokenizer, unet=unet.cpu(),
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
