@@ -84,7 +84,7 @@ def test_miou_counts_background_and_ignores_absent_classes():
 
 def test_decoder_stage_leaves_the_latent_space_alone(tmp_path):
     """The decoder stage may change only the decoder: a UNet trained on the old latents stays valid."""
-    from dmutils.toymodel.train import Log, finetune_decoder, render_corpus
+    from dmutils.toymodel.train import Log, encode_all, finetune_decoder, render_corpus
 
     torch.manual_seed(0)
     vae = build.make_vae().eval()
@@ -94,8 +94,8 @@ def test_decoder_stage_leaves_the_latent_space_alone(tmp_path):
         z_before = vae.encode(x).latent_dist.mean
     encoder_before = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
     decoder_before = {k: v.clone() for k, v in vae.decoder.state_dict().items()}
-    assert finetune_decoder(vae, images, steps=3, batch=4, lr=1e-3, device="cpu", log=Log(tmp_path / "log.txt"),
-                            max_minutes=None, gen=torch.Generator().manual_seed(0)) == 3
+    assert finetune_decoder(vae, images, encode_all(vae, images, "cpu"), steps=3, batch=4, lr=1e-3, device="cpu",
+                            log=Log(tmp_path / "log.txt"), max_minutes=None, gen=torch.Generator().manual_seed(0)) == 3
     assert all(torch.equal(v, vae.encoder.state_dict()[k]) for k, v in encoder_before.items())
     assert any(not torch.equal(v, vae.decoder.state_dict()[k]) for k, v in decoder_before.items())
     with torch.no_grad():

@@ -93,12 +93,12 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, devi
     return vae
 
 
-def finetune_decoder(vae, images: torch.Tensor, steps: int, batch: int, lr: float, device, log: Log,
+def finetune_decoder(vae, images: torch.Tensor, latents: torch.Tensor, steps: int, batch: int, lr: float, device, log: Log,
                      max_minutes: float | None, gen: torch.Generator) -> int:
     """Steps run. SD's ft-MSE recipe: the encoder stays frozen, so the latent space the UNet has learned is unchanged,
     and only the decoder learns on. On whole images with a cosine schedule, from latent means, as the UNet
-    sees them. The first VAE stage stops early on 32 px crops; this stage sharpens the generator's edges."""
-    latents = encode_all(vae, images, device)
+    sees them (``latents``: ``encode_all`` of ``images``, unscaled). The first VAE stage stops early on 32 px
+    crops; this stage sharpens the generator's edges."""
     trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     vae.requires_grad_(False)
     for p in trainable:
@@ -220,22 +220,23 @@ def train_toy_model(args: argparse.Namespace) -> Path:
     t_vae = time.time()
     if not args.init_from:
         train_vae(vae, images, args.vae_steps, 32, 1e-3, device, log, args.vae_minutes, gen)
+    # the encoder is final from here on (the decoder stage freezes it): one encoding serves both later stages
+    latents = encode_all(vae, images, device) if args.decoder_steps or args.steps or not args.init_from else None
+    if not args.init_from:  # a new VAE needs its scaling factor even without a UNet stage
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     psnr_before = reconstruction_psnr(vae, images[:256], device)
     decoder_steps = 0
     if args.decoder_steps:
-        decoder_steps = finetune_decoder(vae, images, args.decoder_steps, 32, args.decoder_lr, device, log, args.decoder_minutes, gen)
+        decoder_steps = finetune_decoder(vae, images, latents, args.decoder_steps, 32, args.decoder_lr, device, log,
+                                         args.decoder_minutes, gen)
     vae_psnr = reconstruction_psnr(vae, images[:256], device)
     log(f"vae done in {time.time() - t_vae:.0f}s: reconstruction PSNR {vae_psnr:.2f} dB (before the decoder stage {psnr_before:.2f})")
 
     steps_done, unet_seconds = 0, 0.0
-    if args.steps or not args.init_from:  # a new VAE needs its scaling factor even without a UNet stage
-        latents = encode_all(vae, images, device)
-        if not args.init_from:
-            vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
-        latents = latents * vae.config.scaling_factor
-        log(f"latents {tuple(latents.shape[1:])}, scaling_factor {vae.config.scaling_factor:.4f}")
     if args.steps:
-        steps_done, unet_seconds = train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args, device, log, gen)
+        log(f"latents {tuple(latents.shape[1:])}, scaling_factor {vae.config.scaling_factor:.4f}")
+        steps_done, unet_seconds = train_unet(unet, text_encoder, tokenizer, scheduler, latents * vae.config.scaling_factor,
+                                              captions, args, device, log, gen)
     pipe = StableDiffusionPipeline(vae=vae.cpu(), text_encoder=text_encoder.cpu(), tokenizer=tokenizer, unet=unet.cpu(),
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
