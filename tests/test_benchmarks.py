@@ -20,3 +20,7 @@ def test_bench_segmenter_quick_prints_the_headline_keys_and_per_class_iou(capsys
         per_class = out[f"per_class_{split}"]
         assert sorted(per_class) == sorted(["background", *CLASS_NAMES])
         assert all(v is None or 0 <= v <= 1 for v in per_class.values())
+    assert out["guidance_scale"] == 2.0 and out["use_subclasses"] is False  # params/toy.yaml's generation settings
+    gap = out["colour_gap"]
+    assert gap and set(gap) <= set(CLASS_NAMES)
+    assert all(-0.5 < g["hue_shift"] <= 0.5 and -1 <= g["value_shift"] <= 1 for g in gap.values())

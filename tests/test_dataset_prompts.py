@@ -41,6 +41,31 @@ def test_templates_use_counts_synonyms_and_append_class_names():
     assert used_other_word, "synonyms/sub-classes are on by default and must show up"
 
 
+def test_subclass_words_only_when_asked_for_and_the_toy_default_leaves_them_out():
+    params = load_params()
+    subclass_words = {w for c in params.classes for w in c.subclasses}
+    synonym_words = {w for c in params.classes for w in c.synonyms}
+
+    def words_used(plan):
+        return {w for s in plan.specs(range(60)) for w in re.findall(r"\w+", s.prompt.split("; ")[0])}
+
+    assert words_used(_plan()) & subclass_words, "sub-class words are on in the schema"
+    without = words_used(_plan(prompts={"use_subclasses": False}))
+    assert not without & subclass_words and without & synonym_words
+    toy = load_params(REPO_ROOT / "params" / "toy.yaml")
+    assert not words_used(PromptPlan(toy)) & subclass_words
+    assert load_params(REPO_ROOT / "params" / "voc_sd15.yaml").prompts.use_subclasses
+
+
+def test_study02_prompts_follow_use_subclasses():
+    from dmutils.studies.thresholds import study_specs
+
+    params = load_params(overrides={"prompts": {"use_subclasses": False}, "study": {"threshold_images_per_class": 12}})
+    subclass_words = {w for c in params.classes for w in c.subclasses}
+    used = {w for s in study_specs(params) for w in re.findall(r"\w+", s.prompt.split("; ")[0])}
+    assert not used & subclass_words and used & {w for c in params.classes for w in c.synonyms}
+
+
 def test_template_without_enough_slots_is_refused():
     with pytest.raises(ParamsError, match="no template has 3 class slots"):
         _plan(prompts={"classes_per_image": [3]})

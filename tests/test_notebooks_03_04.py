@@ -102,3 +102,12 @@ def test_reports_list_their_key_outputs(run):
     key = {a["name"] for a in artifacts if a.get("key")}
     assert {"dataset_samples", "dataset_classes", "segmenter_headline", "segmenter_per_class_iou"} <= key
     assert not any(a.get("status") == "placeholder" for a in artifacts)
+
+
+def test_04_colour_gap_table_is_what_dmutils_computes(run):
+    from dmutils.studies.colour_gap import real_vs_synthetic
+
+    table = pd.read_csv(run["tables"] / "colour_gap.csv")
+    assert {"class", "hue_shift", "value_shift", "hue_spread_ratio"} <= set(table.columns)
+    assert set(table["class"]) <= set(run["params"].class_names)
+    pd.testing.assert_frame_equal(table, real_vs_synthetic(run["params"]), check_dtype=False)

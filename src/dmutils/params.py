@@ -67,6 +67,8 @@ class PromptParams(_Strict):
     )
     classes_per_image: list[int] = Field(default_factory=lambda: [1, 2])
     use_synonyms: bool = True
+    use_subclasses: bool = Field(True, description="also draw sub-class words (DiffuMask's 'tile' for square); only where the "
+                                 "model knows them: params/toy.yaml turns them off, the toy model never saw them")
 
     @field_validator("classes_per_image")
     @classmethod

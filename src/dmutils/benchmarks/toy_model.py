@@ -108,6 +108,7 @@ def run(args: argparse.Namespace) -> dict:
         "oracle_miou_real": round(oracle_mod.miou(orc.predict(real[0]), real[1]), 4),
         "images": n,
         "steps": params.model.num_inference_steps,
+        "guidance_scale": params.model.guidance_scale,
         "cross_resolutions": list(params.capture.cross_resolutions),
         "threshold": params.masks.threshold,
         "threads": torch.get_num_threads(),

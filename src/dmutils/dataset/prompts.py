@@ -160,14 +160,14 @@ class TemplateSource:
                     f"templates by slot count: {self.by_slots} (add one like 'a {{0}} and a {{1}}')"
                 )
         self.counts = p.classes_per_image
-        self.synonyms = p.use_synonyms
+        self.synonyms, self.subclasses = p.use_synonyms, p.use_subclasses
         self.run_seed = params.run.seed
 
     def __call__(self, index: int) -> _Base:
         rng = np.random.default_rng([_hash_int("dmutils-prompt", self.run_seed, index) % 2**63])
         k = int(rng.choice(self.counts))
         picked = [self.classes[j] for j in rng.choice(len(self.classes), size=k, replace=False)]
-        words = [str(rng.choice(class_words(c, self.synonyms, self.synonyms))) for c in picked]
+        words = [str(rng.choice(class_words(c, self.synonyms, self.subclasses))) for c in picked]
         tpls = self.by_slots[k]
         text = tpls[int(rng.integers(len(tpls)))].format(*words)
         return text, [c.name for c in picked], {c.name: w for c, w in zip(picked, words)}, None

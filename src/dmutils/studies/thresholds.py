@@ -85,7 +85,7 @@ def study_specs(params: Params) -> list[SampleSpec]:
             k = 2 if j % 2 and 2 in by_slots and len(params.classes) > 1 else 1
             others = [o for o in params.classes if o.name != cls.name]
             picked = [cls] + ([others[int(rng.integers(len(others)))]] if k == 2 else [])
-            words = [str(rng.choice(class_words(p, params.prompts.use_synonyms, params.prompts.use_synonyms))) for p in picked]
+            words = [str(rng.choice(class_words(p, params.prompts.use_synonyms, params.prompts.use_subclasses))) for p in picked]
             templates = by_slots[k]
             text = templates[int(rng.integers(len(templates)))].format(*words)
             names = [p.name for p in picked]
