@@ -24,3 +24,14 @@ def test_bench_segmenter_quick_prints_the_headline_keys_and_per_class_iou(capsys
     gap = out["colour_gap"]
     assert gap and set(gap) <= set(CLASS_NAMES)
     assert all(-0.5 < g["hue_shift"] <= 0.5 and -1 <= g["value_shift"] <= 1 for g in gap.values())
+
+
+@pytest.mark.slow
+def test_bench_toy_model_quick_measures_at_the_protocol_and_at_the_params_guidance(capsys):
+    assert bench.main(argparse.Namespace(name="toy-model", json=True, quick=True)) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["guidance_scale"] == 7.5 and out["params_guidance_scale"] == 2.0
+    for key in ("presence_rate", "attention_miou", "presence_rate_at_params_guidance", "attention_miou_at_params_guidance"):
+        assert 0 <= out[key] <= 1, key
+    # the same prompts and seeds at two guidance scales give different images, so different scores
+    assert (out["presence_rate"], out["attention_miou"]) != (out["presence_rate_at_params_guidance"], out["attention_miou_at_params_guidance"])
