@@ -15,6 +15,11 @@ def _plan(**over):
     return PromptPlan(load_params(overrides=over))
 
 
+def _caption_words(specs) -> set[str]:
+    """The words of the prompts before the appended class prompt."""
+    return {w for s in specs for w in re.findall(r"\w+", s.prompt.split("; ")[0])}
+
+
 def test_templates_same_params_same_samples_in_any_order():
     a = _plan(run={"seed": 3})
     b = _plan(run={"seed": 3})
@@ -47,7 +52,7 @@ def test_subclass_words_only_when_asked_for_and_the_toy_default_leaves_them_out(
     synonym_words = {w for c in params.classes for w in c.synonyms}
 
     def words_used(plan):
-        return {w for s in plan.specs(range(60)) for w in re.findall(r"\w+", s.prompt.split("; ")[0])}
+        return _caption_words(plan.specs(range(60)))
 
     assert words_used(_plan()) & subclass_words, "sub-class words are on in the schema"
     without = words_used(_plan(prompts={"use_subclasses": False}))
@@ -62,7 +67,7 @@ def test_study02_prompts_follow_use_subclasses():
 
     params = load_params(overrides={"prompts": {"use_subclasses": False}, "study": {"threshold_images_per_class": 12}})
     subclass_words = {w for c in params.classes for w in c.subclasses}
-    used = {w for s in study_specs(params) for w in re.findall(r"\w+", s.prompt.split("; ")[0])}
+    used = _caption_words(study_specs(params))
     assert not used & subclass_words and used & {w for c in params.classes for w in c.synonyms}
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmutils.params import ClassSpec, Params, ParamsError
+from dmutils.params import ClassSpec, Params, ParamsError, PromptParams
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,11 @@ def sample_id(index: int) -> str:
 def class_words(spec: ClassSpec, synonyms: bool = True, subclasses: bool = True) -> list[str]:
     """The words a prompt may use for a class: its name first."""
     return [spec.name, *(spec.synonyms if synonyms else []), *(spec.subclasses if subclasses else [])]
+
+
+def template_words(spec: ClassSpec, prompts: PromptParams) -> list[str]:
+    """The words a template prompt may draw for a class, as ``prompts.use_synonyms`` / ``use_subclasses`` allow."""
+    return class_words(spec, prompts.use_synonyms, prompts.use_subclasses)
 
 
 def _phrase_table(classes: list[ClassSpec]) -> dict[str, str]:
@@ -160,14 +165,14 @@ class TemplateSource:
                     f"templates by slot count: {self.by_slots} (add one like 'a {{0}} and a {{1}}')"
                 )
         self.counts = p.classes_per_image
-        self.synonyms, self.subclasses = p.use_synonyms, p.use_subclasses
+        self.prompts = p
         self.run_seed = params.run.seed
 
     def __call__(self, index: int) -> _Base:
         rng = np.random.default_rng([_hash_int("dmutils-prompt", self.run_seed, index) % 2**63])
         k = int(rng.choice(self.counts))
         picked = [self.classes[j] for j in rng.choice(len(self.classes), size=k, replace=False)]
-        words = [str(rng.choice(class_words(c, self.synonyms, self.subclasses))) for c in picked]
+        words = [str(rng.choice(template_words(c, self.prompts))) for c in picked]
         tpls = self.by_slots[k]
         text = tpls[int(rng.integers(len(tpls)))].format(*words)
         return text, [c.name for c in picked], {c.name: w for c, w in zip(picked, words)}, None

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from dmutils.dataset.generate import one_thread
-from dmutils.dataset.prompts import SampleSpec, TemplateSource, class_words
+from dmutils.dataset.prompts import SampleSpec, TemplateSource, template_words
 from dmutils.masks import label_map, make_mask, remove_small_regions
 from dmutils.params import MaskParams, Params, ParamsError
 
@@ -85,7 +85,7 @@ def study_specs(params: Params) -> list[SampleSpec]:
             k = 2 if j % 2 and 2 in by_slots and len(params.classes) > 1 else 1
             others = [o for o in params.classes if o.name != cls.name]
             picked = [cls] + ([others[int(rng.integers(len(others)))]] if k == 2 else [])
-            words = [str(rng.choice(class_words(p, params.prompts.use_synonyms, params.prompts.use_subclasses))) for p in picked]
+            words = [str(rng.choice(template_words(p, params.prompts))) for p in picked]
             templates = by_slots[k]
             text = templates[int(rng.integers(len(templates)))].format(*words)
             names = [p.name for p in picked]
