@@ -57,3 +57,59 @@ def save_tiny_sd3(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     tiny_sd3_pipeline(seed).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def tiny_t5_tokenizer(model_max_length: int = 512):
+    """A T5 sentencepiece-style (Unigram, '▁' word starts, ``</s>`` appended) fast tokenizer on the small
+    vocabulary: a word is one piece, the split words ("aeroplane") several; other text falls back to characters."""
+    import string
+
+    from transformers import T5TokenizerFast
+
+    from dmutils.tiny_models import SPLIT_WORDS, _vocab_words
+
+    tails = {p for ps in SPLIT_WORDS.values() for p in ps[1:]}
+    pieces = [w for w in _vocab_words() if w not in SPLIT_WORDS] + [p for ps in SPLIT_WORDS.values() for p in ps]
+    chars = string.ascii_letters + string.digits + string.punctuation
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -8.0)]
+    vocab += [(("" if p in tails else "▁") + p, -5.0) for p in pieces]
+    vocab += [(c, -10.0) for c in chars] + [("▁" + c, -10.0) for c in chars]
+    seen: set[str] = set()
+    vocab = [(p, s) for p, s in vocab if not (p in seen or seen.add(p))]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def tiny_flux_transformer(layers: int = 2, single_layers: int = 4, heads: int = 4, head_dim: int = 8, joint_dim: int = 32,
+                          pooled_dim: int = 32, in_channels: int = 16, guidance_embeds: bool = True):
+    """FLUX.1's layout (dual-stream then single-stream blocks, 3-axis rotary positions) with a small width."""
+    from diffusers import FluxTransformer2DModel
+
+    rope = (head_dim // 4, head_dim // 4, head_dim // 2)
+    return FluxTransformer2DModel(patch_size=1, in_channels=in_channels, num_layers=layers, num_single_layers=single_layers,
+                                  attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=joint_dim,
+                                  pooled_projection_dim=pooled_dim, guidance_embeds=guidance_embeds, axes_dims_rope=rope).eval()
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
+    """FLUX.1-shaped: 32 px images, 16x16 latent packed 2x2 into an 8x8 token grid, 2 dual-stream + 4
+    single-stream blocks; CLIP (hidden 32, pooled) + T5 (d_model 32) text encoders. ``guidance_embeds``
+    as FLUX.1-dev (True) or -schnell (False)."""
+    from diffusers import FluxPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok, t5_tok = tiny_tokenizer(), tiny_t5_tokenizer()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                                 pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id)).eval()
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_flow_vae(4), text_encoder=_text_encoder(tok, 32),
+                        tokenizer=tok, text_encoder_2=t5, tokenizer_2=t5_tok,
+                        transformer=tiny_flux_transformer(guidance_embeds=guidance_embeds))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_flux(folder: str | Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
+    """Write a FLUX.1-shaped pipeline folder (safetensors) that ``load_pipeline`` reads with family flux or auto."""
+    folder = Path(folder)
+    tiny_flux_pipeline(seed, guidance_embeds).save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -5,10 +5,11 @@ Order matters: the first adapter whose ``matches(pipe)`` is true serves the pipe
 from __future__ import annotations
 
 from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall, TextSource
+from dmutils.attention.adapters.flux import FluxAdapter
 from dmutils.attention.adapters.mmdit import MMDiTAdapter
 from dmutils.attention.adapters.unet import UNetAdapter
 
-ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, MMDiTAdapter]
+ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, MMDiTAdapter, FluxAdapter]
 
 
 def adapter_class(pipe) -> type[DenoiserAdapter]:
@@ -26,5 +27,5 @@ def adapter_for(pipe, spec) -> DenoiserAdapter:
     return adapter_class(pipe)(pipe, spec)
 
 
-__all__ = ["ADAPTERS", "AttentionLayer", "CaptureError", "DenoiserAdapter", "DenoiserCall", "TextSource", "MMDiTAdapter", "UNetAdapter", "adapter_class",
+__all__ = ["ADAPTERS", "AttentionLayer", "CaptureError", "DenoiserAdapter", "DenoiserCall", "FluxAdapter", "TextSource", "MMDiTAdapter", "UNetAdapter", "adapter_class",
            "adapter_for"]
