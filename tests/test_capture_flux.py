@@ -1,12 +1,15 @@
 """Capture from a FLUX.1-shaped transformer (dual- then single-stream blocks, text first, no CFG batch)."""
+import json
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from diffusers.models.embeddings import apply_rotary_emb
 
 from dmutils.attention import CaptureSpec, capture, joint
 from dmutils.attention.adapters import CaptureError, FluxAdapter, adapter_class
-from dmutils.tiny_transformers import tiny_flux_pipeline
+from dmutils.tiny_transformers import save_tiny_flux, tiny_flux_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a dog on the grass", "an aeroplane in the sky"]
@@ -127,3 +130,34 @@ def test_true_cfg_reads_only_the_positive_call(pipe):
     with capture(pipe, first) as rec:
         generate(pipe, steps=3, negative_prompt=["blurry"] * 2, true_cfg_scale=2.0)
     torch.testing.assert_close(rec.maps().cross(0, GRID), plain)
+
+
+def test_word_lookup_with_the_t5_tokenizer(pipe):
+    with capture(pipe, spec(self_resolutions=())) as rec:
+        generate(pipe)
+    maps = rec.maps()
+    assert rec.tokenizer is pipe.tokenizer_2 and maps.cross(0, GRID).shape == (TEXT, GRID, GRID)
+    assert maps.words(1) == ["an", "aeroplane", "in", "the", "sky"]
+    pieces = pipe.tokenizer_2.tokenize("aeroplane")  # '▁aero', 'plane'
+    assert len(pieces) > 1 and maps.token_positions(1, "aeroplane") == list(range(1, 1 + len(pieces)))
+    assert maps.word_map(0, "dog").shape == (GRID, GRID)
+
+
+def test_generate_end_to_end_from_a_saved_schnell_shaped_pipeline(tmp_path):
+    from dmutils.cli import main
+
+    model = save_tiny_flux(tmp_path / "tiny-flux", guidance_embeds=False)  # FLUX.1-schnell: no guidance embedding
+    assert json.loads((model / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
+    out = tmp_path / "data"
+    raw = {"model": {"path": str(model), "family": "flux", "num_inference_steps": 2, "guidance_scale": 0.0, "height": 32,
+                     "width": 32, "device": "cpu"},
+           "capture": {"cross_resolutions": [GRID], "self_resolutions": [GRID], "flux_streams": "single"},
+           "masks": {"threshold": 0.4},
+           "dataset": {"out_dir": str(out), "num_samples": 2, "batch_size": 2, "workers": 0, "min_area": 0.0}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["generate", str(tmp_path / "p.yaml"), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    ok = [r for r in records if r["status"] == "ok"]
+    assert len(records) == 2 and ok, records
+    with np.load(out / "maps" / f"{ok[0]['id']}.npz") as z:
+        assert z[f"cross_{GRID}"].shape == (len(ok[0]["classes"]), GRID, GRID)

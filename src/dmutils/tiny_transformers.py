@@ -4,11 +4,11 @@ As :mod:`dmutils.tiny_models` does for UNets, these copy the *block structure an
 of the real models with small widths so they run in about a second on a CPU:
 
 - :func:`tiny_sd3_pipeline`: SD3.5-shaped MMDiT (joint blocks, the first ones dual-attention with an
-  ``attn2``, RMS q/k norm, the last block ``context_pre_only``), two CLIP encoders, no T5 (SD3 allows
-  ``text_encoder_3=None``: its 256 T5 positions are zeros), flow-matching Euler.
+  ``attn2``, RMS q/k norm, the last block ``context_pre_only``), two CLIP encoders, and a T5 or none
+  (SD3 allows ``text_encoder_3=None``: its T5 positions are then zeros), flow-matching Euler.
 - :func:`tiny_flux_pipeline`: FLUX.1-shaped (dual-stream then single-stream blocks, rotary
-  positions, text first), CLIP for the pooled vector and a T5 encoder with a sentencepiece-style
-  fast tokenizer for the sequence; ``guidance_embeds`` as FLUX.1-dev (no CFG batch).
+  positions, text first), CLIP for the pooled vector and a T5 encoder with the sentencepiece-style
+  fast tokenizer of :mod:`dmutils.tiny_tokenizers` for the sequence; ``guidance_embeds`` as FLUX.1-dev (no CFG batch).
 - :func:`save_tiny_sd3` / :func:`save_tiny_flux`: those pipelines written with ``save_pretrained``.
 
 The VAEs downsample by 2, so a 32 px image has a 16x16 latent and, with patch size 2, an 8x8 map grid.
@@ -39,15 +39,28 @@ def tiny_sd3_transformer(sample_size: int = 16, layers: int = 4, dual_layers: in
                                  dual_attention_layers=tuple(range(dual_layers)), qk_norm="rms_norm").eval()
 
 
-def tiny_sd3_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiffusion3Pipeline:
+def _tiny_t5(d_model: int):
+    """A 2-layer T5 encoder and the tiny T5 tokenizer."""
+    from transformers import T5Config, T5EncoderModel
+
+    from dmutils.tiny_tokenizers import tiny_t5_tokenizer
+
+    tok = tiny_t5_tokenizer()
+    config = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=d_model // 8,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return T5EncoderModel(config).eval(), tok
+
+
+def tiny_sd3_pipeline(seed: int = 0, sample_size: int = 16, t5: bool = False) -> StableDiffusion3Pipeline:
     """SD3.5-shaped: 32 px images, 16x16 latent, 8x8 patch grid, 4 joint blocks (0-1 with ``attn2``);
-    CLIP-L-like (hidden 32) + CLIP-G-like (hidden 32) encoders, T5 absent."""
+    CLIP-L-like (hidden 32) + CLIP-G-like (hidden 32) encoders; T5 (d_model 64) only when ``t5``."""
     torch.manual_seed(seed)
     tok = tiny_tokenizer()
     te1, te2 = _text_encoder(tok, 32, projection=32), _text_encoder(tok, 32, projection=32)
+    te3, tok3 = _tiny_t5(64) if t5 else (None, None)
     pipe = StableDiffusion3Pipeline(transformer=tiny_sd3_transformer(sample_size), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                                     vae=_flow_vae(4), text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok,
-                                    text_encoder_3=None, tokenizer_3=None)
+                                    text_encoder_3=te3, tokenizer_3=tok3)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -57,26 +70,6 @@ def save_tiny_sd3(folder: str | Path, seed: int = 0) -> Path:
     folder = Path(folder)
     tiny_sd3_pipeline(seed).save_pretrained(folder, safe_serialization=True)
     return folder
-
-
-def tiny_t5_tokenizer(model_max_length: int = 512):
-    """A T5 sentencepiece-style (Unigram, '▁' word starts, ``</s>`` appended) fast tokenizer on the small
-    vocabulary: a word is one piece, the split words ("aeroplane") several; other text falls back to characters."""
-    import string
-
-    from transformers import T5TokenizerFast
-
-    from dmutils.tiny_models import SPLIT_WORDS, _vocab_words
-
-    tails = {p for ps in SPLIT_WORDS.values() for p in ps[1:]}
-    pieces = [w for w in _vocab_words() if w not in SPLIT_WORDS] + [p for ps in SPLIT_WORDS.values() for p in ps]
-    chars = string.ascii_letters + string.digits + string.punctuation
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -8.0)]
-    vocab += [(("" if p in tails else "▁") + p, -5.0) for p in pieces]
-    vocab += [(c, -10.0) for c in chars] + [("▁" + c, -10.0) for c in chars]
-    seen: set[str] = set()
-    vocab = [(p, s) for p, s in vocab if not (p in seen or seen.add(p))]
-    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
 
 
 def tiny_flux_transformer(layers: int = 2, single_layers: int = 4, heads: int = 4, head_dim: int = 8, joint_dim: int = 32,
@@ -95,12 +88,10 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
     single-stream blocks; CLIP (hidden 32, pooled) + T5 (d_model 32) text encoders. ``guidance_embeds``
     as FLUX.1-dev (True) or -schnell (False)."""
     from diffusers import FluxPipeline
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
-    tok, t5_tok = tiny_tokenizer(), tiny_t5_tokenizer()
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                 pad_token_id=t5_tok.pad_token_id, eos_token_id=t5_tok.eos_token_id)).eval()
+    tok = tiny_tokenizer()
+    t5, t5_tok = _tiny_t5(32)
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_flow_vae(4), text_encoder=_text_encoder(tok, 32),
                         tokenizer=tok, text_encoder_2=t5, tokenizer_2=t5_tok,
                         transformer=tiny_flux_transformer(guidance_embeds=guidance_embeds))
