@@ -17,6 +17,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, Fl
 
 from dmutils.attention.adapters.base import AttentionLayer, DenoiserCall, TextSource
 from dmutils.attention.adapters.transformer import TransformerAdapter, depth_of
+from dmutils.attention.concepts import ConceptStream
 from dmutils.attention.joint import attend_and_record
 from dmutils.attention.state import CaptureState
 
@@ -24,11 +25,13 @@ from dmutils.attention.state import CaptureState
 class FluxCaptureProcessor:
     """``FluxAttnProcessor`` that records one layer's maps at steps inside the window (dual- or single-stream)."""
 
-    def __init__(self, state: CaptureState, kinds: tuple[str, ...], resolution: int, original, joint_norm: str) -> None:
+    def __init__(self, state: CaptureState, kinds: tuple[str, ...], resolution: int, original, joint_norm: str,
+                 stream: ConceptStream | None = None) -> None:
         if type(original) is not FluxAttnProcessor:
             raise TypeError(f"cannot capture a layer whose processor is {type(original).__name__}; only FLUX.1's default "
                             f"FluxAttnProcessor is supported: call pipe.transformer.set_attn_processor(FluxAttnProcessor())")
         self.state, self.kinds, self.resolution, self.original, self.joint_norm = state, kinds, resolution, original, joint_norm
+        self.stream = stream
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb: torch.Tensor | None = None) -> torch.Tensor:
@@ -48,8 +51,15 @@ class FluxCaptureProcessor:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         seq = query.shape[1]
-        out = attend_and_record(self.state, self.kinds, self.resolution, *(x.transpose(1, 2) for x in (query, key, value)),
-                                image=slice(n_text, seq), text=slice(0, n_text), joint_norm=self.joint_norm)
+        query, key, value = (x.transpose(1, 2) for x in (query, key, value))  # (batch, heads, seq, d)
+        concepts = self.stream is not None and self.stream.active and encoder_hidden_states is not None
+        kinds = tuple(k for k in self.kinds if k == "self") if concepts else self.kinds
+        out = attend_and_record(self.state, kinds, self.resolution, query, key, value, image=slice(n_text, seq),
+                                text=slice(0, n_text), joint_norm=self.joint_norm)
+        if concepts:  # class/concept tokens read the image through this block's text-stream weights (no rotary: text ids are 0)
+            c, img = self.state.cond, slice(n_text, seq)
+            self.stream.attend(attn, query[c, :, img], key[c, :, img], value[c, :, img], out[c, :, img],
+                               self.resolution if "cross" in self.kinds else None)
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:
             return out
@@ -100,7 +110,18 @@ class FluxAdapter(TransformerAdapter):
 
     def recording_processor(self, layer: AttentionLayer, state: CaptureState, kinds: tuple[str, ...], resolution: int,
                             original) -> FluxCaptureProcessor:
-        return FluxCaptureProcessor(state, kinds, resolution, original, self.spec.joint_norm)
+        return FluxCaptureProcessor(state, kinds, resolution, original, self.spec.joint_norm, self.stream)
+
+    def has_concept_stream(self, layer: AttentionLayer) -> bool:
+        return layer.block == "dual"  # single-stream blocks share one set of weights: no text stream to carry concepts
+
+    def encode_class_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """The class prompts' T5 sequence (padded to the longest), as FLUX.1 encodes a caption."""
+        length = max(len(self.pipe.tokenizer_2(p).input_ids) for p in prompts)
+        with torch.no_grad():
+            embeds = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.denoiser.device, num_images_per_prompt=1,
+                                             max_sequence_length=length)[0]
+        return embeds.to(self.denoiser.dtype)
 
     def text_source(self) -> TextSource:
         return TextSource(self.pipe.text_encoder_2, self.pipe.tokenizer_2)
