@@ -14,8 +14,9 @@ conditional rows' image queries (float32, a chunk of heads at a time), adds to t
 
 Only the columns a map needs are scored: cross maps alone (``text_softmax``) cost a 77-column product,
 not the joint attention again. Reusing the probabilities for the output (as the UNet processor does)
-was measured slower here: on the CPU an explicit bf16 softmax . V over every column costs more than
-SDPA plus the needed columns (``/tmp`` micro-benchmark in the README's transformer section).
+was measured slower here: on SD3.5-medium's joint attention at 512 px (bf16, 1 CPU thread, paired runs)
+an explicit softmax over every column with its P.V took 1.79x SDPA's time for cross + self maps and 1.68x
+for cross maps alone; SDPA plus only the needed columns takes 1.56x and 1.03x.
 """
 from __future__ import annotations
 
