@@ -187,7 +187,7 @@ class DatasetParams(_Strict):
 class RealDataParams(_Strict):
     """The real dataset that segmenters are evaluated on (and the real-label baseline trains on)."""
 
-    kind: Literal["toy", "voc", "cityscapes", "ade20k", "voc_layout"] = "toy"
+    kind: Literal["toy", "voc", "cityscapes", "ade20k", "voc_layout", "coco"] = "toy"
     root: str = Field("data/toy-real", description="dataset folder; for 'toy' it is rendered there if missing")
     train_split: str = "train"
     val_split: str = "val"
@@ -233,12 +233,28 @@ class TrainParams(_Strict):
     noise_learning: NoiseLearningParams = Field(default_factory=NoiseLearningParams)
     self_training: bool = False
     seen_classes: list[str] | None = Field(None, description="open-vocabulary split; None = all seen")
+    backbone: str | None = Field(None, description="deeplabv3 / mask2former: ImageNet-pretrained backbone through "
+                                 "transformers.AutoBackbone, hub id (microsoft/resnet-50) or save_pretrained folder; "
+                                 "None = random init from the small default config")
+    output_stride: Literal[8, 16, 32] = Field(16, description="deeplabv3: backbone stride; 8 and 16 dilate the last "
+                                              "ResNet stage(s) instead of striding (DeepLabV3's atrous backbone)")
 
     @field_validator("scale_range")
     @classmethod
     def _scales(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0 < v[0] <= v[1]:
             raise ValueError("must be (lo, hi) with 0 < lo <= hi, e.g. (0.75, 1.5)")
+        return v
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str | None, info) -> str | None:
+        if v is None:
+            return v
+        if info.data.get("architecture") == "segformer":
+            raise ValueError("is for 'deeplabv3' and 'mask2former'; a pretrained SegFormer is train.pretrained")
+        if not v.strip() or v.startswith(("/", "./", "../", "~")) and not Path(v).expanduser().is_dir():
+            raise ValueError("must be a hub id like microsoft/resnet-50 or an existing folder written by save_pretrained")
         return v
 
 

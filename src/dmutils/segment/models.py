@@ -3,7 +3,9 @@
 SegFormer predicts per-pixel logits at a fraction of the input; Mask2Former predicts masks and
 their classes, so its semantic scores are ``softmax(class) x sigmoid(mask)`` summed over queries
 (what ``Mask2FormerImageProcessor.post_process_semantic_segmentation`` does) and its loss needs
-one binary mask per class present, built here from the semantic label.
+one binary mask per class present, built here from the semantic label. DeepLabV3
+(``dmutils.segment.deeplab``) predicts per-pixel logits like SegFormer. DeepLabV3 and Mask2Former take an
+ImageNet-pretrained backbone through transformers' backbone API (``train.backbone``, ``dmutils.segment.backbones``).
 """
 from __future__ import annotations
 
@@ -30,7 +32,16 @@ DEFAULT_CONFIGS: dict[str, dict] = {
                         backbone_config=dict(model_type="swin", image_size=64, patch_size=4, embed_dim=32,
                                              depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], window_size=4,
                                              out_features=["stage1", "stage2", "stage3", "stage4"])),
+    # DeepLabV3 (dmutils.segment.deeplab) on a small basic-block ResNet; with train.backbone the backbone's own
+    # config replaces backbone_config and ASPP keeps the paper's 256 channels unless train.config says otherwise.
+    "deeplabv3": dict(aspp_channels=64, classifier_dropout=0.0,
+                      backbone_config=dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128],
+                                           depths=[1, 1, 1, 1], layer_type="basic", out_features=["stage4"])),
 }
+# Backbone stages each architecture's head reads.
+BACKBONE_STAGES = {"deeplabv3": ["stage4"], "mask2former": ["stage1", "stage2", "stage3", "stage4"]}
+# Architectures with per-pixel logits (``model(pixel_values, labels)`` -> loss, logits); the others predict masks.
+PER_PIXEL = ("segformer", "deeplabv3")
 
 
 def _classes(arch: str):
@@ -41,9 +52,10 @@ def _classes(arch: str):
     if arch == "mask2former":
         return transformers.Mask2FormerConfig, transformers.Mask2FormerForUniversalSegmentation
     if arch == "deeplabv3":
-        raise ParamsError("train.architecture 'deeplabv3' needs torchvision, which has no build for this torch; "
-                          "use 'segformer' or 'mask2former'")
-    raise ParamsError(f"train.architecture {arch!r} unknown; use 'segformer' or 'mask2former'")
+        from dmutils.segment.deeplab import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
+
+        return DeepLabV3Config, DeepLabV3ForSemanticSegmentation
+    raise ParamsError(f"train.architecture {arch!r} unknown; use 'segformer', 'mask2former' or 'deeplabv3'")
 
 
 class Segmenter(nn.Module):
@@ -59,14 +71,14 @@ class Segmenter(nn.Module):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Training loss of a batch: images (B, 3, H, W), labels (B, H, W) long with 255 = ignore."""
-        if self.architecture == "segformer":
+        if self.architecture in PER_PIXEL:
             return self.model(pixel_values=x, labels=y).loss
         masks, classes = semantic_to_masks(y, self.num_classes)
         return self.model(pixel_values=x, mask_labels=masks, class_labels=classes).loss
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Per-class scores (B, C, H, W) at the input's size (probabilities; argmax = prediction)."""
-        if self.architecture == "segformer":
+        if self.architecture in PER_PIXEL:
             logits = self.model(pixel_values=x).logits
             return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False).softmax(1)
         out = self.model(pixel_values=x)
@@ -109,7 +121,15 @@ def build_segmenter(train, classes: list[str]) -> Segmenter:
                                           label2id=label2id, ignore_mismatched_sizes=True, **train.config)
     else:
         kw = {**DEFAULT_CONFIGS[train.architecture], **train.config}
-        if isinstance(kw.get("backbone_config"), dict):
+        if train.architecture == "deeplabv3":
+            kw.setdefault("output_stride", train.output_stride)
+        if train.backbone:
+            from dmutils.segment.backbones import backbone_config
+
+            kw["backbone_config"] = backbone_config(train.backbone, BACKBONE_STAGES[train.architecture])
+            if train.architecture == "deeplabv3" and "aspp_channels" not in train.config:
+                kw.pop("aspp_channels")  # the paper's 256
+        elif isinstance(kw.get("backbone_config"), dict):
             from transformers import AutoConfig
 
             bb = dict(kw["backbone_config"])
@@ -117,11 +137,20 @@ def build_segmenter(train, classes: list[str]) -> Segmenter:
         try:
             config = config_cls(num_labels=len(classes), id2label=id2label, label2id=label2id, **kw)
         except (TypeError, ValueError) as e:
-            raise ParamsError(f"train.config does not fit {config_cls.__name__}: {e}") from None
+            raise ParamsError(f"train.config does not fit {config_cls.__name__}: {' '.join(str(e).split())}") from None
         model = model_cls(config)
+        if train.backbone:
+            from dmutils.segment.backbones import load_pretrained_weights
+
+            load_pretrained_weights(_backbone_of(model), train.backbone, BACKBONE_STAGES[train.architecture])
     if train.architecture == "segformer":
         model.config.semantic_loss_ignore_index = IGNORE_INDEX
     return Segmenter(model, train.architecture, classes, train.image_size)
+
+
+def _backbone_of(model: nn.Module) -> nn.Module:
+    """The backbone module inside a DeepLabV3 or Mask2Former model."""
+    return model.backbone if hasattr(model, "backbone") else model.model.pixel_level_module.encoder
 
 
 def load_segmenter(folder: str | Path) -> Segmenter:
