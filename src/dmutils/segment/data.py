@@ -11,9 +11,15 @@ and plots never need to know where the data came from. Layouts:
   0 ("other") becomes 255 and classes shift by -1, so label 0 = wall (the mmseg ``reduce_zero_label``
   convention)
 - ``VOCLayoutDataset``: what this project writes (``dmutils.voc``), class names from ``dataset.json``
+- ``COCODataset``: COCO 2017 ``{train,val}2017/<id>.jpg`` and ``annotations/instances_{train,val}2017.json``; the
+  80 thing classes as a semantic label made from the instance masks with pycocotools (category ids -> 1..80,
+  0 = background; crowd regions and pixels claimed by instances of two different classes are 255, as Dataset
+  Diffusion evaluates COCO)
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -51,6 +57,22 @@ ADE20K_CLASSES = [
     "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier",
     "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag"]
 assert len(ADE20K_CLASSES) == 150
+# COCO 2017's 80 thing categories: (category id, name) in id order; label value = position + 1.
+COCO_CATEGORIES = [
+    (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"), (7, "train"), (8, "truck"),
+    (9, "boat"), (10, "traffic light"), (11, "fire hydrant"), (13, "stop sign"), (14, "parking meter"), (15, "bench"),
+    (16, "bird"), (17, "cat"), (18, "dog"), (19, "horse"), (20, "sheep"), (21, "cow"), (22, "elephant"), (23, "bear"),
+    (24, "zebra"), (25, "giraffe"), (27, "backpack"), (28, "umbrella"), (31, "handbag"), (32, "tie"), (33, "suitcase"),
+    (34, "frisbee"), (35, "skis"), (36, "snowboard"), (37, "sports ball"), (38, "kite"), (39, "baseball bat"),
+    (40, "baseball glove"), (41, "skateboard"), (42, "surfboard"), (43, "tennis racket"), (44, "bottle"),
+    (46, "wine glass"), (47, "cup"), (48, "fork"), (49, "knife"), (50, "spoon"), (51, "bowl"), (52, "banana"),
+    (53, "apple"), (54, "sandwich"), (55, "orange"), (56, "broccoli"), (57, "carrot"), (58, "hot dog"), (59, "pizza"),
+    (60, "donut"), (61, "cake"), (62, "chair"), (63, "couch"), (64, "potted plant"), (65, "bed"), (67, "dining table"),
+    (70, "toilet"), (72, "tv"), (73, "laptop"), (74, "mouse"), (75, "remote"), (76, "keyboard"), (77, "cell phone"),
+    (78, "microwave"), (79, "oven"), (80, "toaster"), (81, "sink"), (82, "refrigerator"), (84, "book"), (85, "clock"),
+    (86, "vase"), (87, "scissors"), (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush")]
+COCO_CLASSES = ["background"] + [name for _, name in COCO_CATEGORIES]
+assert len(COCO_CATEGORIES) == 80
 
 
 def _palette(colors: list[tuple[int, int, int]]) -> np.ndarray:
@@ -182,7 +204,67 @@ class ADE20KDataset(SegmentationDataset):
         return super().read_label(path) - np.uint8(1)  # 0 -> 255 (uint8 wrap), k -> k - 1
 
 
-READERS = {"voc": VOCDataset, "cityscapes": CityscapesDataset, "ade20k": ADE20KDataset, "voc_layout": VOCLayoutDataset}
+class COCODataset(SegmentationDataset):
+    """COCO 2017 instances as semantic labels of the 80 thing classes (``pycocotools`` decodes polygons and RLE).
+
+    A pixel takes the class of the instances covering it; a crowd region (``iscrowd=1``) or a pixel covered by
+    instances of two different classes is ignored (255), never guessed. Labels are made on read, not written."""
+
+    classes = COCO_CLASSES
+    layout = ("<root>/{train,val}2017/<file_name>.jpg\n<root>/annotations/instances_{train,val}2017.json")
+    LABEL_OF_CATEGORY = {cid: i + 1 for i, (cid, _) in enumerate(COCO_CATEGORIES)}
+
+    def __init__(self, root: str | Path, split: str = "val"):
+        super().__init__(root, split)
+        name = split if split.endswith("2017") else f"{split}2017"
+        ann_file, img_dir = self.root / "annotations" / f"instances_{name}.json", self.root / name
+        for what in (ann_file, img_dir):
+            if not what.exists():
+                raise self._missing(what)
+        from pycocotools.coco import COCO
+
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            self.coco = COCO(str(ann_file))
+        names = dict(COCO_CATEGORIES)
+        for cid, cat in self.coco.cats.items():
+            if names.get(cid) != cat["name"]:
+                raise ValueError(f"{ann_file}: category {cid} {cat['name']!r} is not COCO 2017's ({names.get(cid)!r}); "
+                                 "the reader knows the 80 thing categories of instances_*2017.json")
+        self.image_ids = sorted(self.coco.imgs)
+        self.items = [(img_dir / self.coco.imgs[i]["file_name"], ann_file) for i in self.image_ids]
+
+    def label(self, index: int) -> np.ndarray:
+        """The semantic label of image ``index`` (H, W) uint8."""
+        info = self.coco.imgs[self.image_ids[index]]
+        h, w = info["height"], info["width"]
+        label = np.zeros((h, w), np.uint8)
+        crowd = np.zeros((h, w), bool)
+        classes_at = np.zeros((h, w), np.uint8)  # distinct classes covering each pixel
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=info["id"], iscrowd=None))
+        for cls in sorted({a["category_id"] for a in anns}):
+            mask = np.zeros((h, w), bool)
+            for a in anns:
+                if a["category_id"] != cls:
+                    continue
+                m = self.coco.annToMask(a).astype(bool)
+                if a.get("iscrowd", 0):
+                    crowd |= m
+                else:
+                    mask |= m
+            label[mask] = self.LABEL_OF_CATEGORY[cls]
+            classes_at += mask
+        label[(classes_at > 1) | crowd] = IGNORE_INDEX
+        return label
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = voc.read_image(self.items[i][0]), self.label(i)
+        if image.shape[:2] != label.shape:
+            raise ValueError(f"{self.items[i][0]} is {image.shape[:2]} but its annotation says {label.shape}")
+        return image, label
+
+
+READERS = {"voc": VOCDataset, "cityscapes": CityscapesDataset, "ade20k": ADE20KDataset, "voc_layout": VOCLayoutDataset,
+           "coco": COCODataset}
 
 
 class ArrayDataset(torch.utils.data.Dataset):

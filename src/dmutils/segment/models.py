@@ -52,7 +52,11 @@ def _classes(arch: str):
     if arch == "mask2former":
         return transformers.Mask2FormerConfig, transformers.Mask2FormerForUniversalSegmentation
     if arch == "deeplabv3":
-        from dmutils.segment.deeplab import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
+        try:
+            from dmutils.segment.deeplab import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
+        except ImportError as e:
+            raise ParamsError(f"train.architecture 'deeplabv3' needs transformers 5 (installed: {transformers.__version__}; "
+                              f"{e}); upgrade transformers or use 'segformer'") from None
 
         return DeepLabV3Config, DeepLabV3ForSemanticSegmentation
     raise ParamsError(f"train.architecture {arch!r} unknown; use 'segformer', 'mask2former' or 'deeplabv3'")
