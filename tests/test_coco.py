@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from dmutils.params import load_params
+from dmutils.params import REPO_ROOT, ParamsError, load_params
 from dmutils.segment.data import COCO_CLASSES, COCODataset, open_real
 
 from coco_maker import write_tiny_coco
@@ -35,11 +35,24 @@ def test_polygon_label(coco):
     assert label[0, 0] == 0 and label[11, 11] == 0 and (label[:, :3] == 0).all()
 
 
-def test_open_real_reads_coco(coco):
+def test_open_real_reads_coco_in_the_presets_label_space(coco):
     root, expected = coco
-    params = load_params(None, ["real.kind=coco", f"real.root={root}", "real.test_split=val"])
+    params = load_params(REPO_ROOT / "params/papers/dataset_diffusion_coco.yaml", [f"real.root={root}"])
+    assert ["background"] + params.class_names == COCO_CLASSES  # the preset lists the 80 classes in label order
     ds = open_real(params, params.real.test_split)
     np.testing.assert_array_equal(ds[0][1], expected["000000000001.jpg"])
+
+
+def test_open_real_ignores_classes_the_run_does_not_list(coco):
+    root, expected = coco
+    params = load_params(None, ["real.kind=coco", f"real.root={root}", "classes=[{name: cat}, {name: dog}]"])
+    ds = open_real(params, "val")
+    assert ds.classes == ["background", "cat", "dog"] and len(ds) == 2
+    want = expected["000000000001.jpg"].copy()
+    want = np.select([want == 16, want == 17, want == 0], [1, 2, 0], 255).astype(np.uint8)  # person (crowd) was 255 already
+    np.testing.assert_array_equal(ds[0][1], want)
+    with pytest.raises(ParamsError, match=r"classes \['kitten'\] are not in COCODataset's label set"):
+        open_real(load_params(None, ["real.kind=coco", f"real.root={root}", "classes=[{name: kitten}]"]), "val")
 
 
 def test_missing_or_foreign_annotations_are_clear_errors(coco, tmp_path):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dmutils import voc
+from dmutils.params import ParamsError
 
 IGNORE_INDEX = voc.IGNORE_INDEX
 
@@ -281,8 +282,38 @@ class ArrayDataset(torch.utils.data.Dataset):
         return self.pairs[i]
 
 
+class LabelSpaceDataset(torch.utils.data.Dataset):
+    """A benchmark read in the label space of a run: ``classes`` = background + the params' classes, matched by
+    name. The benchmark's classes the run does not list become 255 (ignored), so a run over ADE20K's 30 most
+    frequent classes is scored on those; a benchmark without a background class (Cityscapes) never shows label 0."""
+
+    def __init__(self, dataset: SegmentationDataset, classes: list[str]):
+        self.dataset, self.classes = dataset, list(classes)
+        self.root, self.split, self.palette = dataset.root, getattr(dataset, "split", ""), dataset.palette
+        missing = [c for c in self.classes[1:] if c not in dataset.classes]
+        if missing:
+            raise ParamsError(f"classes {missing} are not in {type(dataset).__name__}'s label set; name classes as the "
+                              f"benchmark does, e.g. {', '.join(c for c in dataset.classes[:6] if c != 'background')}, ...")
+        self.lut = np.full(256, IGNORE_INDEX, np.uint8)
+        for i, name in enumerate(dataset.classes):
+            self.lut[i] = self.classes.index(name) if name in self.classes else IGNORE_INDEX
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = self.dataset[i]
+        return image, self.lut[label]
+
+
 def open_real(params, split: str) -> SegmentationDataset:
-    """The real dataset of ``params.real`` (toy splits are rendered on first use)."""
+    """The real dataset of ``params.real`` (toy splits are rendered on first use). A benchmark (VOC, Cityscapes,
+    ADE20K, COCO) is read in the run's label space, background + ``params.classes`` (:class:`LabelSpaceDataset`),
+    the label space of its synthetic datasets, unless the two are the same already."""
     real = params.real
     root = params.resolve_path(real.root)
     if real.kind == "toy":
@@ -291,7 +322,11 @@ def open_real(params, split: str) -> SegmentationDataset:
 
             write_real_splits(root, real.toy_sizes)
         return VOCLayoutDataset(root, split)
-    return READERS[real.kind](root, split)
+    dataset = READERS[real.kind](root, split)
+    classes = ["background"] + params.class_names
+    if real.kind == "voc_layout" or list(dataset.classes) == classes:
+        return dataset
+    return LabelSpaceDataset(dataset, classes)
 
 
 def check_same_classes(datasets: list[SegmentationDataset]) -> list[str]:
