@@ -68,3 +68,10 @@ def test_bad_backbone_is_a_one_line_error(tmp_path):
     with pytest.raises(ParamsError, match="could not be loaded") as e:
         build_segmenter(params.train, CLASSES)
     assert "\n" not in str(e.value)
+
+
+def test_deeplabv3_loss_is_zero_not_nan_when_every_pixel_is_ignored():
+    seg = build_segmenter(load_params(None, ["train.architecture=deeplabv3"]).train, CLASSES)
+    loss = seg.loss(torch.randn(2, 3, 64, 64), torch.full((2, 64, 64), 255))
+    assert loss.item() == 0.0
+    loss.backward()

@@ -100,5 +100,8 @@ class DeepLabV3ForSemanticSegmentation(PreTrainedModel):
         loss = None
         if labels is not None:
             up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(up, labels, ignore_index=self.config.ignore_index)
+            # mean over the labelled pixels; 0, not NaN, for a batch that is all ignore (a crop inside the uncertain
+            # band, a self-training batch where no prediction is confident yet)
+            valid = (labels != self.config.ignore_index).sum().clamp_min(1)
+            loss = F.cross_entropy(up, labels, ignore_index=self.config.ignore_index, reduction="sum") / valid
         return SemanticSegmenterOutput(loss=loss, logits=logits)
