@@ -126,6 +126,13 @@ def build_segmenter(train, classes: list[str]) -> Segmenter:
     else:
         kw = {**DEFAULT_CONFIGS[train.architecture], **train.config}
         if train.architecture == "deeplabv3":
+            import dataclasses
+
+            known = {f.name for f in dataclasses.fields(config_cls)}
+            unknown = sorted(set(train.config) - known)
+            if unknown:  # a transformers config keeps unknown keys silently; ours is small enough to check
+                raise ParamsError(f"train.config does not fit DeepLabV3Config: unknown keys {unknown}; known: "
+                                  "aspp_channels, atrous_rates, classifier_dropout, output_stride, backbone_config")
             kw.setdefault("output_stride", train.output_stride)
         if train.backbone:
             from dmutils.segment.backbones import backbone_config
