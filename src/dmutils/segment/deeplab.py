@@ -1,10 +1,12 @@
 """DeepLabV3 (Chen et al. 2017, arXiv 1706.05587) as a transformers model: a (dilated) ResNet from
 transformers' backbone API plus a hand-written ASPP head.
 
-Written here because no kept library has it: transformers has no DeepLabV3-ResNet model (only
-MobileViT/MobileNetV2 DeepLabV3 heads), and torchvision, whose ``deeplabv3_resnet50`` Dataset Diffusion's
-mmsegmentation model matches, has no build for this project's torch. Being a ``PreTrainedModel`` with its
-own config, it saves and reloads with ``save_pretrained`` / ``from_pretrained`` like the other segmenters.
+Written here because no library this project keeps has it: transformers has no DeepLabV3-ResNet model (only
+MobileViT / MobileNetV2 DeepLabV3 heads). torchvision's ``DeepLabHead`` is the reference (tests check the ASPP
+against it where torchvision is importable), but torchvision is not a dependency: it is in the development venv
+only because timm needs it, and each torchvision wheel is built for one torch version while the Makefile picks
+the torch build per machine. Being a ``PreTrainedModel`` with its own config, the model saves and reloads with
+``save_pretrained`` / ``from_pretrained`` like the other segmenters.
 """
 from __future__ import annotations
 
