@@ -7,7 +7,7 @@ import torch
 from transformers import ResNetBackbone, ResNetConfig
 
 from dmutils.params import ParamsError, load_params
-from dmutils.segment.models import _backbone_of, build_segmenter, load_segmenter
+from dmutils.segment.models import backbone_of, build_segmenter, load_segmenter
 
 CLASSES = ["background", "a", "b"]
 
@@ -39,12 +39,12 @@ def test_backbone_weights_are_the_pretrained_ones_and_reload(backbone, arch, tmp
     params = load_params(None, [f"train.architecture={arch}", f"train.backbone={folder}"])
     torch.manual_seed(1)
     seg = build_segmenter(params.train, CLASSES)
-    got = _backbone_of(seg.model).state_dict()
+    got = backbone_of(seg.model).state_dict()
     assert set(weights) <= set(got) and all(torch.equal(got[k], weights[k]) for k in weights)
     x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
     loss = seg.loss(x, y)
     loss.backward()
-    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in _backbone_of(seg.model).parameters())
+    assert torch.isfinite(loss) and any(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone_of(seg.model).parameters())
     seg.eval()
     back = load_segmenter(seg.save(tmp_path / "seg")).eval()
     assert back.architecture == arch and torch.allclose(seg.scores(x), back.scores(x), atol=1e-5)
@@ -98,3 +98,21 @@ def test_aspp_matches_torchvisions_deeplab_head():
     x = torch.randn(2, 16, 9, 9)
     with torch.no_grad():
         assert torch.allclose(ours(x), ref(x), atol=1e-5)
+
+
+def test_backbone_learning_rate_multiplier(backbone):
+    from dmutils.segment.train import param_groups
+
+    folder, _ = backbone
+    for arch in ("deeplabv3", "mask2former"):
+        train = load_params(None, [f"train.architecture={arch}", f"train.backbone={folder}", "train.lr=1e-3",
+                                   "train.backbone_lr_mult=0.1"]).train
+        seg = build_segmenter(train, CLASSES)
+        groups = param_groups(seg, train)
+        ids = [id(p) for g in groups for p in g["params"]]
+        assert sorted(ids) == sorted(id(p) for p in seg.parameters())  # every parameter, once
+        assert {id(p) for p in groups[0]["params"]} == {id(p) for p in backbone_of(seg.model).parameters()}
+        opt = torch.optim.AdamW(groups, lr=train.lr)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 1e-3])
+    segformer = load_params(None, ["train.backbone_lr_mult=0.1"]).train  # no backbone to single out: one group
+    assert len(param_groups(build_segmenter(segformer, CLASSES), segformer)) == 1

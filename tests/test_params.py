@@ -50,6 +50,7 @@ def test_real_setups_carry_sd_settings_not_the_toys(name):
     assert (p.masks.tau, p.masks.crf.enabled, p.masks.uncertain_band) == (4, False, (0.5, 0.6))
     assert p.train.photometric and p.train.steps == 20000 and p.train.noise_learning.fold_steps is None
     assert (p.train.architecture, p.train.backbone, p.train.image_size) == ("deeplabv3", "microsoft/resnet-50", 512)
+    assert p.train.backbone_lr_mult == 0.1 and p.train.lr == 1e-4
     assert p.prompts.use_subclasses and p.oracle.kind == "none" and p.study.ablation_grid is None
 
 

@@ -238,6 +238,8 @@ class TrainParams(_Strict):
                                  "None = random init from the small default config")
     output_stride: Literal[8, 16, 32] = Field(16, description="deeplabv3: backbone stride; 8 and 16 dilate the last "
                                               "ResNet stage(s) instead of striding (DeepLabV3's atrous backbone)")
+    backbone_lr_mult: float = Field(1.0, gt=0, le=1, description="learning rate of a deeplabv3 / mask2former backbone "
+                                    "as a fraction of train.lr (mmsegmentation's and Mask2Former's lr_mult 0.1)")
 
     @field_validator("scale_range")
     @classmethod

@@ -30,7 +30,7 @@ def resolve(name: str) -> str:
 
 
 def _fail(name: str, e: Exception) -> ParamsError:
-    why = " ".join(str(e).split())[:200]
+    why = " ".join(str(e).split()).split(". ")[0][:200]
     return ParamsError(f"train.backbone {name!r} could not be loaded ({type(e).__name__}: {why}); give a hub id such as "
                        "microsoft/resnet-50 (downloaded once) or a folder written by save_pretrained")
 

@@ -153,13 +153,13 @@ def build_segmenter(train, classes: list[str]) -> Segmenter:
         if train.backbone:
             from dmutils.segment.backbones import load_pretrained_weights
 
-            load_pretrained_weights(_backbone_of(model), train.backbone, BACKBONE_STAGES[train.architecture])
+            load_pretrained_weights(backbone_of(model), train.backbone, BACKBONE_STAGES[train.architecture])
     if train.architecture == "segformer":
         model.config.semantic_loss_ignore_index = IGNORE_INDEX
     return Segmenter(model, train.architecture, classes, train.image_size)
 
 
-def _backbone_of(model: nn.Module) -> nn.Module:
+def backbone_of(model: nn.Module) -> nn.Module:
     """The backbone module inside a DeepLabV3 or Mask2Former model."""
     return model.backbone if hasattr(model, "backbone") else model.model.pixel_level_module.encoder
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from dmutils.params import Params, ParamsError, load_params
 from dmutils.segment.data import SegmentationDataset, TensorCache, check_same_classes, make_batch
-from dmutils.segment.models import Segmenter, build_segmenter
+from dmutils.segment.models import BACKBONE_STAGES, Segmenter, backbone_of, build_segmenter
 from dmutils.voc import atomic_write_bytes
 
 
@@ -46,6 +46,16 @@ def _scheduler(opt: torch.optim.Optimizer, train) -> torch.optim.lr_scheduler.LR
                          num_training_steps=train.steps, scheduler_specific_kwargs=kw)
 
 
+def param_groups(seg: Segmenter, train) -> list[dict]:
+    """One group, or the backbone at ``train.backbone_lr_mult`` x lr and the rest at lr (the papers' recipes keep
+    an ImageNet backbone at a tenth of the head's rate)."""
+    if train.backbone_lr_mult == 1.0 or train.architecture not in BACKBONE_STAGES:
+        return [{"params": list(seg.parameters())}]
+    backbone = {id(p) for p in backbone_of(seg.model).parameters()}
+    return [{"params": [p for p in seg.parameters() if id(p) in backbone], "lr": train.lr * train.backbone_lr_mult},
+            {"params": [p for p in seg.parameters() if id(p) not in backbone]}]
+
+
 def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_dir: str | Path | None = None,
                     resume: bool = False, progress: bool = True) -> TrainResult:
     """Train ``params.train`` on the concatenation of ``datasets`` (same class lists).
@@ -69,7 +79,7 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
     torch.manual_seed(seed)
     seg = build_segmenter(train, classes).to(device)
     # foreach: one fused update over all parameter tensors (the default only does this on CUDA)
-    opt = torch.optim.AdamW(seg.parameters(), lr=train.lr, weight_decay=train.weight_decay, foreach=True)
+    opt = torch.optim.AdamW(param_groups(seg, train), lr=train.lr, weight_decay=train.weight_decay, foreach=True)
     sched = _scheduler(opt, train)
     ema = (torch.optim.swa_utils.AveragedModel(seg, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(train.ema),
                                                use_buffers=True) if train.ema else None)
