@@ -8,7 +8,8 @@ composite model's backbone with random weights (``load_backbone`` is ``AutoBackb
 
 Why transformers' ResNet and not timm's through ``TimmBackbone``: timm makes a dilated ResNet itself
 (``output_stride``), but ``TimmBackbone.from_pretrained`` rebuilds its config without ``output_stride`` and
-reads weights only through timm's own hub names, not a ``save_pretrained`` folder. transformers' ResNet
+reads weights through timm's own names (hub ids, ``local-dir:`` folders in timm's layout), not a transformers
+``save_pretrained`` folder. transformers' ResNet
 loads from both and is dilated here (:func:`dilate_resnet`), as torchvision's ``replace_stride_with_dilation``
 and mmsegmentation's ResNetV1c ``dilations`` do.
 """
