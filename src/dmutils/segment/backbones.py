@@ -57,7 +57,7 @@ def load_pretrained_weights(module: nn.Module, name: str, out_features: list[str
 
     Read with ``from_pretrained`` of the backbone class AutoBackbone picked (``type(module)``), not with
     ``AutoBackbone.from_pretrained``: in transformers 5.24 the latter first asks the hub whether the name is a
-    repository (``repo_exists``), which rejects local folders and needs the network even for a cached hub id."""
+    repository (``hf_api().repo_exists``), which rejects a local folder's path outright."""
     try:
         pretrained = type(module).from_pretrained(resolve(name), out_features=list(out_features))
     except (OSError, ValueError, KeyError) as e:
