@@ -359,8 +359,8 @@ def check_voc_layout_real(params: Params) -> Outcome:
             continue
         try:
             _check_label_values(voc.read_label(lab), lab, len(classes), params.real.kind, out)
-        except (OSError, ValueError) as e:
-            out.error(f"real data: {lab}: cannot read label ({one_line(e)}); replace or remove this file")
+        except (OSError, ValueError) as e:  # voc.read_label's DataError names the file and the fix
+            out.error(f"real data: {one_line(e)}")
     _compare_classes(params, classes[1:] if classes[:1] == ["background"] else classes, out)
     out.summary = f"{params.real.kind} at {root}: " + ", ".join(f"{s} {n}" for s, n in counts.items())
     return out

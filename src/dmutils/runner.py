@@ -128,6 +128,9 @@ def run(params_file: str | Path | None = None, overrides: list[str] | None = Non
     sequence = resolve_notebooks(params)
     chosen = select(sequence, only)
     kernel = choose_kernel(kernel)
+    from dmutils.preflight import preflight
+
+    preflight(params)  # model files, real data, output folders and disk, device: before any kernel starts
 
     run_dir = nb.default_run_dir(params)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)

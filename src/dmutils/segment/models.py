@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmutils.errors import DataError, DataNotFoundError
 from dmutils.params import ParamsError
 from dmutils.segment.data import IGNORE_INDEX
 
@@ -131,7 +132,10 @@ def load_segmenter(folder: str | Path) -> Segmenter:
         folder = folder / "model"
     meta_path = folder / "segmenter.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found; pass a folder written by 'dmutils train' (its model/ subfolder)")
-    meta = json.loads(meta_path.read_text())
+        raise DataNotFoundError(f"{meta_path} not found; pass a folder written by 'dmutils train' (its model/ subfolder)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise DataError(f"{meta_path} is not valid JSON ({e}); train again or pass another checkpoint folder") from None
     _, model_cls = _classes(meta["architecture"])
     return Segmenter(model_cls.from_pretrained(folder), meta["architecture"], meta["classes"], meta["image_size"])
