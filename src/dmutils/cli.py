@@ -56,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines() or [""]:  # a preflight error holds one line per failed check
             print(f"dmutils {name}: error: {line}", file=sys.stderr)
         return 2
+    except OSError as e:  # last resort, for a path no check foresaw (a disk filling up mid-run); the checks name most
+        if e.filename is None:
+            raise
+        print(f"dmutils {name}: error: {e.strerror or e}: {e.filename}; fix that path (space, permissions) and re-run",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"dmutils {name}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
         return 130
