@@ -257,9 +257,10 @@ def default_image_size(folder: Path | None) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # real data
 # ---------------------------------------------------------------------------------------------
-def _splits(params: Params) -> list[str]:
+def _splits(params: Params, splits: list[str] | None = None) -> list[str]:
+    """The splits to check: ``splits``, or all three that ``real`` names."""
     r = params.real
-    return list(dict.fromkeys([r.train_split, r.val_split, r.test_split]))
+    return list(dict.fromkeys(splits if splits is not None else [r.train_split, r.val_split, r.test_split]))
 
 
 def _split_key(params: Params, split: str) -> str:
@@ -284,7 +285,8 @@ def _compare_classes(params: Params, theirs: list[str], out: Outcome) -> None:
                     f"with the real ones; list the data's classes in its label order")
 
 
-def _check_reader(params: Params, reader_name: str, how_to_get: str, names_in_data: Callable[[list[str]], list[str]]) -> Outcome:
+def _check_reader(params: Params, reader_name: str, how_to_get: str, names_in_data: Callable[[list[str]], list[str]],
+                  splits: list[str] | None) -> Outcome:
     """Open each split with the project's reader (``dmutils.segment.data.<reader_name>``); check it has
     samples, its first sample's files, its first label's values against the class count, and the
     data's class names against ``params.classes``."""
@@ -296,7 +298,7 @@ def _check_reader(params: Params, reader_name: str, how_to_get: str, names_in_da
 
     reader = getattr(data, reader_name)
     counts, classes = {}, None
-    for split in _splits(params):
+    for split in _splits(params, splits):
         try:
             ds = reader(root, split)
         except (OSError, ValueError) as e:
@@ -324,7 +326,7 @@ def _check_reader(params: Params, reader_name: str, how_to_get: str, names_in_da
     return out
 
 
-def check_voc_layout_real(params: Params) -> Outcome:
+def check_voc_layout_real(params: Params, splits: list[str] | None = None) -> Outcome:
     """A folder this project wrote (``dmutils.voc`` layout + dataset.json), checked without the torch
     readers so the toy set-up's preflight stays well under a second."""
     from dmutils import voc
@@ -342,7 +344,7 @@ def check_voc_layout_real(params: Params) -> Outcome:
     if not classes:
         return out.error(f"real data: {meta} has no 'classes' list; add one (index = label value, 0 = background)")
     counts = {}
-    for split in _splits(params):
+    for split in _splits(params, splits):
         try:
             ids = voc.read_split(root, split)
         except FileNotFoundError as e:
@@ -366,31 +368,32 @@ def check_voc_layout_real(params: Params) -> Outcome:
     return out
 
 
-def check_toy_real(params: Params) -> Outcome:
+def check_toy_real(params: Params, splits: list[str] | None = None) -> Outcome:
     root = params.resolve_path(params.real.root)
     if (root / "dataset.json").is_file():
-        return check_voc_layout_real(params)
+        return check_voc_layout_real(params, splits)
     problem = writable_problem(root, "real.root")
     if problem:
         return Outcome().error(problem)
     return Outcome(f"toy at {root}: not there yet, rendered on first use ({params.real.toy_sizes})")
 
 
-def check_voc_real(params: Params) -> Outcome:
+def check_voc_real(params: Params, splits: list[str] | None = None) -> Outcome:
     return _check_reader(params, "VOCDataset", "extract PASCAL VOC 2012 (VOCtrainval_11-May-2012.tar) there, so it holds "
-                         "JPEGImages, SegmentationClass and ImageSets/Segmentation", lambda c: c[1:])
+                         "JPEGImages, SegmentationClass and ImageSets/Segmentation", lambda c: c[1:], splits)
 
 
-def check_cityscapes_real(params: Params) -> Outcome:
+def check_cityscapes_real(params: Params, splits: list[str] | None = None) -> Outcome:
     return _check_reader(params, "CityscapesDataset", "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
-                         "cityscapes-dataset.com there, then run cityscapesscripts' createTrainIdLabelImgs", lambda c: c)
+                         "cityscapes-dataset.com there, then run cityscapesscripts' createTrainIdLabelImgs", lambda c: c, splits)
 
 
-def check_ade20k_real(params: Params) -> Outcome:
-    return _check_reader(params, "ADE20KDataset", "extract ADEChallengeData2016.zip (the SceneParsing benchmark) there", lambda c: c)
+def check_ade20k_real(params: Params, splits: list[str] | None = None) -> Outcome:
+    return _check_reader(params, "ADE20KDataset", "extract ADEChallengeData2016.zip (the SceneParsing benchmark) there",
+                         lambda c: c, splits)
 
 
-def check_coco_real(params: Params) -> Outcome:
+def check_coco_real(params: Params, splits: list[str] | None = None) -> Outcome:
     """COCO 2017: ``annotations/instances_<split>.json`` and the image folder (checked by name, the JSON is not parsed)."""
     out = Outcome()
     root = params.resolve_path(params.real.root)
@@ -398,7 +401,7 @@ def check_coco_real(params: Params) -> Outcome:
         return out.error(f"real.root {root} not found (coco); extract COCO 2017 images and annotations_trainval2017.zip there, "
                          "or --set real.root=<folder>")
     found = []
-    for split in _splits(params):
+    for split in _splits(params, splits):
         names = [split] if split.endswith("2017") else [split, f"{split}2017"]
         ann = next((root / "annotations" / f"instances_{n}.json" for n in names if (root / "annotations" / f"instances_{n}.json").is_file()), None)
         images = next((root / n for n in names if (root / n).is_dir()), None)
@@ -413,18 +416,19 @@ def check_coco_real(params: Params) -> Outcome:
 
 
 # real.kind -> its check. A new kind is one function and one entry here.
-REAL_DATA_CHECKS: dict[str, Callable[[Params], Outcome]] = {
+REAL_DATA_CHECKS: dict[str, Callable[[Params, list[str] | None], Outcome]] = {
     "toy": check_toy_real, "voc_layout": check_voc_layout_real, "voc": check_voc_real,
     "cityscapes": check_cityscapes_real, "ade20k": check_ade20k_real, "coco": check_coco_real,
 }
 
 
-def check_real_data(params: Params) -> Outcome:
-    """``real.kind`` / ``real.root``: the folders and split lists the readers open, and the class list."""
+def check_real_data(params: Params, splits: list[str] | None = None) -> Outcome:
+    """``real.kind`` / ``real.root``: the folders and split lists the readers open (``splits``, default all
+    three of ``real``), and the class list."""
     check = REAL_DATA_CHECKS.get(params.real.kind)
     if check is None:
         return Outcome(f"{params.real.kind} at {params.real.root}").note(f"no preflight check for real.kind {params.real.kind!r}; not checked")
-    return check(params)
+    return check(params, splits)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -180,8 +180,9 @@ def main(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides)
     out = args.out or params.resolve_path(f"data/{{run}}/segmenter-{args.data}")
     checks = {"outputs": partial(pf.check_outputs, dirs={"--out": out}), "device": partial(pf.check_device, which=("train",))}
-    if args.data != "synthetic" or not args.no_eval:
-        checks["real data"] = pf.check_real_data
+    splits = ([params.real.train_split] if args.data != "synthetic" else []) + ([] if args.no_eval else [params.real.test_split])
+    if splits:
+        checks["real data"] = partial(pf.check_real_data, splits=splits)
     pf.preflight(params, checks)
     real_train = open_real(params, params.real.train_split) if args.data in ("real", "both") else None
     synthetic = synthetic_dataset(params) if args.data in ("synthetic", "both") else None
