@@ -102,12 +102,15 @@ def model_folder(params: Params) -> tuple[Path | None, str]:
         if folder.is_dir():
             return folder, f"folder {folder}"
     if _looks_local(path):
-        return None, (f"model.path {path!r}: no such folder (looked in {Path(path).expanduser().absolute()} and {REPO_ROOT / path}); "
-                      f"set model.path to a diffusers pipeline folder, or download one, e.g. "
-                      f"`hf download <hub id> --local-dir {path}`")
+        looked = " and ".join(dict.fromkeys(str(p) for p in (Path(path).expanduser().absolute(), REPO_ROOT / path)))
+        return None, (f"model.path {path!r}: no such folder (looked in {looked}); set model.path to a diffusers pipeline "
+                      f"folder, or download one, e.g. `hf download <hub id> --local-dir {path}`")
     from huggingface_hub import constants, try_to_load_from_cache
 
-    cached = try_to_load_from_cache(path, "model_index.json", cache_dir=constants.HF_HUB_CACHE)
+    try:
+        cached = try_to_load_from_cache(path, "model_index.json", cache_dir=constants.HF_HUB_CACHE)
+    except ValueError as e:  # HFValidationError: not a well-formed 'org/name'
+        return None, f"model.path {path!r} is neither a folder nor a valid hub id ({one_line(e)}); give a folder or 'org/name'"
     if isinstance(cached, str):
         return Path(cached).parent, f"hub id {path!r} from the local cache {Path(cached).parent}"
     return None, f"model.path {path!r} is a hub id that is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); {_download_hint(path)}"
