@@ -382,17 +382,18 @@ def check_toy_real(params: Params, splits: list[str] | None = None) -> Outcome:
 
 
 def check_voc_real(params: Params, splits: list[str] | None = None) -> Outcome:
-    return _check_reader(params, "VOCDataset", "extract PASCAL VOC 2012 (VOCtrainval_11-May-2012.tar) there, so it holds "
-                         "JPEGImages, SegmentationClass and ImageSets/Segmentation", lambda c: c[1:], splits)
+    return _check_reader(params, "VOCDataset", "extract PASCAL VOC 2012's VOCtrainval_11-May-2012.tar (it unpacks to "
+                         "VOCdevkit/VOC2012) so that this folder holds JPEGImages, SegmentationClass and ImageSets/Segmentation", lambda c: c[1:], splits)
 
 
 def check_cityscapes_real(params: Params, splits: list[str] | None = None) -> Outcome:
-    return _check_reader(params, "CityscapesDataset", "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
-                         "cityscapes-dataset.com there, then run cityscapesscripts' createTrainIdLabelImgs", lambda c: c, splits)
+    return _check_reader(params, "CityscapesDataset", "unzip leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip "
+                         "(cityscapes-dataset.com) there, then run cityscapesscripts' createTrainIdLabelImgs", lambda c: c, splits)
 
 
 def check_ade20k_real(params: Params, splits: list[str] | None = None) -> Outcome:
-    return _check_reader(params, "ADE20KDataset", "extract ADEChallengeData2016.zip (the SceneParsing benchmark) there",
+    return _check_reader(params, "ADE20KDataset", "unzip ADEChallengeData2016.zip (SceneParsing) so that this folder is or "
+                         "holds ADEChallengeData2016/",
                          lambda c: c, splits)
 
 
