@@ -61,7 +61,7 @@ def a_file(tmp_path) -> Path:
 def test_check_passes_on_toy(capsys):
     assert cli.main(["check", "params/toy.yaml"]) == 0
     out = capsys.readouterr().out
-    assert [line.split()[0] for line in out.splitlines()] == ["ok", "ok", "ok", "ok"]
+    assert [line.split()[0] for line in out.splitlines()] == ["ok"] * 5
 
 
 def test_check_on_the_voc_set_up_names_the_model_and_the_data(capsys):
@@ -127,6 +127,8 @@ def test_train_mistakes(capsys, params_file, a_file, tmp_path):
     assert "real.root" in line and "VOC" in line
     line = fails(capsys, "train", str(params_file(real={"test_split": "tst"})), "--out", str(tmp_path / "seg"))
     assert "tst.txt not found" in line and "real.test_split" in line
+    line = fails(capsys, "train", str(params_file(train={"pretrained": str(tmp_path / "no-backbone")})), "--out", str(tmp_path / "seg"))
+    assert "train.pretrained" in line and "no such folder" in line
     assert "nothing to resume" in fails(capsys, "train", str(params_file()), "--out", str(tmp_path / "seg"), "--resume", "--no-eval")
 
 

@@ -65,7 +65,7 @@ def errors(outcome: pf.Outcome) -> list[str]:
 # -- the toy set-up ----------------------------------------------------------------------------
 def test_toy_params_pass_every_check():
     outcomes = pf.run_checks(load_params("params/toy.yaml"))
-    assert list(outcomes) == ["model", "real data", "outputs", "device"]
+    assert list(outcomes) == ["model", "checkpoints", "real data", "outputs", "device"]
     assert all(o.ok for o in outcomes.values()), pf.format_outcomes(outcomes)
     assert "StableDiffusionPipeline" in outcomes["model"].summary
 
@@ -252,3 +252,23 @@ def test_gpu_memory_against_the_weights_in_model_dtype(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (2400, 8000))
     o = pf.check_device(p32.model_copy(update={"model": p32.model.model_copy(update={"dtype": "bfloat16"})}), which=("model",))
     assert o.ok and [p.level for p in o.problems] == ["warning"]
+
+
+# -- transformers checkpoints -----------------------------------------------------------------------
+def test_pretrained_segmenter_and_oracle_checkpoints(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    assert pf.check_checkpoints(params_for(tmp_path)).ok  # random init: nothing to load
+    errs = errors(pf.check_checkpoints(params_for(tmp_path, train={"pretrained": "nvidia/mit-b0"},
+                                                  oracle={"kind": "transformers", "model": str(tmp_path / "oracle")})))
+    assert len(errs) == 2
+    assert "hf download nvidia/mit-b0 --local-dir models/mit-b0" in errs[0] and "--set train.pretrained=models/mit-b0" in errs[0]
+    assert errs[1].startswith("oracle.model") and "no such folder" in errs[1]
+    ckpt = tmp_path / "oracle"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    params = params_for(tmp_path, oracle={"kind": "transformers", "model": str(ckpt)})
+    assert "holds no weights" in errors(pf.check_checkpoints(params))[0]
+    save_file({"w": np.zeros(2, np.float32)}, str(ckpt / "model.safetensors"))
+    assert pf.check_checkpoints(params).ok

@@ -258,6 +258,51 @@ def default_image_size(folder: Path | None) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# transformers checkpoints (segmenter backbone, oracle)
+# ---------------------------------------------------------------------------------------------
+def checkpoint_problem(value: str, key: str) -> str | None:
+    """Why the transformers checkpoint ``value`` (folder or hub id) named by param ``key`` cannot be loaded offline, or None."""
+    for folder in (Path(value).expanduser(), REPO_ROOT / value):
+        if folder.is_dir():
+            if not (folder / "config.json").is_file():
+                return f"{key} {value!r}: {folder} holds no config.json; give a folder written by save_pretrained"
+            weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+            if not any((folder / w).is_file() for w in weights):
+                return f"{key} {value!r}: {folder} holds no weights ({', '.join(weights)}); re-download it"
+            return None
+    if _looks_local(value):
+        return f"{key} {value!r}: no such folder; set {key} to a folder written by save_pretrained, or to a hub id"
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(value, "config.json", cache_dir=constants.HF_HUB_CACHE)
+    except ValueError as e:
+        return f"{key} {value!r} is neither a folder nor a valid hub id ({one_line(e)})"
+    if isinstance(cached, str):
+        return None
+    name = value.rstrip("/").split("/")[-1]
+    return (f"{key} {value!r} is a hub id that is not in the local Hugging Face cache; download it with "
+            f"`hf download {value} --local-dir models/{name}` and add `--set {key}=models/{name}`")
+
+
+def check_checkpoints(params: Params) -> Outcome:
+    """``train.pretrained`` and, for a transformers oracle, ``oracle.model``: there to load, offline."""
+    named = {"train.pretrained": params.train.pretrained}
+    if params.oracle.kind == "transformers":
+        named["oracle.model"] = params.oracle.model
+    out = Outcome(", ".join(f"{k} {v or 'none (random init)'}" for k, v in named.items()))
+    for key, value in named.items():
+        if value is None:
+            if key == "oracle.model":
+                out.error("oracle.kind='transformers' needs oracle.model (a segmentation checkpoint folder or hub id)")
+            continue
+        problem = checkpoint_problem(value, key)
+        if problem:
+            out.error(problem)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # real data
 # ---------------------------------------------------------------------------------------------
 def _splits(params: Params, splits: list[str] | None = None) -> list[str]:
@@ -545,7 +590,7 @@ def check_device(params: Params, which: tuple[str, ...] = ("model", "train")) ->
 # ---------------------------------------------------------------------------------------------
 # running the checks
 # ---------------------------------------------------------------------------------------------
-CHECKS: dict[str, Callable[..., Outcome]] = {"model": check_model, "real data": check_real_data,
+CHECKS: dict[str, Callable[..., Outcome]] = {"model": check_model, "checkpoints": check_checkpoints, "real data": check_real_data,
                                              "outputs": check_outputs, "device": check_device}
 
 
