@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 
 from dmutils import voc
-from dmutils.errors import DataError, DataNotFoundError, ensure_writable_dir
 from dmutils.dataset.prompts import PromptPlan, SampleSpec, sample_uniform
+from dmutils.errors import DataError, DataNotFoundError, ensure_writable_dir
 from dmutils.params import MaskParams, Params, ParamsError, load_params
 
 MANIFEST = "manifest.jsonl"
