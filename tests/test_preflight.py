@@ -272,3 +272,11 @@ def test_pretrained_segmenter_and_oracle_checkpoints(tmp_path, monkeypatch):
     assert "holds no weights" in errors(pf.check_checkpoints(params))[0]
     save_file({"w": np.zeros(2, np.float32)}, str(ckpt / "model.safetensors"))
     assert pf.check_checkpoints(params).ok
+
+
+def test_toy_oracle_must_be_there_for_the_studies_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(pf, "TOY_ORACLE", tmp_path / "toy-oracle/model.safetensors")
+    params = params_for(tmp_path)
+    errs = errors(pf.check_checkpoints(params))
+    assert len(errs) == 1 and "git checkout models/toy-oracle" in errs[0]
+    assert pf.check_checkpoints(params, oracle=False).ok  # dmutils train does not use the oracle

@@ -285,12 +285,19 @@ def checkpoint_problem(value: str, key: str) -> str | None:
             f"`hf download {value} --local-dir models/{name}` and add `--set {key}=models/{name}`")
 
 
-def check_checkpoints(params: Params) -> Outcome:
-    """``train.pretrained`` and, for a transformers oracle, ``oracle.model``: there to load, offline."""
+TOY_ORACLE = REPO_ROOT / "models" / "toy-oracle" / "model.safetensors"  # dmutils.oracle.DEFAULT_DIR (that module imports torch)
+
+
+def check_checkpoints(params: Params, oracle: bool = True) -> Outcome:
+    """``train.pretrained`` and (``oracle``) the oracle the studies measure masks with (``oracle.model``
+    for a transformers oracle, the embedded toy oracle for 'toy'): there to load, offline."""
     named = {"train.pretrained": params.train.pretrained}
-    if params.oracle.kind == "transformers":
+    if oracle and params.oracle.kind == "transformers":
         named["oracle.model"] = params.oracle.model
-    out = Outcome(", ".join(f"{k} {v or 'none (random init)'}" for k, v in named.items()))
+    out = Outcome(", ".join(f"{k} {v or 'none (random init)'}" for k, v in named.items()) + (f", oracle {params.oracle.kind}" if oracle else ""))
+    if oracle and params.oracle.kind == "toy" and not TOY_ORACLE.is_file():
+        out.error(f"oracle.kind='toy' needs {TOY_ORACLE}; restore it with `git checkout models/toy-oracle` or re-make it with "
+                  "`python -m dmutils.oracle`")
     for key, value in named.items():
         if value is None:
             if key == "oracle.model":

@@ -179,7 +179,7 @@ def main(args: argparse.Namespace) -> int:
 
     params = load_params(args.params, args.overrides)
     out = args.out or params.resolve_path(f"data/{{run}}/segmenter-{args.data}")
-    checks = {"checkpoints": pf.check_checkpoints, "outputs": partial(pf.check_outputs, dirs={"--out": out}),
+    checks = {"checkpoints": partial(pf.check_checkpoints, oracle=False), "outputs": partial(pf.check_outputs, dirs={"--out": out}),
               "device": partial(pf.check_device, which=("train",))}
     splits = ([params.real.train_split] if args.data != "synthetic" else []) + ([] if args.no_eval else [params.real.test_split])
     if splits:
