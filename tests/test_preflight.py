@@ -280,3 +280,18 @@ def test_toy_oracle_must_be_there_for_the_studies_only(tmp_path, monkeypatch):
     errs = errors(pf.check_checkpoints(params))
     assert len(errs) == 1 and "git checkout models/toy-oracle" in errs[0]
     assert pf.check_checkpoints(params, oracle=False).ok  # dmutils train does not use the oracle
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_pipelines_saved_by_diffusers_pass(tmp_path, family):
+    """What save_pretrained writes for SD 1.5 and SDXL (two text encoders and tokenizers) is what the check expects."""
+    from dmutils import tiny_models
+
+    pipe = tiny_models.tiny_sdxl_pipeline() if family == "sdxl" else tiny_models.tiny_sd15_pipeline()
+    pipe.save_pretrained(tmp_path / "m")
+    params = params_for(tmp_path, model={"path": str(tmp_path / "m"), "family": family})
+    o = pf.check_model(params)
+    assert o.ok and not o.problems, o.problems
+    n = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None
+            for p in m.state_dict().values())
+    assert pf.parameter_count(pf.model_weight_files(tmp_path / "m")) == n
