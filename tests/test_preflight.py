@@ -225,7 +225,11 @@ def test_disk_estimate_against_free_space(tmp_path, monkeypatch):
     assert pf.estimate_dataset_bytes(params.model_copy(update={"masks": params.masks.model_copy(update={"tau": 0})})) < need
     monkeypatch.setattr(pf.shutil, "disk_usage", lambda p: type("U", (), {"free": need // 2})())
     errs = errors(pf.check_outputs(params))
-    assert len(errs) == 1 and "1000 samples need about" in errs[0] and "dataset.num_samples" in errs[0]
+    assert len(errs) == 1 and "1000 samples to generate need about" in errs[0] and "dataset.num_samples" in errs[0]
+    (tmp_path / "out").mkdir()  # a resumed run: 600 samples done, 400 to go fit in half the full estimate
+    (tmp_path / "out/manifest.jsonl").write_text("{}\n" * 600)
+    o = pf.check_outputs(params)
+    assert o.ok and [p.level for p in o.problems] == [], o.problems
 
 
 # -- device --------------------------------------------------------------------------------------

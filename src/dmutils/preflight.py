@@ -40,6 +40,7 @@ NOT_LOADED = {"safety_checker"}
 # photos compress worse, so the estimate assumes about 4x and 7x that.
 JPEG_BYTES_PER_PIXEL = 1.0
 LABEL_BYTES_PER_PIXEL = 0.15
+DISK_WARN_FRACTION = 0.9  # a dataset that leaves under 10% of its disk free is warned about
 GPU_WARN_FRACTION = 0.8  # weights above this share of free GPU memory leave little room for activations
 
 Level = Literal["error", "warning", "note"]
@@ -494,8 +495,9 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def estimate_dataset_bytes(params: Params, side: int | None = None) -> int:
-    """Bytes ``dmutils generate`` writes for ``dataset.num_samples``: image, label and saved maps per sample."""
+def estimate_dataset_bytes(params: Params, side: int | None = None, samples: int | None = None) -> int:
+    """Bytes ``dmutils generate`` writes for ``samples`` (default ``dataset.num_samples``): image, label and
+    saved maps per sample."""
     h = params.model.height or side or 512
     w = params.model.width or side or 512
     per = h * w * (JPEG_BYTES_PER_PIXEL + LABEL_BYTES_PER_PIXEL)
@@ -504,14 +506,24 @@ def estimate_dataset_bytes(params: Params, side: int | None = None) -> int:
         per += 2 * named * sum(r * r for r in params.capture.cross_resolutions)  # float16 (C, r, r)
         if params.masks.refine == "self_attention" and params.masks.tau > 0:  # as dmutils.masks.uses_self_attention
             per += 2 * sum(r**4 for r in params.capture.self_resolutions)  # float16 (r*r, r*r)
-    return int(per * params.dataset.num_samples)
+    return int(per * (params.dataset.num_samples if samples is None else samples))
+
+
+def _samples_done(root: Path) -> int:
+    """Samples a resumed generation will skip: the lines of the folder's manifest."""
+    manifest = root / "manifest.jsonl"
+    try:
+        with open(manifest, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
 
 
 def output_dirs(params: Params) -> dict[str, Path]:
-    """The folders ``dmutils run`` writes, by the param that names them."""
+    """The folders ``dmutils run`` (and ``dmutils train`` by default) write, by the param that names them."""
     return {"dataset.out_dir": params.resolve_path(params.dataset.out_dir),
             "run.reports_dir": params.resolve_path(params.run.reports_dir) / params.run.name,
-            "data/{run}": params.resolve_path("data/{run}")}
+            "train --out": params.resolve_path("data/{run}")}
 
 
 def check_outputs(params: Params, dirs: dict[str, Path] | None = None, dataset_bytes: int | None = None) -> Outcome:
@@ -524,15 +536,17 @@ def check_outputs(params: Params, dirs: dict[str, Path] | None = None, dataset_b
             out.error(problem)
     summary = [", ".join(str(p) for p in dirs.values())]
     if "dataset.out_dir" in dirs and out.ok:
-        need = estimate_dataset_bytes(params, default_image_size(model_folder(params)[0])) if dataset_bytes is None else dataset_bytes
-        where = nearest_existing(dirs["dataset.out_dir"])
+        root = dirs["dataset.out_dir"]
+        todo = max(0, params.dataset.num_samples - _samples_done(root))
+        need = estimate_dataset_bytes(params, default_image_size(model_folder(params)[0]), todo) if dataset_bytes is None else dataset_bytes
+        where = nearest_existing(root)
         free = shutil.disk_usage(where).free
         summary.append(f"dataset ~{_size(need)}, {_size(free)} free")
         if need > free:
-            out.error(f"dataset.out_dir {dirs['dataset.out_dir']}: {params.dataset.num_samples} samples need about "
+            out.error(f"dataset.out_dir {root}: {todo} samples to generate need about "
                       f"{_size(need)} but {where} has {_size(free)} free; free space, lower dataset.num_samples, "
                       "set dataset.save_maps=false, or choose another dataset.out_dir")
-        elif need > 0.9 * free:
+        elif need > DISK_WARN_FRACTION * free:
             out.warning(f"dataset.out_dir: the dataset (~{_size(need)}) would leave under 10% of {where}'s "
                         f"{_size(free)} free")
     out.summary = "; ".join(summary)
