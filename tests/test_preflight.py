@@ -234,7 +234,7 @@ def test_disk_estimate_against_free_space(tmp_path, monkeypatch):
 
 # -- device --------------------------------------------------------------------------------------
 def test_cuda_asked_but_absent(tmp_path, monkeypatch):
-    monkeypatch.setattr(pf, "_cuda_available", lambda: False)
+    monkeypatch.setattr(pf, "_cuda_available", lambda explicit=True: False)
     errs = errors(pf.check_device(params_for(tmp_path, model={"device": "cuda"}, train={"device": "cuda:1"})))
     assert errs == ["model.device='cuda' but CUDA is not available here; use --set model.device=auto (or cpu)",
                     "train.device='cuda:1' but CUDA is not available here; use --set train.device=auto (or cpu)"]
@@ -245,7 +245,7 @@ def test_gpu_memory_against_the_weights_in_model_dtype(tmp_path, monkeypatch):
     import torch
 
     folder = make_pipeline_folder(tmp_path / "m")  # 1000 parameters: 4000 bytes in float32, 2000 in float16
-    monkeypatch.setattr(pf, "_cuda_available", lambda: True)
+    monkeypatch.setattr(pf, "_cuda_available", lambda explicit=True: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (3000, 8000))
     p32 = params_for(tmp_path, model={"path": str(folder), "device": "cuda"})

@@ -557,14 +557,16 @@ def check_outputs(params: Params, dirs: dict[str, Path] | None = None, dataset_b
 # device
 # ---------------------------------------------------------------------------------------------
 def _maybe_cuda() -> bool:
-    """False when this machine certainly has no NVIDIA driver (so torch need not be imported to know)."""
+    """False when a Linux machine shows no NVIDIA driver: for device 'auto' torch need not be imported to know."""
     if sys.platform.startswith("linux"):
         return Path("/proc/driver/nvidia/version").exists() or any(Path("/dev").glob("nvidia[0-9]*"))
     return sys.platform != "darwin"
 
 
-def _cuda_available() -> bool:
-    if not _maybe_cuda():
+def _cuda_available(asked_explicitly: bool = True) -> bool:
+    """torch's answer; for 'auto' alone the cheap driver look-up may answer first (WSL and the like have
+    no /dev/nvidia*, so an explicit 'cuda' always asks torch)."""
+    if not asked_explicitly and not _maybe_cuda():
         return False
     import torch
 
@@ -577,7 +579,7 @@ def check_device(params: Params, which: tuple[str, ...] = ("model", "train")) ->
     out = Outcome()
     asked = {f"{w}.device": getattr(params, w).device for w in which}
     wants_cuda = {k: v for k, v in asked.items() if v.startswith("cuda") or v == "auto"}
-    cuda = _cuda_available() if wants_cuda else False
+    cuda = _cuda_available(any(v != "auto" for v in wants_cuda.values())) if wants_cuda else False
     for key, dev in wants_cuda.items():
         if dev != "auto" and not cuda:
             out.error(f"{key}={dev!r} but CUDA is not available here; use --set {key}=auto (or cpu)")
