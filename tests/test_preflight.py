@@ -299,3 +299,14 @@ def test_pipelines_saved_by_diffusers_pass(tmp_path, family):
     n = sum(p.numel() for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None
             for p in m.state_dict().values())
     assert pf.parameter_count(pf.model_weight_files(tmp_path / "m")) == n
+
+
+def test_generate_checks_a_shard_for_its_own_samples(tmp_path, monkeypatch):
+    from dmutils.dataset.generate import preflight_checks
+
+    params = params_for(tmp_path, model={"height": 64, "width": 64}, dataset={"num_samples": 100})
+    per_sample = pf.estimate_dataset_bytes(params, samples=1)
+    monkeypatch.setattr(pf.shutil, "disk_usage", lambda p: type("U", (), {"free": 30 * per_sample})())
+    assert "100 samples to generate" in errors(preflight_checks(params)["outputs"](params))[0]
+    shard = preflight_checks(params, (0, 4))["outputs"](params)  # 25 samples into <out_dir>/shards/0-of-4
+    assert shard.ok and "shards/0-of-4" in shard.summary

@@ -526,8 +526,9 @@ def output_dirs(params: Params) -> dict[str, Path]:
             "train --out": params.resolve_path("data/{run}")}
 
 
-def check_outputs(params: Params, dirs: dict[str, Path] | None = None, dataset_bytes: int | None = None) -> Outcome:
-    """Each output folder is writable, and the dataset's disk has room for it (``dataset_bytes``, None = estimated)."""
+def check_outputs(params: Params, dirs: dict[str, Path] | None = None, samples: int | None = None) -> Outcome:
+    """Each output folder is writable, and the dataset's disk has room for the samples still to write
+    (of ``samples``, default ``dataset.num_samples``; a shard writes fewer)."""
     out = Outcome()
     dirs = output_dirs(params) if dirs is None else dirs
     for what, path in dirs.items():
@@ -537,8 +538,8 @@ def check_outputs(params: Params, dirs: dict[str, Path] | None = None, dataset_b
     summary = [", ".join(str(p) for p in dirs.values())]
     if "dataset.out_dir" in dirs and out.ok:
         root = dirs["dataset.out_dir"]
-        todo = max(0, params.dataset.num_samples - _samples_done(root))
-        need = estimate_dataset_bytes(params, default_image_size(model_folder(params)[0]), todo) if dataset_bytes is None else dataset_bytes
+        todo = max(0, (params.dataset.num_samples if samples is None else samples) - _samples_done(root))
+        need = estimate_dataset_bytes(params, default_image_size(model_folder(params)[0]), todo)
         where = nearest_existing(root)
         free = shutil.disk_usage(where).free
         summary.append(f"dataset ~{_size(need)}, {_size(free)} free")

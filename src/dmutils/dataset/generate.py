@@ -562,8 +562,9 @@ def preflight_checks(params: Params, shard: tuple[int, int] | None = None) -> di
 
     from dmutils import preflight as pf
 
-    return {"model": pf.check_model, "outputs": partial(pf.check_outputs, dirs={"dataset.out_dir": output_dir(params, shard)}),
-            "device": partial(pf.check_device, which=("model",))}
+    outputs = partial(pf.check_outputs, dirs={"dataset.out_dir": output_dir(params, shard)},
+                      samples=len(shard_indices(params.dataset.num_samples, shard)))
+    return {"model": pf.check_model, "outputs": outputs, "device": partial(pf.check_device, which=("model",))}
 
 
 def main(args: argparse.Namespace) -> int:
