@@ -1,9 +1,7 @@
 """Every command's typical mistakes end in exit code 2 and one line on stderr naming the problem, never a traceback."""
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 

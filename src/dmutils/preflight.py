@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from dmutils.errors import nearest_existing, one_line, writable_problem
 from dmutils.params import REPO_ROOT, Params, ParamsError, load_params
@@ -114,7 +114,8 @@ def model_folder(params: Params) -> tuple[Path | None, str]:
         return None, f"model.path {path!r} is neither a folder nor a valid hub id ({one_line(e)}); give a folder or 'org/name'"
     if isinstance(cached, str):
         return Path(cached).parent, f"hub id {path!r} from the local cache {Path(cached).parent}"
-    return None, f"model.path {path!r} is a hub id that is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); {_download_hint(path)}"
+    return None, (f"model.path {path!r} is a hub id that is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); "
+                  f"{_download_hint(path)}")
 
 
 def pipeline_components(folder: Path) -> tuple[str, dict[str, tuple[str, str]]]:
@@ -324,10 +325,21 @@ def _split_key(params: Params, split: str) -> str:
     return next(k for k in ("train_split", "val_split", "test_split") if getattr(r, k) == split)
 
 
-def _check_label_values(label, path: Path, num_classes: int, kind: str, out: Outcome) -> None:
-    values = sorted(set(label.ravel().tolist()) - {255})
+def _check_first_sample(params: Params, split: str, image: Path, label: Path, read_label: Callable[[Path], object],
+                        num_classes: int, out: Outcome) -> None:
+    """A split's first sample: both files there, its label readable and its values within the class count."""
+    kind = params.real.kind
+    missing = [str(p) for p in (image, label) if not Path(p).is_file()]
+    if missing:
+        out.error(f"real data ({kind}, split {split!r}): {', '.join(missing)} listed but missing; fix the split list or the files")
+        return
+    try:
+        values = sorted(set(read_label(label).ravel().tolist()) - {255})
+    except (OSError, ValueError) as e:  # voc.read_label's DataError names the file and the fix
+        out.error(f"real data: {one_line(e)}")
+        return
     if values and values[-1] >= num_classes:
-        out.error(f"real data ({kind}): {path} holds label {values[-1]} but the data has {num_classes} classes "
+        out.error(f"real data ({kind}): {label} holds label {values[-1]} but the data has {num_classes} classes "
                   f"(0..{num_classes - 1}, 255 = ignore); is it a colour or instance PNG instead of class indices?")
 
 
@@ -365,17 +377,7 @@ def _check_reader(params: Params, reader_name: str, how_to_get: str, names_in_da
         if not len(ds):
             out.error(f"real data ({params.real.kind}): split {split!r} under {root} has no samples; check the split list")
             continue
-        img, lab = ds.items[0]
-        missing = [str(p) for p in (img, lab) if not Path(p).is_file()]
-        if missing:
-            out.error(f"real data ({params.real.kind}, split {split!r}): {', '.join(missing)} listed but missing; fix the split list or the files")
-            continue
-        try:
-            label = ds.read_label(lab)
-        except (OSError, ValueError) as e:
-            out.error(f"real data: {one_line(e)}")
-            continue
-        _check_label_values(label, lab, len(classes), params.real.kind, out)
+        _check_first_sample(params, split, *ds.items[0], ds.read_label, len(classes), out)
     if classes is not None:
         _compare_classes(params, names_in_data(classes), out)
     out.summary = f"{params.real.kind} at {root}: " + ", ".join(f"{s} {n}" for s, n in counts.items())
@@ -410,15 +412,8 @@ def check_voc_layout_real(params: Params, splits: list[str] | None = None) -> Ou
         if not ids:
             out.error(f"real data ({params.real.kind}): split {split!r} under {root} has no samples; check the split list")
             continue
-        img, lab = root / voc.IMAGES / f"{ids[0]}.jpg", root / voc.LABELS / f"{ids[0]}.png"
-        missing = [str(p) for p in (img, lab) if not p.is_file()]
-        if missing:
-            out.error(f"real data ({params.real.kind}, split {split!r}): {', '.join(missing)} listed but missing; fix the split list or the files")
-            continue
-        try:
-            _check_label_values(voc.read_label(lab), lab, len(classes), params.real.kind, out)
-        except (OSError, ValueError) as e:  # voc.read_label's DataError names the file and the fix
-            out.error(f"real data: {one_line(e)}")
+        _check_first_sample(params, split, root / voc.IMAGES / f"{ids[0]}.jpg", root / voc.LABELS / f"{ids[0]}.png",
+                            voc.read_label, len(classes), out)
     _compare_classes(params, classes[1:] if classes[:1] == ["background"] else classes, out)
     out.summary = f"{params.real.kind} at {root}: " + ", ".join(f"{s} {n}" for s, n in counts.items())
     return out
@@ -460,7 +455,7 @@ def check_coco_real(params: Params, splits: list[str] | None = None) -> Outcome:
     found = []
     for split in _splits(params, splits):
         names = [split] if split.endswith("2017") else [split, f"{split}2017"]
-        ann = next((root / "annotations" / f"instances_{n}.json" for n in names if (root / "annotations" / f"instances_{n}.json").is_file()), None)
+        ann = next((a for a in (root / "annotations" / f"instances_{n}.json" for n in names) if a.is_file()), None)
         images = next((root / n for n in names if (root / n).is_dir()), None)
         if ann is None:
             out.error(f"real data (coco): no annotations/instances_{names[-1]}.json under {root}; extract annotations_trainval2017.zip there")
@@ -484,7 +479,8 @@ def check_real_data(params: Params, splits: list[str] | None = None) -> Outcome:
     three of ``real``), and the class list."""
     check = REAL_DATA_CHECKS.get(params.real.kind)
     if check is None:
-        return Outcome(f"{params.real.kind} at {params.real.root}").note(f"no preflight check for real.kind {params.real.kind!r}; not checked")
+        return Outcome(f"{params.real.kind} at {params.real.root}").note(
+            f"no preflight check for real.kind {params.real.kind!r}; not checked")
     return check(params, splits)
 
 
