@@ -163,3 +163,16 @@ def test_os_errors_no_check_foresaw_are_one_line(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(toyworld, "write_real_splits", full)
     line = fails(capsys, "render-toy", str(tmp_path / "toy"))
     assert "No space left on device: /data/x.png" in line
+
+
+
+def test_run_only_warns_about_real_data_it_may_not_need(capsys, params_file, tmp_path, monkeypatch):
+    """A full run stops on missing real data; with --only (e.g. 01, attention only) that is a warning and the run goes on."""
+    from dmutils import runner
+
+    monkeypatch.setattr(runner, "_execute", lambda src, entry, *a: entry.update(status="ok", seconds=0.0))  # no kernel
+    bad = params_file(real={"kind": "voc", "root": str(tmp_path / "VOCdevkit")})
+    assert "real.root" in fails(capsys, "run", str(bad))
+    assert cli.main(["run", str(bad), "--only", "01"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: real.root") and "Traceback" not in err

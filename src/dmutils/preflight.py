@@ -619,10 +619,14 @@ def run_checks(params: Params, checks: dict[str, Callable[[Params], Outcome]] | 
     return {name: fn(params) for name, fn in (checks or CHECKS).items()}
 
 
-def preflight(params: Params, checks: dict[str, Callable[[Params], Outcome]] | None = None, quiet: bool = False) -> dict[str, Outcome]:
-    """Run the checks; raise :class:`PreflightError` (one line per error) when any fails. Warnings go
-    to stderr unless ``quiet``."""
+def preflight(params: Params, checks: dict[str, Callable[[Params], Outcome]] | None = None, quiet: bool = False,
+              warn_only: tuple[str, ...] = ()) -> dict[str, Outcome]:
+    """Run the checks; raise :class:`PreflightError` (one line per error) when any fails. Errors of the
+    checks in ``warn_only`` (what a partial run may not need) are warnings. Warnings go to stderr unless ``quiet``."""
     outcomes = run_checks(params, checks)
+    for name in warn_only:
+        if name in outcomes:
+            outcomes[name].problems = [Problem("warning", p.message) if p.level == "error" else p for p in outcomes[name].problems]
     problems = [p for o in outcomes.values() for p in o.problems]
     if not quiet:
         for p in problems:
