@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dmutils.segment.train", "train a segmenter on real and/or synthetic data"),
     "evaluate": ("dmutils.segment.evaluate", "evaluate a trained segmenter (mIoU, per-class IoU)"),
     "bench": ("dmutils.bench", "benchmarks: capture, generate, toy-model, segmenter"),
-    "check": ("dmutils.preflight", "preflight: model files, real data, output folders, disk and device, in under a second"),
+    "check": ("dmutils.preflight", "preflight: model files, checkpoints, real data, output folders and disk, device (nothing is loaded)"),
 }
 
 
