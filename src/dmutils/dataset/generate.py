@@ -52,6 +52,7 @@ import numpy as np
 
 from dmutils import voc
 from dmutils.dataset.prompts import PromptPlan, SampleSpec, sample_uniform
+from dmutils.errors import DataError, DataNotFoundError, ensure_writable_dir
 from dmutils.params import MaskParams, Params, ParamsError, load_params
 
 MANIFEST = "manifest.jsonl"
@@ -410,11 +411,27 @@ def output_dir(params: Params, shard: tuple[int, int] | None = None) -> Path:
     return root / "shards" / f"{shard[0]}-of-{shard[1]}" if shard else root
 
 
+def read_meta(root: Path, need_params: bool = False) -> dict:
+    """A dataset folder's ``dataset.json``; a one-line error when it is missing, corrupt, or (``need_params``)
+    was not written by ``dmutils generate``."""
+    path = Path(root) / META
+    if not path.is_file():
+        raise DataNotFoundError(f"{root} is not a dataset folder (no {META}); give a folder that 'dmutils generate' wrote")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as e:
+        raise DataError(f"{path} is not valid JSON ({e}); make the dataset again or restore the file") from None
+    if need_params and not isinstance(meta.get("params"), dict):
+        raise DataError(f"{path} holds no 'params': {root} was not written by 'dmutils generate' (e.g. render-toy's real "
+                        "splits or a spliced set); give a generated dataset")
+    return meta
+
+
 def prepare_output(root: Path, meta: dict, overwrite: bool = False) -> None:
     """Refuse a folder holding other data (unless ``overwrite``), then write ``dataset.json``."""
     meta_path = root / META
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+        old = read_meta(root)
         if old.get("params_hash") != meta["params_hash"]:
             if not overwrite:
                 diff = params_diff(old.get("params", {}), meta["params"]) or ["(a file named by the params changed)"]
@@ -428,7 +445,7 @@ def prepare_output(root: Path, meta: dict, overwrite: bool = False) -> None:
             raise ParamsError(f"{root} is not empty and holds no {META}: not a dataset this project wrote; "
                               "choose an empty dataset.out_dir, or pass --overwrite")
         clear_output(root)
-    root.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(root, "dataset.out_dir")
     voc.atomic_write_bytes(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
 
 
@@ -539,8 +556,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def preflight_checks(params: Params, shard: tuple[int, int] | None = None) -> dict:
+    """What ``dmutils generate`` needs: the model's files, a writable output folder with room, the device."""
+    from functools import partial
+
+    from dmutils import preflight as pf
+
+    outputs = partial(pf.check_outputs, dirs={"dataset.out_dir": output_dir(params, shard)},
+                      samples=len(shard_indices(params.dataset.num_samples, shard)))
+    return {"model": pf.check_model, "outputs": outputs, "device": partial(pf.check_device, which=("model",))}
+
+
 def main(args: argparse.Namespace) -> int:
+    from dmutils.preflight import preflight
+
     params = load_params(args.params, args.overrides)
-    summary = generate_dataset(params, parse_shard(args.shard), progress=not args.no_progress, overwrite=args.overwrite)
+    shard = parse_shard(args.shard)
+    preflight(params, preflight_checks(params, shard))
+    summary = generate_dataset(params, shard, progress=not args.no_progress, overwrite=args.overwrite)
     print(format_summary(summary))
     return 0

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dmutils import voc
+from dmutils.errors import DataError, DataNotFoundError, one_line
 from dmutils.params import ParamsError
 
 IGNORE_INDEX = voc.IGNORE_INDEX
@@ -100,20 +101,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def _missing(self, what: Path) -> FileNotFoundError:
-        return FileNotFoundError(f"{type(self).__name__}: {what} not found; expected layout:\n{self.layout}")
+    def _missing(self, what: Path) -> DataNotFoundError:
+        return DataNotFoundError(f"{type(self).__name__}: {what} not found; expected layout: {one_line(self.layout)}")
 
     def read_label(self, path: Path) -> np.ndarray:
-        try:
-            return voc.read_label(path)
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read label ({e}); replace or remove this file") from None
+        return voc.read_label(path)  # raises DataError naming the file when it is missing or unreadable
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         img_path, lab_path = self.items[i]
         image, label = voc.read_image(img_path), self.read_label(lab_path)
         if image.shape[:2] != label.shape:
-            raise ValueError(f"{img_path} is {image.shape[:2]} but its label {lab_path} is {label.shape}")
+            raise DataError(f"{img_path} is {image.shape[:2]} but its label {lab_path} is {label.shape}; fix or remove this pair")
         return image, label
 
 
@@ -151,9 +149,12 @@ class VOCLayoutDataset(SegmentationDataset):
         if classes is None:
             if not meta.is_file():
                 raise self._missing(meta)
-            classes = json.loads(meta.read_text()).get("classes")
+            try:
+                classes = json.loads(meta.read_text()).get("classes")
+            except ValueError as e:
+                raise DataError(f"{meta} is not valid JSON ({e}); rewrite it or make the dataset again") from None
             if not classes:
-                raise ValueError(f"{meta} has no 'classes' list; add one (index = label value, 0 = background)")
+                raise DataError(f"{meta} has no 'classes' list; add one (index = label value, 0 = background)")
         self.classes = list(classes)
         if not (self.root / voc.SPLITS).is_dir():
             raise self._missing(self.root / voc.SPLITS)
@@ -178,7 +179,7 @@ class CityscapesDataset(SegmentationDataset):
         for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
             lab = lab_dir / img.parent.name / img.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
             if not lab.is_file():
-                raise FileNotFoundError(f"{lab} not found for {img}; run cityscapesscripts' createTrainIdLabelImgs")
+                raise DataNotFoundError(f"{lab} not found for {img}; run cityscapesscripts' createTrainIdLabelImgs")
             self.items.append((img, lab))
 
 
@@ -193,7 +194,7 @@ class ADE20KDataset(SegmentationDataset):
     def __init__(self, root: str | Path, split: str = "val"):
         super().__init__(root, split)
         if split not in self.SPLITS:
-            raise ValueError(f"ADE20K split {split!r} unknown; use one of {sorted(self.SPLITS)}")
+            raise DataError(f"ADE20K split {split!r} unknown; use one of {sorted(self.SPLITS)}")
         base = self.root / "ADEChallengeData2016" if (self.root / "ADEChallengeData2016").is_dir() else self.root
         img_dir, lab_dir = base / "images" / self.SPLITS[split], base / "annotations" / self.SPLITS[split]
         for d in (img_dir, lab_dir):
@@ -318,8 +319,10 @@ def open_real(params, split: str) -> SegmentationDataset:
     root = params.resolve_path(real.root)
     if real.kind == "toy":
         if not (root / "dataset.json").is_file():
+            from dmutils.errors import ensure_writable_dir
             from dmutils.toyworld import write_real_splits
 
+            ensure_writable_dir(root, "real.root")
             write_real_splits(root, real.toy_sizes)
         return VOCLayoutDataset(root, split)
     dataset = READERS[real.kind](root, split)
@@ -334,7 +337,7 @@ def check_same_classes(datasets: list[SegmentationDataset]) -> list[str]:
     first = list(datasets[0].classes)
     for ds in datasets[1:]:
         if list(ds.classes) != first:
-            raise ValueError(f"class lists differ: {ds.root} has {list(ds.classes)}, {datasets[0].root} has {first}; "
+            raise DataError(f"class lists differ: {ds.root} has {list(ds.classes)}, {datasets[0].root} has {first}; "
                              "mix only datasets with the same classes in the same order")
     return first
 

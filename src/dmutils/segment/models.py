@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmutils.errors import DataError, DataNotFoundError, one_line
 from dmutils.params import ParamsError
 from dmutils.segment.data import IGNORE_INDEX
 
@@ -121,8 +122,14 @@ def build_segmenter(train, classes: list[str]) -> Segmenter:
     id2label = dict(enumerate(classes))
     label2id = {v: k for k, v in id2label.items()}
     if train.pretrained:
-        model = model_cls.from_pretrained(train.pretrained, num_labels=len(classes), id2label=id2label,
-                                          label2id=label2id, ignore_mismatched_sizes=True, **train.config)
+        try:
+            model = model_cls.from_pretrained(train.pretrained, num_labels=len(classes), id2label=id2label,
+                                              label2id=label2id, ignore_mismatched_sizes=True, **train.config)
+        except OSError as e:  # transformers: not a folder, not in the cache, offline
+            name = train.pretrained.rstrip("/").split("/")[-1]
+            raise DataNotFoundError(f"train.pretrained {train.pretrained!r} cannot be loaded ({str(e).strip().splitlines()[0]}); "
+                                    f"download it with `hf download {train.pretrained} --local-dir models/{name}` and set "
+                                    f"train.pretrained=models/{name}, or null for a random init") from None
     else:
         kw = {**DEFAULT_CONFIGS[train.architecture], **train.config}
         if train.architecture == "deeplabv3":
@@ -171,7 +178,14 @@ def load_segmenter(folder: str | Path) -> Segmenter:
         folder = folder / "model"
     meta_path = folder / "segmenter.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found; pass a folder written by 'dmutils train' (its model/ subfolder)")
-    meta = json.loads(meta_path.read_text())
+        raise DataNotFoundError(f"{meta_path} not found; pass a folder written by 'dmutils train' (its model/ subfolder)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise DataError(f"{meta_path} is not valid JSON ({e}); train again or pass another checkpoint folder") from None
     _, model_cls = _classes(meta["architecture"])
-    return Segmenter(model_cls.from_pretrained(folder), meta["architecture"], meta["classes"], meta["image_size"])
+    try:
+        model = model_cls.from_pretrained(folder)
+    except OSError as e:  # weights missing or unreadable
+        raise DataError(f"{folder}: cannot load the segmenter ({one_line(e)}); pass a folder written by 'dmutils train'") from None
+    return Segmenter(model, meta["architecture"], meta["classes"], meta["image_size"])

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from dmutils.errors import DataError, DataNotFoundError
 from dmutils.params import Params, ParamsError, load_params
 from dmutils.segment.data import SegmentationDataset, TensorCache, check_same_classes, make_batch
 from dmutils.segment.models import BACKBONE_STAGES, Segmenter, backbone_of, build_segmenter
@@ -67,13 +68,13 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
     train, seed = params.train, params.run.seed
     datasets = datasets if isinstance(datasets, (list, tuple)) else [datasets]
     if not datasets or any(len(d) == 0 for d in datasets):
-        raise ValueError("every training dataset must hold at least one sample; check the split files")
+        raise DataError("every training dataset must hold at least one sample; check the split files")
     classes = check_same_classes(datasets)
     device = pick_device(train.device)
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / "checkpoint.pt" if out else None
     if resume and not (ckpt_path and ckpt_path.is_file()):
-        raise FileNotFoundError(f"nothing to resume: {ckpt_path} not found (drop --resume to start afresh)")
+        raise DataNotFoundError(f"nothing to resume: {ckpt_path} not found (drop --resume to start afresh)")
 
     data = torch.utils.data.ConcatDataset([TensorCache(d, train.image_size) if train.cache else d for d in datasets])
     torch.manual_seed(seed)
@@ -164,7 +165,7 @@ def synthetic_dataset(params: Params, split: str = "train") -> SegmentationDatas
 
     root = params.resolve_path(params.dataset.out_dir)
     if not (root / "dataset.json").is_file():
-        raise FileNotFoundError(f"no synthetic dataset at {root}; run 'dmutils generate' with these params first")
+        raise DataNotFoundError(f"no synthetic dataset at {root}; run 'dmutils generate' with these params first")
     return VOCLayoutDataset(root, split)
 
 
@@ -182,8 +183,18 @@ def main(args: argparse.Namespace) -> int:
     from dmutils.segment.data import open_real
     from dmutils.segment.evaluate import evaluate
 
+    from functools import partial
+
+    from dmutils import preflight as pf
+
     params = load_params(args.params, args.overrides)
     out = args.out or params.resolve_path(f"data/{{run}}/segmenter-{args.data}")
+    checks = {"checkpoints": partial(pf.check_checkpoints, oracle=False), "outputs": partial(pf.check_outputs, dirs={"--out": out}),
+              "device": partial(pf.check_device, which=("train",))}
+    splits = ([params.real.train_split] if args.data != "synthetic" else []) + ([] if args.no_eval else [params.real.test_split])
+    if splits:
+        checks["real data"] = partial(pf.check_real_data, splits=splits)
+    pf.preflight(params, checks)
     real_train = open_real(params, params.real.train_split) if args.data in ("real", "both") else None
     synthetic = synthetic_dataset(params) if args.data in ("synthetic", "both") else None
     if synthetic is not None and params.train.noise_learning.enabled:
