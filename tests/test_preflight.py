@@ -276,6 +276,9 @@ def test_pretrained_segmenter_and_oracle_checkpoints(tmp_path, monkeypatch):
     assert "holds no weights" in errors(pf.check_checkpoints(params))[0]
     save_file({"w": np.zeros(2, np.float32)}, str(ckpt / "model.safetensors"))
     assert pf.check_checkpoints(params).ok
+    errs = errors(pf.check_checkpoints(params_for(tmp_path, train={"architecture": "deeplabv3", "backbone": "microsoft/resnet-50"})))
+    assert len(errs) == 1 and "--set train.backbone=models/resnet-50" in errs[0]  # the papers' pretrained backbone
+    assert pf.check_checkpoints(params_for(tmp_path, train={"architecture": "deeplabv3", "backbone": str(ckpt)})).ok
 
 
 def test_toy_oracle_must_be_there_for_the_studies_only(tmp_path, monkeypatch):

@@ -291,9 +291,11 @@ TOY_ORACLE = REPO_ROOT / "models" / "toy-oracle" / "model.safetensors"  # dmutil
 
 
 def check_checkpoints(params: Params, oracle: bool = True) -> Outcome:
-    """``train.pretrained`` and (``oracle``) the oracle the studies measure masks with (``oracle.model``
-    for a transformers oracle, the embedded toy oracle for 'toy'): there to load, offline."""
+    """``train.pretrained``, ``train.backbone`` (when set) and (``oracle``) the oracle the studies measure masks
+    with (``oracle.model`` for a transformers oracle, the embedded toy oracle for 'toy'): there to load, offline."""
     named = {"train.pretrained": params.train.pretrained}
+    if params.train.backbone is not None:
+        named["train.backbone"] = params.train.backbone
     if oracle and params.oracle.kind == "transformers":
         named["oracle.model"] = params.oracle.model
     out = Outcome(", ".join(f"{k} {v or 'none (random init)'}" for k, v in named.items()) + (f", oracle {params.oracle.kind}" if oracle else ""))
