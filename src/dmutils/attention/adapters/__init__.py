@@ -5,9 +5,10 @@ Order matters: the first adapter whose ``matches(pipe)`` is true serves the pipe
 from __future__ import annotations
 
 from dmutils.attention.adapters.base import AttentionLayer, DenoiserAdapter, DenoiserCall, TextSource
+from dmutils.attention.adapters.dit import PixArtAdapter, SanaAdapter
 from dmutils.attention.adapters.unet import UNetAdapter
 
-ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter]
+ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, PixArtAdapter, SanaAdapter]
 
 
 def adapter_class(pipe) -> type[DenoiserAdapter]:
@@ -25,5 +26,6 @@ def adapter_for(pipe, spec) -> DenoiserAdapter:
     return adapter_class(pipe)(pipe, spec)
 
 
-__all__ = ["ADAPTERS", "AttentionLayer", "DenoiserAdapter", "DenoiserCall", "TextSource", "UNetAdapter", "adapter_class",
+__all__ = ["ADAPTERS", "AttentionLayer", "DenoiserAdapter", "DenoiserCall", "PixArtAdapter", "SanaAdapter", "TextSource",
+           "UNetAdapter", "adapter_class",
            "adapter_for"]
