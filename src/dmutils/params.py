@@ -92,6 +92,19 @@ class CaptureParams(_Strict):
     timestep_window: tuple[float, float] = Field((0.5, 1.0), description="fraction of the denoising steps, 0 = first step")
     head_reduce: Literal["mean", "max"] = "mean"
     token_reduce: Literal["mean", "max", "sum"] = "mean"
+    # Diffusion transformers (SD3/SD3.5, FLUX.1): every block's maps lie on the patch grid (latent side / patch size,
+    # 32 for SD3.5 and FLUX.1 at 512 px), so cross/self_resolutions name that side; blocks are chosen here instead.
+    transformer_blocks: list[int] | None = Field(None, description="transformer block indices (FLUX.1: the dual-stream blocks "
+                                                 "first, then the single-stream ones); None = the blocks in 'depth'")
+    depth: tuple[float, float] = Field((0.0, 1.0), description="fraction of the transformer's depth whose blocks are read, "
+                                       "e.g. [0.333, 0.667] = the middle third (block i sits at (i + 0.5) / blocks)")
+    flux_streams: Literal["dual", "single", "both"] = Field("both", description="FLUX.1: dual-stream blocks, single-stream, or both")
+    text_part: Literal["clip", "t5"] = Field("clip", description="SD3: maps over the CLIP tokens (the first 77) or the T5 ones")
+    joint_norm: Literal["text_softmax", "joint_slice"] = Field(
+        "text_softmax", description="joint attention: 'text_softmax' = softmax over the text keys only (maps sum to 1 over "
+        "tokens, like a UNet's); 'joint_slice' = the text columns of the joint image+text softmax")
+    map_space: Literal["attention", "output"] = Field(
+        "attention", description="'output': ConceptAttention's maps (concept outputs . image outputs), transformers only")
 
     @model_validator(mode="before")
     @classmethod
@@ -101,7 +114,7 @@ class CaptureParams(_Strict):
                              "the aggregated maps of the studies); set it there")
         return data
 
-    @field_validator("timestep_window")
+    @field_validator("timestep_window", "depth")
     @classmethod
     def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
         lo, hi = v

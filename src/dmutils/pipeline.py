@@ -68,6 +68,7 @@ def load_pipeline(model: ModelParams | str | Path, device: str | torch.device | 
     cls = pipeline_class(params.family, source)
     # a pipeline with a safety checker (SD 1.x/2.x) is loaded without one
     extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in inspect.signature(cls).parameters else {}
+    extra.update(_absent_components(source))
     try:
         pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
     except (OSError, ValueError) as e:
@@ -88,6 +89,15 @@ def _class_name(folder: str) -> str | None:
         return None
     name = json.loads(index.read_text()).get("_class_name")
     return name if isinstance(name, str) else None
+
+
+def _absent_components(folder: str) -> dict[str, None]:
+    """Components a local folder saved as absent (``[null, null]``, e.g. SD3 without its T5), passed
+    as None: diffusers requires every non-optional component by name."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return {}
+    return {k: None for k, v in json.loads(index.read_text()).items() if v == [None, None]}
 
 
 def pipeline_class(family: str, source: str) -> type:

@@ -1,6 +1,20 @@
-"""Random-weight cross-attention diffusion transformers (PixArt-Σ, SANA) built offline, for tests.
+"""Random-weight diffusion-transformer pipelines built offline (SD3/SD3.5, FLUX.1, PixArt-Σ, SANA), for tests
+and benchmarks.
 
-Like :mod:`dmutils.tiny_models`, these copy the *layout* of the real models with small widths:
+As :mod:`dmutils.tiny_models` does for UNets, these copy the *block structure and attention layout*
+of the real models with small widths so they run in about a second on a CPU:
+
+- :func:`tiny_sd3_pipeline`: SD3.5-shaped MMDiT (joint blocks, the first ones dual-attention with an
+  ``attn2``, RMS q/k norm, the last block ``context_pre_only``), two CLIP encoders, no T5 (SD3 allows
+  ``text_encoder_3=None``: its 256 T5 positions are zeros), flow-matching Euler.
+- :func:`tiny_flux_pipeline`: FLUX.1-shaped (dual-stream then single-stream blocks, rotary
+  positions, text first), CLIP for the pooled vector and a T5 encoder with a sentencepiece-style
+  fast tokenizer for the sequence; ``guidance_embeds`` as FLUX.1-dev (no CFG batch).
+- :func:`save_tiny_sd3` / :func:`save_tiny_flux`: those pipelines written with ``save_pretrained``.
+
+The VAEs downsample by 2, so a 32 px image has a 16x16 latent and, with patch size 2, an 8x8 map grid.
+
+Cross-attention DiTs:
 
 - :func:`tiny_pixart_sigma_pipeline`: ``PixArtSigmaPipeline``: ``PixArtTransformer2DModel`` (patch 2,
   attn1 softmax self-attention, attn2 cross-attention to T5 tokens with a padding mask, learned sigma:
@@ -20,11 +34,49 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderDC, AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel,
-                       SanaPipeline, SanaTransformer2DModel)
+from diffusers import (AutoencoderDC, AutoencoderKL, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, PixArtSigmaPipeline,
+                       PixArtTransformer2DModel, SanaPipeline, SanaTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline)
 from transformers import Gemma2Config, Gemma2Model, T5Config, T5EncoderModel
 
+from dmutils.tiny_models import _text_encoder, tiny_tokenizer
 from dmutils.tiny_tokenizers import tiny_gemma_tokenizer, tiny_t5_tokenizer
+
+
+def _flow_vae(latent_channels: int, levels: int = 2, channels: int = 32) -> AutoencoderKL:
+    """A VAE downsampling by 2**(levels-1) with the shift/scaling factors the flow pipelines read."""
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(channels,) * levels,
+                         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+                         layers_per_block=1, norm_num_groups=min(32, channels), scaling_factor=1.5, shift_factor=0.1).eval()
+
+
+def tiny_sd3_transformer(sample_size: int = 16, layers: int = 4, dual_layers: int = 2, heads: int = 4, head_dim: int = 8,
+                         joint_dim: int = 64, pooled_dim: int = 64) -> SD3Transformer2DModel:
+    """SD3.5-medium's layout (the first blocks dual-attention, RMS q/k norm) with a small width."""
+    return SD3Transformer2DModel(sample_size=sample_size, patch_size=2, in_channels=4, num_layers=layers, attention_head_dim=head_dim,
+                                 num_attention_heads=heads, joint_attention_dim=joint_dim, caption_projection_dim=heads * head_dim,
+                                 pooled_projection_dim=pooled_dim, out_channels=4, pos_embed_max_size=sample_size,
+                                 dual_attention_layers=tuple(range(dual_layers)), qk_norm="rms_norm").eval()
+
+
+def tiny_sd3_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiffusion3Pipeline:
+    """SD3.5-shaped: 32 px images, 16x16 latent, 8x8 patch grid, 4 joint blocks (0-1 with ``attn2``);
+    CLIP-L-like (hidden 32) + CLIP-G-like (hidden 32) encoders, T5 absent."""
+    torch.manual_seed(seed)
+    tok = tiny_tokenizer()
+    te1, te2 = _text_encoder(tok, 32, projection=32), _text_encoder(tok, 32, projection=32)
+    pipe = StableDiffusion3Pipeline(transformer=tiny_sd3_transformer(sample_size), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=_flow_vae(4), text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok,
+                                    text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_sd3(folder: str | Path, seed: int = 0) -> Path:
+    """Write an SD3.5-shaped pipeline folder (safetensors) that ``load_pipeline`` reads with family sd3 or auto."""
+    folder = Path(folder)
+    tiny_sd3_pipeline(seed).save_pretrained(folder, safe_serialization=True)
+    return folder
+
 
 TEXT_HIDDEN = 32  # the text encoders' width (caption_channels)
 

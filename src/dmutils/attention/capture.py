@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from dmutils.attention.adapters import AttentionLayer, DenoiserAdapter, DenoiserCall, adapter_for
+from dmutils.attention.adapters import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall, adapter_for
 from dmutils.attention.adapters.unet import attention_layers, side_at_level
 from dmutils.attention.maps import AttentionMaps
 from dmutils.attention.spec import CaptureSpec
@@ -47,7 +47,7 @@ class AttentionCapture:
         self.text_encoder, self.tokenizer, self.text_positions = text.encoder, text.tokenizer, text.positions
         if class_prompts is not None and (isinstance(class_prompts, str) or not class_prompts
                                           or not all(isinstance(p, str) and p.strip() for p in class_prompts)):
-            raise ValueError("class_prompts must be a non-empty list of non-empty strings, one per prompt, "
+            raise CaptureError("class_prompts must be a non-empty list of non-empty strings, one per prompt, "
                              "e.g. ['person horse', 'dog']")
         self.class_prompts = list(class_prompts) if class_prompts is not None else None
         self.state = CaptureState(head_reduce=self.spec.head_reduce)
@@ -117,7 +117,7 @@ class AttentionCapture:
         state.step, state.num_steps = 0, num_steps
         self._window = set(spec.steps(num_steps))
         if not self._window:
-            raise ValueError(f"timestep_window {spec.timestep_window} holds none of the {num_steps} steps; widen it "
+            raise CaptureError(f"timestep_window {spec.timestep_window} holds none of the {num_steps} steps; widen it "
                              f"or use more steps")
         cfg = adapter.cfg_batch()
         state.cond = slice(call.batch // 2, call.batch) if cfg else slice(0, call.batch)
@@ -127,7 +127,7 @@ class AttentionCapture:
         if self._class_embeds is not None:
             n = len(self.class_prompts)
             if samples % n:
-                raise ValueError(f"{n} class_prompts for {samples} samples: give one class prompt per prompt")
+                raise CaptureError(f"{n} class_prompts for {samples} samples: give one class prompt per prompt")
             state.class_context = self._class_embeds.repeat_interleave(samples // n, dim=0)
         shapes = {layer.name: adapter.map_shape(layer, call) for layer in self.layers}
         available = {kind: sorted({shapes[layer.name][0] for layer in self.layers if kind in adapter.layer_kinds(layer)},
@@ -136,7 +136,7 @@ class AttentionCapture:
         for kind in ("cross", "self"):
             missing = sorted(set(spec.resolutions(kind)) - set(available[kind]))
             if missing:
-                raise ValueError(f"{kind}-attention resolution(s) {missing} do not exist for a {latent_h}x{latent_w} latent "
+                raise CaptureError(f"{kind}-attention resolution(s) {missing} do not exist for a {latent_h}x{latent_w} latent "
                                  f"{adapter.describe_resolutions()}; available: {available[kind]}")
         adapter.restore(self._originals)
         for layer in self.layers:
@@ -184,7 +184,7 @@ class AttentionCapture:
 
 def _repeat(texts: list[str], samples: int) -> list[str]:
     if samples % len(texts):
-        raise ValueError(f"{len(texts)} prompts for {samples} samples: give one prompt per sample")
+        raise CaptureError(f"{len(texts)} prompts for {samples} samples: give one prompt per sample")
     k = samples // len(texts)
     return [t for t in texts for _ in range(k)]
 

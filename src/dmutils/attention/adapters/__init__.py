@@ -4,11 +4,12 @@ Order matters: the first adapter whose ``matches(pipe)`` is true serves the pipe
 """
 from __future__ import annotations
 
-from dmutils.attention.adapters.base import AttentionLayer, DenoiserAdapter, DenoiserCall, TextSource
+from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall, TextSource
 from dmutils.attention.adapters.dit import PixArtAdapter, SanaAdapter
+from dmutils.attention.adapters.mmdit import MMDiTAdapter
 from dmutils.attention.adapters.unet import UNetAdapter
 
-ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, PixArtAdapter, SanaAdapter]
+ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, MMDiTAdapter, PixArtAdapter, SanaAdapter]
 
 
 def adapter_class(pipe) -> type[DenoiserAdapter]:
@@ -17,7 +18,7 @@ def adapter_class(pipe) -> type[DenoiserAdapter]:
         if cls.matches(pipe):
             return cls
     denoiser = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
-    raise ValueError(f"cannot capture attention from {type(pipe).__name__} (denoiser {type(denoiser).__name__}): supported "
+    raise CaptureError(f"cannot capture attention from {type(pipe).__name__} (denoiser {type(denoiser).__name__}): supported "
                      f"families are {[cls.family for cls in ADAPTERS]}")
 
 
@@ -26,6 +27,6 @@ def adapter_for(pipe, spec) -> DenoiserAdapter:
     return adapter_class(pipe)(pipe, spec)
 
 
-__all__ = ["ADAPTERS", "AttentionLayer", "DenoiserAdapter", "DenoiserCall", "PixArtAdapter", "SanaAdapter", "TextSource",
+__all__ = ["ADAPTERS", "AttentionLayer", "CaptureError", "DenoiserAdapter", "DenoiserCall", "TextSource", "MMDiTAdapter", "PixArtAdapter", "SanaAdapter",
            "UNetAdapter", "adapter_class",
            "adapter_for"]

@@ -19,6 +19,12 @@ import torch
 
 from dmutils.attention.spec import CaptureSpec
 from dmutils.attention.state import CaptureState
+from dmutils.params import ParamsError
+
+
+class CaptureError(ParamsError):
+    """A capture request that this pipeline cannot serve (a resolution, block or setting it lacks);
+    the message says what exists. A ``ValueError``, printed as one line by ``dmutils``."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +137,8 @@ class DenoiserAdapter:
 
     def encode_class_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Embeddings of the class prompts (class-prompt cross-attention mode), in the denoiser's dtype."""
-        raise NotImplementedError(f"class-prompt cross-attention is not supported for the {self.family} family; "
-                                  f"set prompts.class_prompt to 'append' or 'none'")
+        raise CaptureError(f"class-prompt cross-attention is not supported for the {self.family} family; "
+                           f"set prompts.class_prompt to 'append' or 'none'")
 
     # -- processors ---------------------------------------------------------------------------
     def processors(self) -> dict[str, Any]:

@@ -9,8 +9,9 @@ softmax probabilities of ``attn2`` over the text tokens (the conditional half of
 - SANA's ``attn1`` is *linear* attention (``SanaLinearAttnProcessor2_0``): out_q = sum_k (phi(q).phi(k)) v_k /
   (sum_k phi(q).phi(k) + 1e-15) with phi = ReLU. There is no softmax, but the weights
   phi(q).phi(k) / sum_k' phi(q).phi(k') are exactly what the layer mixes its values with: non-negative rows
-  that sum to 1 (0 for a query whose features are all zero). They are recorded as SANA's self maps; they
-  are flatter than softmax maps (a kernel, no exponent), so tau refinement with them is weaker.
+  that sum to 1. They are recorded as SANA's self maps (a query whose features are all zero mixes nothing:
+  its row is put on itself); they are flatter than softmax maps (a kernel, no exponent), so tau refinement
+  with them is weaker.
 
 The recording processors below leave the layer's own processor to compute the output (the image cannot
 change) and compute the probabilities of the conditional half on the side, a chunk of heads at a time.
@@ -25,7 +26,8 @@ from typing import Any
 import torch
 from diffusers.models.attention_processor import Attention
 
-from dmutils.attention.adapters.base import AttentionLayer, DenoiserAdapter, DenoiserCall
+from dmutils.attention.adapters.base import AttentionLayer, DenoiserCall
+from dmutils.attention.adapters.transformer import TransformerAdapter, depth_of
 from dmutils.attention.processors import CaptureAttnProcessor
 from dmutils.attention.state import CaptureState
 
@@ -38,33 +40,14 @@ def block_layers(transformer: torch.nn.Module) -> list[AttentionLayer]:
         for attr, kind in (("attn1", "self"), ("attn2", "cross")):
             module = getattr(block, attr, None)
             if isinstance(module, Attention):
-                layers.append(AttentionLayer(f"transformer_blocks.{i}.{attr}", "cross", i, kind, module, (i + 0.5) / len(blocks)))
+                layers.append(AttentionLayer(f"transformer_blocks.{i}.{attr}", "cross", i, kind, module, depth_of(i, len(blocks))))
     return layers
 
 
-def select_blocks(layers: list[AttentionLayer], spec) -> list[AttentionLayer]:
-    """The layers of the blocks ``spec`` selects: by index (``spec.block_indices``, negative from the end) or
-    by depth fraction (``spec.depth_range`` = (start, end), a block is in when its depth is in [start, end))."""
-    n = max(layer.level for layer in layers) + 1
-    indices = getattr(spec, "block_indices", None)
-    if indices:
-        wanted = {i % n for i in indices if -n <= i < n}
-        bad = [i for i in indices if not -n <= i < n]
-        if bad:
-            raise ValueError(f"capture block indices {bad} do not exist: the transformer has {n} blocks (0..{n - 1})")
-        return [layer for layer in layers if layer.level in wanted]
-    lo, hi = getattr(spec, "depth_range", None) or (0.0, 1.0)
-    chosen = [layer for layer in layers if lo <= layer.depth < hi]
-    if not chosen:
-        raise ValueError(f"no block of the {n} has its depth in [{lo}, {hi}) (block i's depth is (i + 0.5) / {n}); widen the range")
-    return chosen
+class CrossAttentionDiTAdapter(TransformerAdapter):
+    """What PixArt-Σ and SANA share: the layer table (blocks by ``transformer_blocks`` / ``depth``, maps
+    on the patch grid: :class:`TransformerAdapter`) and the call's layout."""
 
-
-class CrossAttentionDiTAdapter(DenoiserAdapter):
-    """What PixArt-Σ and SANA share: the layer table, the patch grid, the call's layout."""
-
-    denoiser_attr = "transformer"
-    uses_step_index = True  # DPM-Solver / flow schedulers count steps; SANA scales its timesteps
     transformer_class = ""
 
     @classmethod
@@ -74,22 +57,12 @@ class CrossAttentionDiTAdapter(DenoiserAdapter):
     def attention_layers(self) -> list[AttentionLayer]:
         return block_layers(self.denoiser)
 
-    def selected_layers(self) -> list[AttentionLayer]:
-        return select_blocks(self.attention_layers(), self.spec)
-
     def read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
         hidden = args[0] if args else kwargs["hidden_states"]
         text = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
         t = kwargs.get("timestep", args[2] if len(args) > 2 else 0)
         return DenoiserCall(hidden.shape[0], tuple(hidden.shape[-2:]), float(torch.as_tensor(t).flatten()[0]),
                             text_len=0 if text is None else text.shape[1])
-
-    def map_shape(self, layer: AttentionLayer, call: DenoiserCall) -> tuple[int, int]:
-        p = self.denoiser.config.patch_size
-        return call.latent_hw[0] // p, call.latent_hw[1] // p
-
-    def describe_resolutions(self) -> str:
-        return f"(every block of the {self.family} transformer runs at the patch grid: latent side / {self.denoiser.config.patch_size})"
 
 
 class PixArtAdapter(CrossAttentionDiTAdapter):
@@ -196,11 +169,17 @@ class SoftmaxCrossAttentionRecorder(_SideRecorder):
 
 
 class LinearAttentionRecorder(_SideRecorder):
-    """phi(q).phi(k) / (sum_k' phi(q).phi(k') + 1e-15), phi = ReLU: ``SanaLinearAttnProcessor2_0``'s weights."""
+    """phi(q).phi(k) / (sum_k' phi(q).phi(k') + 1e-15), phi = ReLU: ``SanaLinearAttnProcessor2_0``'s weights.
+    A query whose features are all zero mixes nothing (the layer outputs 0 for it): its row is put on
+    itself, so that every row sums to 1 as the masks' tau refinement expects (a self-loop keeps that
+    pixel's value when maps are propagated)."""
 
     kind = "self"
 
     def weights(self, query, key, mask):
         q, k = torch.relu(query.float()), torch.relu(key.float())
         scores = torch.matmul(q, k.transpose(-1, -2))
-        return scores / (torch.matmul(q, k.sum(-2, keepdim=True).transpose(-1, -2)) + 1e-15)
+        total = torch.matmul(q, k.sum(-2, keepdim=True).transpose(-1, -2))  # (n, heads, queries, 1)
+        weights = scores / (total + 1e-15)
+        weights.diagonal(dim1=-2, dim2=-1).add_((total[..., 0] <= 0).float())
+        return weights

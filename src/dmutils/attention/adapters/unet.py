@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_processor import Attention
 
-from dmutils.attention.adapters.base import AttentionLayer, DenoiserAdapter, DenoiserCall
+from dmutils.attention.adapters.base import CaptureError, AttentionLayer, DenoiserAdapter, DenoiserCall
 from dmutils.attention.processors import CaptureAttnProcessor
 from dmutils.attention.state import CaptureState
 
@@ -56,7 +56,7 @@ class UNetAdapter(DenoiserAdapter):
     def selected_layers(self) -> list[AttentionLayer]:
         layers = [layer for layer in self.attention_layers() if layer.block in self.spec.blocks]
         if not layers:
-            raise ValueError(f"the UNet has no attention layers in blocks {self.spec.blocks}")
+            raise CaptureError(f"the UNet has no attention layers in blocks {self.spec.blocks}")
         return layers
 
     def read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
