@@ -170,6 +170,13 @@ def test_blocks_by_index_and_by_depth(saved):
             generate(pipe, steps=1)
 
 
+def test_class_prompt_cross_attention_is_refused_in_one_line(saved):
+    family, _, pipe = saved
+    with pytest.raises(CaptureError, match=f"not supported for the {family} family; set prompts.class_prompt to 'append' or 'none'"):
+        with capture(pipe, SPEC, class_prompts=["man horse", "aeroplane"]):
+            pass
+
+
 def test_sana_linear_self_maps_are_the_weights_the_layer_mixes_values_with():
     torch.manual_seed(0)
     attn = Attention(query_dim=16, heads=2, dim_head=8, kv_heads=2, bias=False, processor=SanaLinearAttnProcessor2_0())
