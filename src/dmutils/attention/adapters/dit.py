@@ -28,7 +28,7 @@ from diffusers.models.attention_processor import Attention
 
 from dmutils.attention.adapters.base import AttentionLayer, DenoiserCall
 from dmutils.attention.adapters.transformer import TransformerAdapter, depth_of
-from dmutils.attention.processors import CaptureAttnProcessor
+from dmutils.attention.processors import CaptureAttnProcessor, attention_probs
 from dmutils.attention.state import CaptureState
 
 
@@ -163,8 +163,6 @@ class SoftmaxCrossAttentionRecorder(_SideRecorder):
     kind = "cross"
 
     def weights(self, query, key, mask):
-        from dmutils.attention.processors import attention_probs
-
         return attention_probs(query, key, mask)
 
 
