@@ -175,6 +175,11 @@ def test_class_prompt_cross_attention_is_refused_in_one_line(saved):
     with pytest.raises(CaptureError, match=f"not supported for the {family} family; set prompts.class_prompt to 'append' or 'none'"):
         with capture(pipe, SPEC, class_prompts=["man horse", "aeroplane"]):
             pass
+    import dataclasses
+
+    with pytest.raises(CaptureError, match=f"map_space 'output' .*which {family} has not"):
+        with capture(pipe, dataclasses.replace(SPEC, map_space="output")):
+            pass
 
 
 def test_sana_linear_self_maps_are_the_weights_the_layer_mixes_values_with():

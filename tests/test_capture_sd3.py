@@ -145,3 +145,19 @@ def test_generate_end_to_end_from_a_saved_pipeline(tmp_path):
     assert ok, records
     with np.load(out / "maps" / f"{ok[0]['id']}.npz") as z:
         assert z[f"cross_{GRID}"].shape == (len(ok[0]["classes"]), GRID, GRID)
+
+
+def test_text_part_t5_reads_the_t5_tokens_with_the_t5_tokenizer():
+    pipe = tiny_sd3_pipeline(t5=True)
+    with capture(pipe, spec(self_resolutions=(), text_part="t5")) as rec:
+        generate(pipe)
+    maps = rec.maps()
+    assert maps.cross(0, GRID).shape == (8, GRID, GRID)  # max_sequence_length T5 positions after CLIP's 77
+    assert rec.tokenizer is pipe.tokenizer_3
+    pieces = pipe.tokenizer_3.tokenize("aeroplane")
+    assert len(pieces) > 1 and maps.token_positions(1, "aeroplane") == list(range(1, 1 + len(pieces)))  # T5: no BOS
+    sums = maps.cross(1, GRID).sum(0)
+    torch.testing.assert_close(sums, torch.ones_like(sums))  # text_softmax over the T5 part alone
+    with capture(pipe, spec(self_resolutions=())) as rec:  # the CLIP part of the same pipeline
+        generate(pipe)
+    assert rec.maps().cross(0, GRID).shape == (77, GRID, GRID)

@@ -5,11 +5,11 @@ As :mod:`dmutils.tiny_models` does for UNets, these copy the *block structure an
 of the real models with small widths so they run in about a second on a CPU:
 
 - :func:`tiny_sd3_pipeline`: SD3.5-shaped MMDiT (joint blocks, the first ones dual-attention with an
-  ``attn2``, RMS q/k norm, the last block ``context_pre_only``), two CLIP encoders, no T5 (SD3 allows
-  ``text_encoder_3=None``: its 256 T5 positions are zeros), flow-matching Euler.
+  ``attn2``, RMS q/k norm, the last block ``context_pre_only``), two CLIP encoders, and a T5 or none
+  (SD3 allows ``text_encoder_3=None``: its T5 positions are then zeros), flow-matching Euler.
 - :func:`tiny_flux_pipeline`: FLUX.1-shaped (dual-stream then single-stream blocks, rotary
-  positions, text first), CLIP for the pooled vector and a T5 encoder with a sentencepiece-style
-  fast tokenizer for the sequence; ``guidance_embeds`` as FLUX.1-dev (no CFG batch).
+  positions, text first), CLIP for the pooled vector and a T5 encoder with the sentencepiece-style
+  fast tokenizer of :mod:`dmutils.tiny_tokenizers` for the sequence; ``guidance_embeds`` as FLUX.1-dev (no CFG batch).
 - :func:`save_tiny_sd3` / :func:`save_tiny_flux`: those pipelines written with ``save_pretrained``.
 
 The VAEs downsample by 2, so a 32 px image has a 16x16 latent and, with patch size 2, an 8x8 map grid.
@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 from diffusers import (AutoencoderDC, AutoencoderKL, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, PixArtSigmaPipeline,
                        PixArtTransformer2DModel, SanaPipeline, SanaTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline)
-from transformers import Gemma2Config, Gemma2Model, T5Config, T5EncoderModel
+from transformers import Gemma2Config, Gemma2Model
 
 from dmutils.tiny_models import _text_encoder, tiny_tokenizer
-from dmutils.tiny_tokenizers import tiny_gemma_tokenizer, tiny_t5_tokenizer
+from dmutils.tiny_tokenizers import tiny_gemma_tokenizer
 
 
 def _flow_vae(latent_channels: int, levels: int = 2, channels: int = 32) -> AutoencoderKL:
@@ -58,15 +58,28 @@ def tiny_sd3_transformer(sample_size: int = 16, layers: int = 4, dual_layers: in
                                  dual_attention_layers=tuple(range(dual_layers)), qk_norm="rms_norm").eval()
 
 
-def tiny_sd3_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiffusion3Pipeline:
+def _tiny_t5(d_model: int):
+    """A 2-layer T5 encoder and the tiny T5 tokenizer."""
+    from transformers import T5Config, T5EncoderModel
+
+    from dmutils.tiny_tokenizers import tiny_t5_tokenizer
+
+    tok = tiny_t5_tokenizer()
+    config = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=d_model // 8,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return T5EncoderModel(config).eval(), tok
+
+
+def tiny_sd3_pipeline(seed: int = 0, sample_size: int = 16, t5: bool = False) -> StableDiffusion3Pipeline:
     """SD3.5-shaped: 32 px images, 16x16 latent, 8x8 patch grid, 4 joint blocks (0-1 with ``attn2``);
-    CLIP-L-like (hidden 32) + CLIP-G-like (hidden 32) encoders, T5 absent."""
+    CLIP-L-like (hidden 32) + CLIP-G-like (hidden 32) encoders; T5 (d_model 64) only when ``t5``."""
     torch.manual_seed(seed)
     tok = tiny_tokenizer()
     te1, te2 = _text_encoder(tok, 32, projection=32), _text_encoder(tok, 32, projection=32)
+    te3, tok3 = _tiny_t5(64) if t5 else (None, None)
     pipe = StableDiffusion3Pipeline(transformer=tiny_sd3_transformer(sample_size), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                                     vae=_flow_vae(4), text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok,
-                                    text_encoder_3=None, tokenizer_3=None)
+                                    text_encoder_3=te3, tokenizer_3=tok3)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -75,6 +88,40 @@ def save_tiny_sd3(folder: str | Path, seed: int = 0) -> Path:
     """Write an SD3.5-shaped pipeline folder (safetensors) that ``load_pipeline`` reads with family sd3 or auto."""
     folder = Path(folder)
     tiny_sd3_pipeline(seed).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def tiny_flux_transformer(layers: int = 2, single_layers: int = 4, heads: int = 4, head_dim: int = 8, joint_dim: int = 32,
+                          pooled_dim: int = 32, in_channels: int = 16, guidance_embeds: bool = True):
+    """FLUX.1's layout (dual-stream then single-stream blocks, 3-axis rotary positions) with a small width."""
+    from diffusers import FluxTransformer2DModel
+
+    rope = (head_dim // 4, head_dim // 4, head_dim // 2)
+    return FluxTransformer2DModel(patch_size=1, in_channels=in_channels, num_layers=layers, num_single_layers=single_layers,
+                                  attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=joint_dim,
+                                  pooled_projection_dim=pooled_dim, guidance_embeds=guidance_embeds, axes_dims_rope=rope).eval()
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
+    """FLUX.1-shaped: 32 px images, 16x16 latent packed 2x2 into an 8x8 token grid, 2 dual-stream + 4
+    single-stream blocks; CLIP (hidden 32, pooled) + T5 (d_model 32) text encoders. ``guidance_embeds``
+    as FLUX.1-dev (True) or -schnell (False)."""
+    from diffusers import FluxPipeline
+
+    torch.manual_seed(seed)
+    tok = tiny_tokenizer()
+    t5, t5_tok = _tiny_t5(32)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_flow_vae(4), text_encoder=_text_encoder(tok, 32),
+                        tokenizer=tok, text_encoder_2=t5, tokenizer_2=t5_tok,
+                        transformer=tiny_flux_transformer(guidance_embeds=guidance_embeds))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_flux(folder: str | Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
+    """Write a FLUX.1-shaped pipeline folder (safetensors) that ``load_pipeline`` reads with family flux or auto."""
+    folder = Path(folder)
+    tiny_flux_pipeline(seed, guidance_embeds).save_pretrained(folder, safe_serialization=True)
     return folder
 
 
@@ -95,12 +142,6 @@ def tiny_sana_transformer(layers: int = 4) -> SanaTransformer2DModel:
     return SanaTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=layers,
                                   num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
                                   caption_channels=TEXT_HIDDEN, mlp_ratio=2.5, sample_size=16, patch_size=1).eval()
-
-
-def _t5(vocab: int) -> T5EncoderModel:
-    config = T5Config(vocab_size=vocab, d_model=TEXT_HIDDEN, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                      relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    return T5EncoderModel(config).eval()
 
 
 def _gemma2(vocab: int) -> Gemma2Model:
@@ -127,8 +168,8 @@ def _dc_ae() -> AutoencoderDC:
 
 def tiny_pixart_sigma_pipeline(seed: int = 0, layers: int = 4) -> PixArtSigmaPipeline:
     torch.manual_seed(seed)
-    tok = tiny_t5_tokenizer()
-    pipe = PixArtSigmaPipeline(tokenizer=tok, text_encoder=_t5(len(tok)), vae=_sd_vae(), transformer=tiny_pixart_transformer(layers),
+    t5, tok = _tiny_t5(TEXT_HIDDEN)
+    pipe = PixArtSigmaPipeline(tokenizer=tok, text_encoder=t5, vae=_sd_vae(), transformer=tiny_pixart_transformer(layers),
                                scheduler=DPMSolverMultistepScheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -71,6 +71,7 @@ class AttentionCapture:
         self._hooks.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
         if self.text_encoder is not None:
             self._hooks.append(self.text_encoder.register_forward_pre_hook(self._on_text_encoder, with_kwargs=True))
+        self._hooks += self.adapter.extra_hooks(self.state, self.class_prompts)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -139,14 +140,18 @@ class AttentionCapture:
                 raise CaptureError(f"{kind}-attention resolution(s) {missing} do not exist for a {latent_h}x{latent_w} latent "
                                  f"{adapter.describe_resolutions()}; available: {available[kind]}")
         adapter.restore(self._originals)
+        installed = set()
         for layer in self.layers:
             h, w = shapes[layer.name]
             kinds = tuple(kind for kind in adapter.layer_kinds(layer) if h in spec.resolutions(kind))
             if kinds:
                 original = self._originals[f"{layer.name}.processor"]
                 adapter.set_processor(layer, adapter.recording_processor(layer, state, kinds, h, original))
+                installed.add(layer.name)
                 for kind in kinds:
                     state.shapes[(kind, h)] = (h, w)
+        if self.layers:
+            adapter.install_extra(state, self._originals, installed, shapes[self.layers[0].name][0])
 
     # -- results ------------------------------------------------------------------------------
     def maps(self, prompts: list[str] | None = None) -> AttentionMaps:
@@ -162,6 +167,8 @@ class AttentionCapture:
             mean = (total / state.counts[(kind, res)]).cpu()
             h, w = state.shapes[(kind, res)]
             if kind == "cross":
+                if self.spec.map_space == "output":  # ConceptAttention: a softmax over concepts after averaging
+                    mean = mean.softmax(-1)
                 cross[res] = mean.transpose(1, 2).reshape(mean.shape[0], mean.shape[2], h, w)
             else:
                 self_attn[res] = mean

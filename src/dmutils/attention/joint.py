@@ -31,6 +31,8 @@ def attend_and_record(state: CaptureState, kinds: tuple[str, ...], resolution: i
     queries into ``state`` under ``resolution``. ``image`` / ``text`` are the token slices of the
     sequence (``text`` None: no text in this attention); ``text_part`` a slice within the text.
     At most ``max_chunk_bytes`` (default: the module's ``MAX_CHUNK_BYTES``) of scores exist at once."""
+    if not kinds:
+        return F.scaled_dot_product_attention(query, key, value)
     cond, seq = state.cond, key.shape[-2]
     img = range(seq)[image]
     img_cols = slice(img.start, img.stop)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall, TextSource
 from dmutils.attention.adapters.dit import PixArtAdapter, SanaAdapter
+from dmutils.attention.adapters.flux import FluxAdapter
 from dmutils.attention.adapters.mmdit import MMDiTAdapter
 from dmutils.attention.adapters.unet import UNetAdapter
 
-ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, MMDiTAdapter, PixArtAdapter, SanaAdapter]
+ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, MMDiTAdapter, FluxAdapter, PixArtAdapter, SanaAdapter]
 
 
 def adapter_class(pipe) -> type[DenoiserAdapter]:
@@ -27,6 +28,6 @@ def adapter_for(pipe, spec) -> DenoiserAdapter:
     return adapter_class(pipe)(pipe, spec)
 
 
-__all__ = ["ADAPTERS", "AttentionLayer", "CaptureError", "DenoiserAdapter", "DenoiserCall", "TextSource", "MMDiTAdapter", "PixArtAdapter", "SanaAdapter",
-           "UNetAdapter", "adapter_class",
+__all__ = ["ADAPTERS", "AttentionLayer", "CaptureError", "DenoiserAdapter", "DenoiserCall", "FluxAdapter", "TextSource", "MMDiTAdapter", "PixArtAdapter",
+           "SanaAdapter", "UNetAdapter", "adapter_class",
            "adapter_for"]

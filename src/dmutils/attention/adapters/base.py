@@ -140,6 +140,13 @@ class DenoiserAdapter:
         raise CaptureError(f"class-prompt cross-attention is not supported for the {self.family} family; "
                            f"set prompts.class_prompt to 'append' or 'none'")
 
+    def extra_hooks(self, state: CaptureState, class_prompts: list[str] | None) -> list:
+        """Hooks a family needs besides capture's own (e.g. a concept stream), registered after them."""
+        return []
+
+    def install_extra(self, state: CaptureState, originals: dict[str, Any], installed: set[str], resolution: int) -> None:
+        """Processors a family needs on layers that record nothing (e.g. to carry concept tokens)."""
+
     # -- processors ---------------------------------------------------------------------------
     def processors(self) -> dict[str, Any]:
         """The denoiser's processors now, to restore on exit."""

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from diffusers.models.attention_processor import Attention
 
-from dmutils.attention.adapters.base import AttentionLayer, DenoiserCall
+from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserCall
 from dmutils.attention.adapters.transformer import TransformerAdapter, depth_of
 from dmutils.attention.processors import CaptureAttnProcessor, attention_probs
 from dmutils.attention.state import CaptureState
@@ -56,6 +56,13 @@ class CrossAttentionDiTAdapter(TransformerAdapter):
 
     def attention_layers(self) -> list[AttentionLayer]:
         return block_layers(self.denoiser)
+
+    def extra_hooks(self, state: CaptureState, class_prompts: list[str] | None) -> list:
+        """No concept stream: the text enters these blocks only as cross-attention keys, it has no stream of its own."""
+        if self.spec.map_space == "output":
+            raise CaptureError(f"capture.map_space 'output' (ConceptAttention) needs a text stream, which {self.family} has not "
+                               f"(its text only enters by cross-attention); set capture.map_space: attention")
+        return []
 
     def read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
         hidden = args[0] if args else kwargs["hidden_states"]

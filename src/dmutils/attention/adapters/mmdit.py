@@ -12,8 +12,9 @@ import torch
 from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 
-from dmutils.attention.adapters.base import CaptureError, AttentionLayer, DenoiserCall, TextSource
+from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserCall, TextSource
 from dmutils.attention.adapters.transformer import TransformerAdapter, depth_of
+from dmutils.attention.concepts import ConceptStream
 from dmutils.attention.joint import attend_and_record
 from dmutils.attention.state import CaptureState
 
@@ -24,12 +25,12 @@ class JointCaptureProcessor:
     """``JointAttnProcessor2_0`` that records one layer's maps into ``state`` at steps inside the window."""
 
     def __init__(self, state: CaptureState, kinds: tuple[str, ...], resolution: int, original, text_part: slice | None,
-                 joint_norm: str) -> None:
+                 joint_norm: str, stream: ConceptStream | None = None) -> None:
         if not isinstance(original, JointAttnProcessor2_0):
             raise TypeError(f"cannot capture a layer whose processor is {type(original).__name__}; only SD3's default "
                             f"JointAttnProcessor2_0 is supported: call pipe.transformer.set_attn_processor(JointAttnProcessor2_0())")
         self.state, self.kinds, self.resolution, self.original = state, kinds, resolution, original
-        self.text_part, self.joint_norm = text_part, joint_norm
+        self.text_part, self.joint_norm, self.stream = text_part, joint_norm, stream
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
@@ -50,9 +51,14 @@ class JointCaptureProcessor:
                 ek = attn.norm_added_k(ek)
             query, key, value = torch.cat([query, eq], 2), torch.cat([key, ek], 2), torch.cat([value, ev], 2)
             text = slice(n_img, query.shape[2])
-        kinds = self.kinds if text is not None else tuple(k for k in self.kinds if k == "self")
+        concepts = self.stream is not None and self.stream.active and text is not None
+        kinds = self.kinds if text is not None and not concepts else tuple(k for k in self.kinds if k == "self")
         out = attend_and_record(self.state, kinds, self.resolution, query, key, value, slice(0, n_img), text, self.text_part,
                                 self.joint_norm)
+        if concepts:  # class/concept tokens read the image through this block's text-stream weights
+            c, img = self.state.cond, slice(0, n_img)
+            self.stream.attend(attn, query[c, :, img], key[c, :, img], value[c, :, img], out[c, :, img],
+                               self.resolution if "cross" in self.kinds else None)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * query.shape[-1]).to(query.dtype)
         image_out = attn.to_out[1](attn.to_out[0](out[:, :n_img]))
         if encoder_hidden_states is None:
@@ -98,7 +104,20 @@ class MMDiTAdapter(TransformerAdapter):
 
     def recording_processor(self, layer: AttentionLayer, state: CaptureState, kinds: tuple[str, ...], resolution: int,
                             original) -> JointCaptureProcessor:
-        return JointCaptureProcessor(state, kinds, resolution, original, self.text_slice(), self.spec.joint_norm)
+        return JointCaptureProcessor(state, kinds, resolution, original, self.text_slice(), self.spec.joint_norm, self.stream)
+
+    def concept_part(self) -> slice | None:
+        return self.text_slice()
+
+    def encode_class_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """The class prompts as SD3 encodes a caption: CLIP's 77 positions then T5's (zeros without a T5)."""
+        pipe = self.pipe
+        t5 = getattr(pipe, "tokenizer_3", None)
+        length = max(len(t5(p).input_ids) for p in prompts) if t5 is not None else 1
+        with torch.no_grad():
+            embeds = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None, device=self.denoiser.device,
+                                        num_images_per_prompt=1, do_classifier_free_guidance=False, max_sequence_length=length)[0]
+        return embeds.to(self.denoiser.dtype)
 
     def text_source(self) -> TextSource:
         pipe = self.pipe

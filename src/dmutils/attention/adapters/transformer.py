@@ -6,7 +6,13 @@ patch grid, so ``cross_resolutions`` / ``self_resolutions`` name its side (or ar
 """
 from __future__ import annotations
 
-from dmutils.attention.adapters.base import CaptureError, AttentionLayer, DenoiserAdapter, DenoiserCall
+from typing import Any
+
+import torch
+
+from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall
+from dmutils.attention.concepts import ConceptStream
+from dmutils.attention.state import CaptureState
 
 
 class TransformerAdapter(DenoiserAdapter):
@@ -14,6 +20,42 @@ class TransformerAdapter(DenoiserAdapter):
 
     denoiser_attr = "transformer"
     uses_step_index = True
+    stream: ConceptStream | None = None  # class/concept tokens carried through the text stream (class_prompts given)
+
+    # -- concept tokens (class-prompt maps, ConceptAttention) ------------------------------------
+    def concept_blocks(self) -> list[torch.nn.Module]:
+        """The blocks with a text stream, in order: concept tokens go through all of them."""
+        return list(self.denoiser.transformer_blocks)
+
+    def concept_part(self) -> slice | None:
+        """The positions of the concept sequence the maps are over (None: all)."""
+        return None
+
+    def has_concept_stream(self, layer: AttentionLayer) -> bool:
+        """Whether ``layer`` is the joint attention of a block with a text stream."""
+        return layer.kind == "joint"
+
+    def layer_kinds(self, layer: AttentionLayer) -> tuple[str, ...]:
+        kinds = super().layer_kinds(layer)
+        if self.stream is not None and not self.has_concept_stream(layer):
+            kinds = tuple(k for k in kinds if k != "cross")  # with concepts, cross maps come from the text-stream blocks
+        return kinds
+
+    def extra_hooks(self, state: CaptureState, class_prompts: list[str] | None) -> list:
+        if class_prompts is None:
+            if self.spec.map_space == "output":
+                raise CaptureError("capture.map_space 'output' (ConceptAttention) reads concept tokens: give class prompts "
+                                   "(prompts.class_prompt: cross_attention, or capture(pipe, spec, class_prompts=[...]))")
+            return []
+        self.stream = ConceptStream(state, self.denoiser, self.concept_blocks(), self.spec.map_space, self.concept_part())
+        return self.stream.hooks()
+
+    def install_extra(self, state: CaptureState, originals: dict[str, Any], installed: set[str], resolution: int) -> None:
+        if self.stream is None:
+            return
+        for layer in self.attention_layers():  # blocks that record nothing still carry the concepts on
+            if self.has_concept_stream(layer) and layer.name not in installed:
+                self.set_processor(layer, self.recording_processor(layer, state, (), resolution, originals[f"{layer.name}.processor"]))
 
     def num_blocks(self) -> int:
         """Blocks in the stack (the denominator of ``depth``)."""

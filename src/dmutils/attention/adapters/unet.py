@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_processor import Attention
 
-from dmutils.attention.adapters.base import CaptureError, AttentionLayer, DenoiserAdapter, DenoiserCall
+from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall
 from dmutils.attention.processors import CaptureAttnProcessor
 from dmutils.attention.state import CaptureState
 
@@ -54,6 +54,9 @@ class UNetAdapter(DenoiserAdapter):
         return attention_layers(self.denoiser)
 
     def selected_layers(self) -> list[AttentionLayer]:
+        if self.spec.map_space != "attention":
+            raise CaptureError("capture.map_space 'output' (ConceptAttention) needs a joint-attention transformer (SD3, "
+                               "FLUX.1); a UNet's maps are attention-space: set capture.map_space: attention")
         layers = [layer for layer in self.attention_layers() if layer.block in self.spec.blocks]
         if not layers:
             raise CaptureError(f"the UNet has no attention layers in blocks {self.spec.blocks}")
