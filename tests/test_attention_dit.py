@@ -71,6 +71,10 @@ def test_tiny_pipelines_load_from_disk_and_generate_deterministically(saved):
     kinds = {name.split(".")[-2]: proc for name, proc in processor_names(pipe).items()}
     assert kinds == {"pixart": {"attn1": "AttnProcessor2_0", "attn2": "AttnProcessor2_0"},
                      "sana": {"attn1": "SanaLinearAttnProcessor2_0", "attn2": "SanaAttnProcessor2_0"}}[family]
+    from dmutils.params import ModelParams
+    from dmutils.pipeline import load_pipeline
+
+    assert type(load_pipeline(ModelParams(path=str(folder), family="auto", device="cpu"))) is type(pipe)
     first = generate(pipe)
     assert first.shape == (2, 64, 64, 3) and first.std() > 0
     np.testing.assert_array_equal(first, generate(load(folder)))
@@ -172,7 +176,8 @@ def test_blocks_by_index_and_by_depth(saved):
 
 def test_class_prompt_cross_attention_is_refused_in_one_line(saved):
     family, _, pipe = saved
-    with pytest.raises(CaptureError, match=f"not supported for the {family} family; set prompts.class_prompt to 'append' or 'none'"):
+    refused = f"not supported for the {family} family; set prompts.class_prompt to 'append' or 'none'"
+    with pytest.raises(CaptureError, match=refused):
         with capture(pipe, SPEC, class_prompts=["man horse", "aeroplane"]):
             pass
     import dataclasses
@@ -200,6 +205,32 @@ def test_sana_linear_self_maps_are_the_weights_the_layer_mixes_values_with():
     torch.testing.assert_close(mixed[~dead], layer[~dead], atol=1e-5, rtol=1e-4)
     h, i = dead[0].nonzero()[0].tolist()
     assert weights[0, h, i].tolist() == [float(j == i) for j in range(12)] and layer[0, h, i].abs().max() == 0
+
+
+def test_sana_cross_recorder_gives_the_probabilities_the_layer_uses():
+    """With one head the recorded map is that head's softmax: probs @ values is what SanaAttnProcessor2_0
+    computes (q/k RMS-normed across heads, padding masked as SanaTransformer2DModel masks it)."""
+    from diffusers.models.transformers.sana_transformer import SanaAttnProcessor2_0
+
+    from dmutils.attention.adapters.dit import SoftmaxCrossAttentionRecorder
+    from dmutils.attention.state import CaptureState
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=12, heads=1, kv_heads=1, dim_head=16, qk_norm="rms_norm_across_heads",
+                     bias=True, processor=SanaAttnProcessor2_0())
+    x, ctx = torch.randn(4, 9, 16), torch.randn(4, 5, 12)
+    mask = torch.tensor([[1, 1, 1, 0, 0]] * 4)
+    bias = ((1 - mask) * -10000.0).unsqueeze(1).float()  # as SanaTransformer2DModel turns encoder_attention_mask into a bias
+    mixed_by_layer = []
+    attn.to_out[0].register_forward_pre_hook(lambda m, args: mixed_by_layer.append(args[0]))
+    expected = attn(x, encoder_hidden_states=ctx, attention_mask=bias)
+    state = CaptureState(recording=True, cond=slice(2, 4))  # a CFG batch: rows 2-3 are the conditional half
+    attn.set_processor(SoftmaxCrossAttentionRecorder(state, 3, SanaAttnProcessor2_0()))
+    torch.testing.assert_close(attn(x, encoder_hidden_states=ctx, attention_mask=bias), expected, rtol=0, atol=0)
+    probs = state.sums[("cross", 3)]
+    assert probs.shape == (2, 9, 5) and probs[..., 3:].max() < 1e-6
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 9))
+    torch.testing.assert_close(probs @ attn.to_v(ctx[2:]), mixed_by_layer[0][2:], atol=1e-5, rtol=1e-4)
 
 
 def test_sana_instruction_prefix_is_not_in_the_words(saved):

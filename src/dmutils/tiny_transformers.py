@@ -34,8 +34,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderDC, AutoencoderKL, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, PixArtSigmaPipeline,
-                       PixArtTransformer2DModel, SanaPipeline, SanaTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline)
+from diffusers import (AutoencoderDC, AutoencoderKL, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                       PixArtSigmaPipeline, PixArtTransformer2DModel, SanaPipeline, SanaTransformer2DModel, SD3Transformer2DModel,
+                       StableDiffusion3Pipeline)
 from transformers import Gemma2Config, Gemma2Model
 
 from dmutils.tiny_models import _text_encoder, tiny_tokenizer
@@ -145,9 +146,9 @@ def tiny_sana_transformer(layers: int = 4) -> SanaTransformer2DModel:
 
 
 def _gemma2(vocab: int) -> Gemma2Model:
-    config = Gemma2Config(vocab_size=vocab, hidden_size=TEXT_HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                          num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, pad_token_id=0, eos_token_id=1,
-                          bos_token_id=2)
+    config = Gemma2Config(vocab_size=vocab, hidden_size=TEXT_HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, pad_token_id=0,
+                          eos_token_id=1, bos_token_id=2)
     return Gemma2Model(config).eval()
 
 

@@ -128,7 +128,8 @@ class _SideRecorder:
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        out = self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, **kwargs)
+        out = self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
+                            **kwargs)
         if self.state.recording:
             cond = self.state.cond
             context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
