@@ -273,3 +273,14 @@ def test_dmutils_generate_end_to_end(saved, tmp_path):
     assert all(r["status"] == "ok" for r in records), records
     labels = voc.read_label(tmp_path / "out" / voc.LABELS / f"{records[0]['id']}.png")
     assert labels.shape == (64, 64)
+
+
+def test_capture_bench_reports_flat_state_bytes():
+    """The benchmark's figures on the tiny pipeline (its timing is printed by the benchmark, not tested)."""
+    from dmutils.benchmarks import capture_dit
+    from dmutils.tiny_transformers import tiny_pixart_sigma_pipeline
+
+    out = capture_dit.measure("pixart", tiny_pixart_sigma_pipeline(), steps=1, repeats=1)
+    assert out["grid_pixart"] == GRID and out["captured_blocks_pixart"] == [1, 2]  # the middle third of 4 blocks
+    assert out["state_bytes_pixart_1"] == out["state_bytes_pixart_3"] == 4 * (GRID**2 * 300 + GRID**4)  # float32 cross + self
+    assert out["ratio_pixart_512"] > 0
