@@ -35,3 +35,39 @@ def test_bench_toy_model_quick_measures_at_the_protocol_and_at_the_params_guidan
         assert 0 <= out[key] <= 1, key
     # the same prompts and seeds at two guidance scales give different images, so different scores
     assert (out["presence_rate"], out["attention_miou"]) != (out["presence_rate_at_params_guidance"], out["attention_miou_at_params_guidance"])
+
+
+class _FakeClock:
+    """perf_counter that moves only when a run says so: paired_ratio's arithmetic without timing anything."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.calls: list[str] = []
+
+    def run(self, name: str, seconds):
+        def go():
+            self.calls.append(name)
+            self.now += seconds() if callable(seconds) else seconds
+        return go
+
+
+def test_paired_ratio_alternates_pair_order_and_reports_median_spread_and_repeats(monkeypatch):
+    from dmutils.benchmarks import timing
+
+    clock = _FakeClock()
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock.now)
+    b_costs = iter([9.0, 1.1, 1.3, 1.2, 1.5])  # the first (9.0) is the warm-up's and must not count
+    r = timing.paired_ratio(clock.run("a", 1.0), clock.run("b", lambda: next(b_costs)), repeats=4, warmup=1)
+    assert clock.calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert r["ratios"] == pytest.approx([1.1, 1.3, 1.2, 1.5])
+    assert r["ratio"] == pytest.approx(1.25) and r["spread"] == pytest.approx(0.4) and r["repeats"] == 4
+    assert (r["min"], r["max"], r["a_s"], r["b_s"]) == pytest.approx((1.1, 1.5, 1.0, 1.25))
+    entries = timing.ratio_entries("ratio_x", r)
+    assert entries == {"ratio_x": 1.25, "ratio_x_spread": 0.4, "ratio_x_range": [1.1, 1.5], "ratio_x_repeats": 4}
+
+
+def test_paired_ratio_refuses_no_repeats():
+    from dmutils.benchmarks import timing
+
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        timing.paired_ratio(lambda: None, lambda: None, repeats=0)

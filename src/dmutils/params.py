@@ -34,7 +34,8 @@ class ModelParams(_Strict):
     """Which diffusion model generates, and how."""
 
     path: str = Field("models/toy-sd", description="hub id or local diffusers folder")
-    family: Literal["sd", "sdxl"] = "sd"
+    family: Literal["sd", "sdxl", "auto", "sd3", "flux", "pixart", "sana"] = Field(
+        "sd", description="pipeline class: 'auto' reads model_index.json's _class_name; sd3 covers SD3 and SD3.5")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     num_inference_steps: int = Field(25, ge=1, le=1000)
@@ -91,6 +92,19 @@ class CaptureParams(_Strict):
     timestep_window: tuple[float, float] = Field((0.5, 1.0), description="fraction of the denoising steps, 0 = first step")
     head_reduce: Literal["mean", "max"] = "mean"
     token_reduce: Literal["mean", "max", "sum"] = "mean"
+    # Diffusion transformers (SD3/SD3.5, FLUX.1): every block's maps lie on the patch grid (latent side / patch size,
+    # 32 for SD3.5 and FLUX.1 at 512 px), so cross/self_resolutions name that side; blocks are chosen here instead.
+    transformer_blocks: list[int] | None = Field(None, description="transformer block indices (FLUX.1: the dual-stream blocks "
+                                                 "first, then the single-stream ones); None = the blocks in 'depth'")
+    depth: tuple[float, float] = Field((0.0, 1.0), description="fraction of the transformer's depth whose blocks are read, "
+                                       "e.g. [0.333, 0.667] = the middle third (block i sits at (i + 0.5) / blocks)")
+    flux_streams: Literal["dual", "single", "both"] = Field("both", description="FLUX.1: dual-stream blocks, single-stream, or both")
+    text_part: Literal["clip", "t5"] = Field("clip", description="SD3: maps over the CLIP tokens (the first 77) or the T5 ones")
+    joint_norm: Literal["text_softmax", "joint_slice"] = Field(
+        "text_softmax", description="joint attention: 'text_softmax' = softmax over the text keys only (maps sum to 1 over "
+        "tokens, like a UNet's); 'joint_slice' = the text columns of the joint image+text softmax")
+    map_space: Literal["attention", "output"] = Field(
+        "attention", description="'output': ConceptAttention's maps (concept outputs . image outputs), transformers only")
 
     @model_validator(mode="before")
     @classmethod
@@ -100,7 +114,7 @@ class CaptureParams(_Strict):
                              "the aggregated maps of the studies); set it there")
         return data
 
-    @field_validator("timestep_window")
+    @field_validator("timestep_window", "depth")
     @classmethod
     def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
         lo, hi = v

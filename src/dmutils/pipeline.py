@@ -1,14 +1,17 @@
 """Load the diffusion pipeline that generates: ``pipe = load_pipeline(params.model)``.
 
 ``from_pretrained`` of a local diffusers folder or a hub id (``use_safetensors=True``), the
-pipeline class by ``params.model.family`` (sd: StableDiffusionPipeline, sdxl:
-StableDiffusionXLPipeline), no safety checker, the scheduler replaced by class name when
-``params.model.scheduler`` is set. A model that is not there fails before anything is loaded, with
+pipeline class by ``params.model.family`` (:data:`FAMILIES`: sd, sdxl, sd3 (SD3 and SD3.5), flux,
+pixart (PixArt-Sigma), sana; ``auto``: the class named by the folder's ``model_index.json``
+``_class_name``, or diffusers' own choice for a hub id), no safety checker, the scheduler replaced by
+class name when ``params.model.scheduler`` is set. A model that is not there fails before anything is loaded, with
 what was looked for and how to get it.
 """
 from __future__ import annotations
 
 import difflib
+import inspect
+import json
 from pathlib import Path
 
 import torch
@@ -16,6 +19,8 @@ import torch
 from dmutils.params import REPO_ROOT, ModelParams, ParamsError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FAMILIES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline",
+            "flux": "FluxPipeline", "pixart": "PixArtSigmaPipeline", "sana": "SanaPipeline"}
 
 
 class ModelNotFoundError(ParamsError, FileNotFoundError):
@@ -56,14 +61,14 @@ def load_pipeline(model: ModelParams | str | Path, device: str | torch.device | 
     """A ready pipeline on ``device`` in ``dtype`` (defaults: those of ``model``; a bare path gets
     family 'sd', 'auto' device, float32)."""
     params = model if isinstance(model, ModelParams) else ModelParams(path=str(model))
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     scheduler_cls = scheduler_class(params.scheduler) if params.scheduler else None
     source = _locate(params.path)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype or DTYPES[params.dtype]
     device = resolve_device(device or params.device)
-    cls, extra = (StableDiffusionXLPipeline, {}) if params.family == "sdxl" else (
-        StableDiffusionPipeline, {"safety_checker": None, "requires_safety_checker": False})
+    cls = pipeline_class(params.family, source)
+    # a pipeline with a safety checker (SD 1.x/2.x) is loaded without one
+    extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in inspect.signature(cls).parameters else {}
+    extra.update(_absent_components(source))
     try:
         pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
     except (OSError, ValueError) as e:
@@ -75,6 +80,49 @@ def load_pipeline(model: ModelParams | str | Path, device: str | torch.device | 
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=not progress)
     return pipe.to(device)
+
+
+def _class_name(folder: str) -> str | None:
+    """``_class_name`` of a local pipeline folder's model_index.json (None for a hub id)."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return None
+    name = json.loads(index.read_text()).get("_class_name")
+    return name if isinstance(name, str) else None
+
+
+def _absent_components(folder: str) -> dict[str, None]:
+    """Components a local folder saved as absent (``[null, null]``, e.g. SD3 without its T5), passed
+    as None: diffusers requires every non-optional component by name."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return {}
+    return {k: None for k, v in json.loads(index.read_text()).items() if v == [None, None]}
+
+
+def pipeline_class(family: str, source: str) -> type:
+    """The diffusers pipeline class for ``model.family``; 'auto' takes the folder's ``_class_name``.
+    A local folder whose pipeline is of another family than the one named is a ParamsError."""
+    import diffusers
+
+    if family not in FAMILIES and family != "auto":
+        raise ParamsError(f"model.family {family!r} is not known; use 'auto' or one of {sorted(FAMILIES)}")
+    saved = _class_name(source)
+    if family == "auto":
+        if saved is None:  # a hub id: diffusers reads its model_index.json itself
+            return diffusers.DiffusionPipeline
+        cls = getattr(diffusers, saved, None)
+        if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+            raise ParamsError(f"model.path {source!r}: model_index.json names {saved!r}, which is not a diffusers pipeline "
+                              f"class in diffusers {diffusers.__version__}; set model.family to one of {sorted(FAMILIES)}")
+        return cls
+    cls = getattr(diffusers, FAMILIES[family])
+    if saved is not None and saved != cls.__name__:
+        known = {v: k for k, v in FAMILIES.items()}
+        hint = f"model.family: {known[saved]}" if saved in known else "model.family: auto"
+        # an SD 1.x folder loads as SDXL's class only by mistake; pipelines of one family share their class
+        raise ParamsError(f"model.family is {family!r} ({cls.__name__}) but {source} holds a {saved}; set {hint}")
+    return cls
 
 
 def scheduler_class(name: str) -> type:

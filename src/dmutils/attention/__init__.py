@@ -1,4 +1,4 @@
-"""Attention capture: cross- and self-attention maps of a diffusers UNet while it generates.
+"""Attention capture: cross- and self-attention maps of a diffusers denoiser (UNet or transformer) while it generates.
 
     from dmutils.attention import CaptureSpec, capture
     spec = CaptureSpec.from_params(params.capture)            # cross@16 + self@32 by default
@@ -10,8 +10,9 @@
     maps.word_map(0, "potted plant", size=64); maps.class_maps(0, {"person": "man"}, size=64)
     maps.self_attention(0, 32); maps.truncated(0)
 
-Modules: ``spec`` (what to capture), ``capture`` (the context manager and hooks), ``processors``
-(the recording attention processor), ``state`` (running sums, flat in steps), ``maps`` (results and
+Modules: ``spec`` (what to capture), ``capture`` (the context manager and hooks), ``adapters`` (one
+per model family: its layers, map grid, text layout and recording processors), ``processors``
+(the UNet's recording attention processor), ``state`` (running sums, flat in steps), ``maps`` (results and
 look-up by word), ``prompts`` (class-prompt appending / class-prompt cross-attention).
 """
 from dmutils.attention.capture import AttentionCapture, AttentionLayer, attention_layers, capture

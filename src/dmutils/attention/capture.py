@@ -1,16 +1,18 @@
-"""``capture(pipe, spec)``: record attention maps while a diffusers pipeline generates.
+"""``capture(pipe, spec)``: record attention maps while a diffusers pipeline generates, for any family.
 
     with capture(pipe, CaptureSpec.from_params(params.capture)) as rec:
         out = pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="np")
     maps = rec.maps()          # an AttentionMaps, on the CPU
 
-Like DAAM's ``trace``, it works through public hooks only: a forward pre-hook on the UNet knows
-the step (its call count within the scheduler's timesteps), the image size and the CFG layout; at
-the first step of each generation it puts :class:`CaptureAttnProcessor` (``Attention.set_processor``)
-on exactly the layers whose kind, block and resolution are asked for, and records only steps inside
-the window. A pre-hook on the text encoder keeps the token ids the model saw, for look-up by word.
-On exit, also when generation raises, the original processors are restored with
-``unet.set_attn_processor`` and the hooks removed.
+The family (UNet, MMDiT, FLUX.1, ...) is recognised from the pipeline; its adapter
+(:mod:`dmutils.attention.adapters`) knows the denoiser, its attention layers, the map grid and
+the recording processors. Like DAAM's ``trace``, capture works through public hooks only: a
+forward pre-hook on the denoiser knows the step, the latent size and the CFG layout; at the first
+step of each generation it puts the adapter's recording processor (``set_processor``) on exactly
+the layers whose kind, block and resolution are asked for, and records only steps inside the
+window. A pre-hook on the text encoder keeps the token ids the model saw, for look-up by word. On
+exit, also when generation raises, the original processors are restored with
+``set_attn_processor`` and the hooks removed.
 
 One generation is kept: a second ``pipe(...)`` call inside the same block starts new maps.
 With ``class_prompts`` (one per sample) cross-attention maps are taken against the separately
@@ -18,56 +20,15 @@ encoded class prompt ("person horse") while the image is generated from the capt
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from diffusers.models.attention_processor import Attention
 
+from dmutils.attention.adapters import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall, adapter_for
+from dmutils.attention.adapters.unet import attention_layers, side_at_level
 from dmutils.attention.maps import AttentionMaps
-from dmutils.attention.processors import CaptureAttnProcessor
 from dmutils.attention.spec import CaptureSpec
 from dmutils.attention.state import CaptureState
 
-
-@dataclass(frozen=True)
-class AttentionLayer:
-    """One attention layer of a UNet: ``level`` 0 is the full latent resolution."""
-
-    name: str
-    block: str  # down / mid / up
-    level: int
-    kind: str  # cross / self
-    module: Attention
-
-
-def attention_layers(unet: torch.nn.Module) -> list[AttentionLayer]:
-    """Every ``Attention`` of a UNet2DConditionModel with its block, level and kind.
-
-    ``down_blocks.i`` runs at level i (it downsamples at its end), ``mid_block`` at the lowest
-    level, ``up_blocks.i`` at level n-1-i (it upsamples at its end)."""
-    n = len(unet.down_blocks)
-    layers = []
-    for name, module in unet.named_modules():
-        if not isinstance(module, Attention):
-            continue
-        parts = name.split(".")
-        if parts[0] == "down_blocks":
-            block, level = "down", int(parts[1])
-        elif parts[0] == "up_blocks":
-            block, level = "up", n - 1 - int(parts[1])
-        elif parts[0] == "mid_block":
-            block, level = "mid", n - 1
-        else:
-            continue
-        layers.append(AttentionLayer(name, block, level, "cross" if module.is_cross_attention else "self", module))
-    return layers
-
-
-def _side(latent: int, level: int) -> int:
-    """Map side at ``level``: each Downsample2D (3x3, stride 2, padding 1) gives ceil(side / 2)."""
-    for _ in range(level):
-        latent = (latent + 1) // 2
-    return latent
+_side = side_at_level  # kept for callers of the former private name
 
 
 class AttentionCapture:
@@ -79,16 +40,14 @@ class AttentionCapture:
 
             spec = CaptureSpec.from_params(CaptureParams())
         self.pipe, self.spec = pipe, spec
-        self.unet = pipe.unet
-        self.layers = [layer for layer in attention_layers(self.unet) if layer.block in self.spec.blocks]
-        if not self.layers:
-            raise ValueError(f"the UNet has no attention layers in blocks {self.spec.blocks}")
-        self.text_encoder, self.tokenizer = next(
-            ((getattr(pipe, e, None), getattr(pipe, t, None)) for e, t in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
-             if getattr(pipe, e, None) is not None), (None, getattr(pipe, "tokenizer", None)))
+        self.adapter: DenoiserAdapter = adapter_for(pipe, spec)
+        self.denoiser = self.adapter.denoiser
+        self.layers = self.adapter.selected_layers()
+        text = self.adapter.text_source()
+        self.text_encoder, self.tokenizer, self.text_positions = text.encoder, text.tokenizer, text.positions
         if class_prompts is not None and (isinstance(class_prompts, str) or not class_prompts
                                           or not all(isinstance(p, str) and p.strip() for p in class_prompts)):
-            raise ValueError("class_prompts must be a non-empty list of non-empty strings, one per prompt, "
+            raise CaptureError("class_prompts must be a non-empty list of non-empty strings, one per prompt, "
                              "e.g. ['person horse', 'dog']")
         self.class_prompts = list(class_prompts) if class_prompts is not None else None
         self.state = CaptureState(head_reduce=self.spec.head_reduce)
@@ -97,26 +56,29 @@ class AttentionCapture:
         self._originals = None
         self._hooks: list = []
         self._window: set[int] = set()
-        self._class_embeds: torch.Tensor | None = None  # (len(class_prompts), 77, D)
+        self._class_embeds: torch.Tensor | None = None  # (len(class_prompts), tokens, D)
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        """The denoiser (the name from when only UNets were captured)."""
+        return self.denoiser
 
     # -- context ------------------------------------------------------------------------------
     def __enter__(self) -> "AttentionCapture":
         if self.class_prompts is not None:  # before the hooks: these ids are not the caption's
-            with torch.no_grad():
-                embeds = self.pipe.encode_prompt(prompt=self.class_prompts, device=self.unet.device, num_images_per_prompt=1,
-                                                 do_classifier_free_guidance=False)[0]
-            self._class_embeds = embeds.to(self.unet.dtype)
-        self._originals = dict(self.unet.attn_processors)
-        self._hooks.append(self.unet.register_forward_pre_hook(self._on_unet, with_kwargs=True))
+            self._class_embeds = self.adapter.encode_class_prompts(self.class_prompts)
+        self._originals = self.adapter.processors()
+        self._hooks.append(self.denoiser.register_forward_pre_hook(self._on_denoiser, with_kwargs=True))
         if self.text_encoder is not None:
             self._hooks.append(self.text_encoder.register_forward_pre_hook(self._on_text_encoder, with_kwargs=True))
+        self._hooks += self.adapter.extra_hooks(self.state, self.class_prompts)
         return self
 
     def __exit__(self, *exc) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self.unet.set_attn_processor(dict(self._originals))
+        self.adapter.restore(self._originals)
         self.state.recording = False
 
     # -- hooks --------------------------------------------------------------------------------
@@ -125,54 +87,71 @@ class AttentionCapture:
         if ids is not None:
             self._encoded.append(ids.detach().cpu())
 
-    def _on_unet(self, module, args, kwargs) -> None:
-        sample = args[0] if args else kwargs["sample"]
-        t = args[1] if len(args) > 1 else kwargs["timestep"]
+    def _on_denoiser(self, module, args, kwargs) -> None:
+        call = self.adapter.read_call(args, kwargs)
         timesteps = self.pipe.scheduler.timesteps
         state = self.state
-        first = timesteps is not None and len(timesteps) and float(torch.as_tensor(t).flatten()[0]) == float(timesteps[0])
-        if state.step < 0 or first or state.step + 1 >= state.num_steps:
-            self._start_generation(sample, len(timesteps))
+        index = getattr(self.pipe.scheduler, "step_index", False) if self.adapter.uses_step_index else False
+        if index is not False:  # flow-matching schedulers count their steps: None before the first
+            index = index or 0
+            if state.step < 0 or index < state.step or (index == state.step and self._encoded):
+                self._start_generation(call, len(timesteps))
+            elif index == state.step:  # a second call at the same step (true CFG's negative prompt): not read
+                state.recording = False
+                return
+            else:
+                state.step = index
         else:
-            state.step += 1
+            first = timesteps is not None and len(timesteps) and call.timestep == float(timesteps[0])
+            if state.step < 0 or first or state.step + 1 >= state.num_steps:
+                self._start_generation(call, len(timesteps))
+            else:
+                state.step += 1
         state.recording = state.step in self._window
         if state.recording:
             state.steps_recorded.append(state.step)
 
-    def _start_generation(self, sample: torch.Tensor, num_steps: int) -> None:
-        """Plan a new generation before its first UNet step: check the request, install processors."""
-        state, spec = self.state, self.spec
+    def _start_generation(self, call: DenoiserCall, num_steps: int) -> None:
+        """Plan a new generation before its first denoiser step: check the request, install processors."""
+        state, spec, adapter = self.state, self.spec, self.adapter
         state.reset()
         state.step, state.num_steps = 0, num_steps
         self._window = set(spec.steps(num_steps))
         if not self._window:
-            raise ValueError(f"timestep_window {spec.timestep_window} holds none of the {num_steps} steps; widen it "
+            raise CaptureError(f"timestep_window {spec.timestep_window} holds none of the {num_steps} steps; widen it "
                              f"or use more steps")
-        batch = sample.shape[0]
-        cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
-        state.cond = slice(batch // 2, batch) if cfg else slice(0, batch)
-        samples = batch - state.cond.start
+        cfg = adapter.cfg_batch()
+        state.cond = slice(call.batch // 2, call.batch) if cfg else slice(0, call.batch)
+        state.text_len = call.text_len
+        samples = call.batch - state.cond.start
         self.prompt_ids, self._encoded = (self._encoded[0] if self._encoded else None), []
         if self._class_embeds is not None:
             n = len(self.class_prompts)
             if samples % n:
-                raise ValueError(f"{n} class_prompts for {samples} samples: give one class prompt per prompt")
+                raise CaptureError(f"{n} class_prompts for {samples} samples: give one class prompt per prompt")
             state.class_context = self._class_embeds.repeat_interleave(samples // n, dim=0)
-        latent_h, latent_w = sample.shape[-2:]
-        available = {kind: sorted({_side(latent_h, layer.level) for layer in self.layers if layer.kind == kind}, reverse=True)
-                     for kind in ("cross", "self")}
+        shapes = {layer.name: adapter.map_shape(layer, call) for layer in self.layers}
+        available = {kind: sorted({shapes[layer.name][0] for layer in self.layers if kind in adapter.layer_kinds(layer)},
+                                  reverse=True) for kind in ("cross", "self")}
+        latent_h, latent_w = call.latent_hw
         for kind in ("cross", "self"):
             missing = sorted(set(spec.resolutions(kind)) - set(available[kind]))
             if missing:
-                raise ValueError(f"{kind}-attention resolution(s) {missing} do not exist for a {latent_h}x{latent_w} latent in "
-                                 f"blocks {spec.blocks}; available: {available[kind]} (map side = latent side / 2**level)")
-        self.unet.set_attn_processor(dict(self._originals))
+                raise CaptureError(f"{kind}-attention resolution(s) {missing} do not exist for a {latent_h}x{latent_w} latent "
+                                 f"{adapter.describe_resolutions()}; available: {available[kind]}")
+        adapter.restore(self._originals)
+        installed = set()
         for layer in self.layers:
-            h = _side(latent_h, layer.level)
-            if h in spec.resolutions(layer.kind):
+            h, w = shapes[layer.name]
+            kinds = tuple(kind for kind in adapter.layer_kinds(layer) if h in spec.resolutions(kind))
+            if kinds:
                 original = self._originals[f"{layer.name}.processor"]
-                layer.module.set_processor(CaptureAttnProcessor(state, layer.kind, h, original))
-                state.shapes[(layer.kind, h)] = (h, _side(latent_w, layer.level))
+                adapter.set_processor(layer, adapter.recording_processor(layer, state, kinds, h, original))
+                installed.add(layer.name)
+                for kind in kinds:
+                    state.shapes[(kind, h)] = (h, w)
+        if self.layers:
+            adapter.install_extra(state, self._originals, installed, shapes[self.layers[0].name][0])
 
     # -- results ------------------------------------------------------------------------------
     def maps(self, prompts: list[str] | None = None) -> AttentionMaps:
@@ -188,6 +167,8 @@ class AttentionCapture:
             mean = (total / state.counts[(kind, res)]).cpu()
             h, w = state.shapes[(kind, res)]
             if kind == "cross":
+                if self.spec.map_space == "output":  # ConceptAttention: a softmax over concepts after averaging
+                    mean = mean.softmax(-1)
                 cross[res] = mean.transpose(1, 2).reshape(mean.shape[0], mean.shape[2], h, w)
             else:
                 self_attn[res] = mean
@@ -197,6 +178,7 @@ class AttentionCapture:
         else:
             texts = _repeat(list(prompts), samples) if prompts is not None else None
             ids = self.prompt_ids.repeat_interleave(samples // self.prompt_ids.shape[0], 0) if self.prompt_ids is not None else None
+            ids = self.adapter.text_ids(ids, state.text_len) if ids is not None else None
         return AttentionMaps(cross=cross, self_attention=self_attn, tokenizer=self.tokenizer, prompts=texts, token_ids=ids,
                              steps=list(state.steps_recorded), num_steps=state.num_steps,
                              resolution_weights=self.spec.resolution_weights, token_reduce=self.spec.token_reduce)
@@ -209,7 +191,7 @@ class AttentionCapture:
 
 def _repeat(texts: list[str], samples: int) -> list[str]:
     if samples % len(texts):
-        raise ValueError(f"{len(texts)} prompts for {samples} samples: give one prompt per sample")
+        raise CaptureError(f"{len(texts)} prompts for {samples} samples: give one prompt per sample")
     k = samples // len(texts)
     return [t for t in texts for _ in range(k)]
 
@@ -217,3 +199,6 @@ def _repeat(texts: list[str], samples: int) -> list[str]:
 def capture(pipe, spec: CaptureSpec | None = None, class_prompts: list[str] | None = None) -> AttentionCapture:
     """Context manager: record attention of ``pipe`` as ``spec`` says (default: ``params.capture``'s defaults)."""
     return AttentionCapture(pipe, spec, class_prompts)
+
+
+__all__ = ["AttentionCapture", "AttentionLayer", "attention_layers", "capture"]

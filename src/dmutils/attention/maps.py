@@ -8,13 +8,20 @@
     maps.self_attention(i, 32)             # (1024, 1024): rows are query pixels
     maps.truncated(i)                      # was the prompt cut at 77 tokens?
 
-Cross maps are probabilities over the 77 token positions (they sum to 1 over tokens at every pixel),
-averaged over layers and recorded steps. Look-up by word uses the pipeline's tokenizer: a word the
-tokenizer splits ("aeroplane" -> "ae ro plane") maps to all its tokens; a word that is not in the
-prompt, or that was cut off by the 77-token limit, raises :class:`WordLookupError`.
+Cross maps are probabilities over the text token positions (77 for CLIP; they sum to 1 over tokens at
+every pixel), averaged over layers and recorded steps. Look-up by word works for any tokenizer (CLIP BPE,
+T5 sentencepiece, LLM tokenizers such as Gemma's): a word is a run of letters/digits or one punctuation
+mark of the prompt text, and its tokens are those whose character offsets (fast-tokenizer
+``return_offsets_mapping``) overlap it, so a word the tokenizer splits ("aeroplane" -> "ae ro plane") maps to
+all its tokens; special tokens (CLIP's BOS/EOS, T5's EOS, Gemma's <bos>) belong to no word. Matching is
+case-insensitive. A word that is not in the prompt, or that was cut off by the tokenizer's length limit,
+raises :class:`WordLookupError`. When the maps' text sequence is several encoders' outputs one after
+another (SD3: CLIP's 77 positions, then T5's), ``token_offset`` says where this tokenizer's part starts.
 """
 from __future__ import annotations
 
+import re
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +37,14 @@ class WordLookupError(KeyError):
 
 @dataclass
 class _Prompt:
-    ids: list[int]  # all token ids with BOS/EOS, untruncated when the text is known
-    words: list[tuple[str, list[int]]]  # (word, token positions)
-    kept: int  # positions < kept reach the model (max_length - 1: the last slot holds EOS)
+    words: list[tuple[str, list[int]]]  # (word as written, its token positions in the maps' text sequence)
+    tokens: int  # content tokens of the prompt (all of them when the text is known)
+    capacity: int  # content tokens the text encoder keeps
+    kept: int  # positions < kept reach the model (the limit less the specials appended after the text)
     truncated: bool
+
+
+_WORD = re.compile(r"\w+|[^\w\s]")  # a word: letters/digits, or one punctuation mark
 
 
 class AttentionMaps:
@@ -41,12 +52,17 @@ class AttentionMaps:
 
     def __init__(self, cross: dict[int, torch.Tensor], self_attention: dict[int, torch.Tensor], tokenizer=None,
                  prompts: list[str] | None = None, token_ids: torch.Tensor | None = None, steps: list[int] | None = None,
-                 num_steps: int = 0, resolution_weights: dict[int, float] | None = None, token_reduce: str = "mean") -> None:
+                 num_steps: int = 0, resolution_weights: dict[int, float] | None = None, token_reduce: str = "mean",
+                 max_length: int | None = None, token_offset: int = 0) -> None:
+        """``max_length``: the tokenizer's limit as the pipeline applied it (default: the tokenizer's
+        ``model_max_length``, at most the maps' token positions after ``token_offset``); ``token_offset``:
+        the position of this tokenizer's first token in the maps' text sequence (SD3's T5 part: 77)."""
         self._cross = cross  # res -> (N, T, h, w)
         self._self = self_attention  # res -> (N, hw, hw)
         self.tokenizer, self.prompts, self.token_ids = tokenizer, prompts, token_ids
         self.steps, self.num_steps = steps or [], num_steps
         self.resolution_weights, self.token_reduce = resolution_weights, token_reduce
+        self.max_length, self.token_offset = max_length, token_offset
         self.num_samples = next(iter({**cross, **self_attention}.values())).shape[0]
         self._prompts: dict[int, _Prompt] = {}
 
@@ -106,18 +122,18 @@ class AttentionMaps:
         return [w for w, pos in p.words if pos[-1] < p.kept]
 
     def truncated(self, i: int) -> bool:
-        """True when sample ``i``'s prompt was longer than the tokenizer's limit (77 tokens). Without
+        """True when sample ``i``'s prompt was longer than the tokenizer's limit (77 tokens for CLIP). Without
         the prompt texts, True when the encoded ids fill every position (it may have been cut)."""
         return self._prompt(i).truncated
 
     def token_positions(self, i: int, word: str, occurrence: str = "all") -> list[int]:
-        """Token positions (0 = BOS) of ``word`` (one or more words) in the prompt: of every
-        occurrence, or of the ``"first"`` / ``"last"`` (in append mode the class prompt is last)."""
+        """Token positions in the maps' text sequence (0 = CLIP's BOS) of ``word`` (one or more words) in
+        the prompt: of every occurrence, or of the ``"first"`` / ``"last"`` (in append mode the class prompt is last)."""
         p = self._prompt(i)
-        query = [w for w, _ in _split_words(self.tokenizer, self.tokenizer(word, add_special_tokens=False).input_ids)]
+        query = [w.casefold() for w in _WORD.findall(word)]
         if not query:
             raise WordLookupError(f"empty word {word!r}")
-        names = [w for w, _ in p.words]
+        names = [w.casefold() for w, _ in p.words]
         found = [[pos for j in range(len(query)) for pos in p.words[s + j][1]]
                  for s in range(len(names) - len(query) + 1) if names[s:s + len(query)] == query]
         kept = [occ for occ in found if occ[-1] < p.kept]
@@ -127,9 +143,10 @@ class AttentionMaps:
             kept = kept[:1] if occurrence == "first" else kept[-1:]
         if not kept:
             if found:
-                raise WordLookupError(f"{word!r} of sample {i} was cut off: the prompt has {len(p.ids) - 2} tokens but the "
-                                      f"text encoder keeps {p.kept - 1}; shorten the prompt or put class words first")
-            cut = " (the prompt fills all 77 tokens: it may have been cut off; pass rec.maps(prompts=...) to know)" if p.truncated else ""
+                raise WordLookupError(f"{word!r} of sample {i} was cut off: the prompt has {p.tokens} tokens but the "
+                                      f"text encoder keeps {p.capacity}; shorten the prompt or put class words first")
+            cut = (f" (the prompt fills all {p.capacity} tokens: it may have been cut off; pass rec.maps(prompts=...) to know)"
+                   if p.truncated else "")
             raise WordLookupError(f"{word!r} is not in the prompt of sample {i}{cut}; its words are: {self.words(i)}")
         return sorted({pos for occ in kept for pos in occ})
 
@@ -169,29 +186,99 @@ class AttentionMaps:
         if tok is None or (self.prompts is None and self.token_ids is None):
             raise RuntimeError("look-up by word needs the prompts: the pipeline had no tokenizer/text encoder call to "
                                "record (prompt_embeds?); pass them: rec.maps(prompts=[...])")
-        max_len = tok.model_max_length
-        if self.prompts is not None:
-            ids = tok(self.prompts[i], truncation=False).input_ids
+        lead, trail = _special_layout(tok)
+        limit = self._limit()
+        kept, capacity = limit - trail, limit - trail - lead
+        ids = self.token_ids[i].tolist() if self.token_ids is not None else None
+        if self.prompts is not None and (ids is None or _encodes_as(tok, self.prompts[i], ids)):
+            text, spans = _text_spans(tok, self.prompts[i], lead)
+            tokens, truncated = len(spans), len(spans) > capacity
         else:
-            ids = self.token_ids[i].tolist()
-            end = ids.index(tok.eos_token_id, 1) if tok.eos_token_id in ids[1:] else len(ids) - 1
-            ids = ids[: end + 1]
-        # without the text, ids that fill every slot may have been cut
-        truncated = len(ids) > max_len if self.prompts is not None else len(ids) >= max_len
-        p = _Prompt(ids=ids, words=[(w, [1 + k for k in pos]) for w, pos in _split_words(tok, ids[1:-1])], kept=max_len - 1,
-                    truncated=truncated)
+            text, spans = _decoded_spans(tok, ids, lead)  # the pipeline changed the text (lower-cased it, prefixed it)
+            # without the text, ids that fill every slot may have been cut
+            tokens = len(spans)
+            truncated = tokens >= capacity
+        off = self.token_offset
+        words = [(w, [off + k for k in pos]) for w, pos in _group_words(text, spans)]
+        p = _Prompt(words=words, tokens=tokens, capacity=capacity, kept=off + kept, truncated=truncated)
         self._prompts[i] = p
         return p
 
+    def _limit(self) -> int:
+        """Token positions the pipeline kept for this tokenizer (its max_length)."""
+        if self.max_length:
+            return self.max_length
+        limit = self.tokenizer.model_max_length
+        if self._cross:
+            limit = min(limit, next(iter(self._cross.values())).shape[1] - self.token_offset)
+        return limit
 
-def _split_words(tokenizer, ids: list[int]) -> list[tuple[str, list[int]]]:
-    """Group CLIP BPE tokens into words: a word ends at a token with the '</w>' suffix."""
-    groups, current = [], []
-    for k, tok in enumerate(tokenizer.convert_ids_to_tokens(ids)):
-        current.append(k)
-        if tok.endswith("</w>"):
-            groups.append(current)
-            current = []
-    if current:
-        groups.append(current)
-    return [(tokenizer.decode([ids[k] for k in g]).replace(" ", ""), g) for g in groups]
+
+def _special_layout(tokenizer) -> tuple[int, int]:
+    """How many special tokens the tokenizer puts before and after a text: CLIP (1, 1), T5 (0, 1), Gemma (1, 0)."""
+    mask = tokenizer("a", add_special_tokens=True, return_special_tokens_mask=True)["special_tokens_mask"]
+    content = [k for k, m in enumerate(mask) if not m]
+    return content[0], len(mask) - content[-1] - 1
+
+
+def _encodes_as(tokenizer, text: str, ids: list[int]) -> bool:
+    """Does ``text`` encode (padded, truncated) to the ids the text encoder saw?"""
+    try:
+        return tokenizer(text, padding="max_length", max_length=len(ids), truncation=True).input_ids == ids
+    except ValueError:  # no padding token
+        enc = tokenizer(text, max_length=len(ids), truncation=True).input_ids
+        return enc == ids[: len(enc)]
+
+
+def _text_spans(tokenizer, text: str, lead: int) -> tuple[str, list[tuple[int, int, int]]]:
+    """(text, [(position, start, end)]) of every content token of ``text``, untruncated: character offsets
+    from a fast tokenizer, else the spans of the decoded ids."""
+    if not getattr(tokenizer, "is_fast", False):
+        return _decoded_spans(tokenizer, tokenizer(text, truncation=False).input_ids, lead)
+    enc = tokenizer(text, truncation=False, return_offsets_mapping=True, return_special_tokens_mask=True)
+    spans = [(k, s, e) for k, ((s, e), special) in enumerate(zip(enc["offset_mapping"], enc["special_tokens_mask"])) if not special]
+    return text, spans
+
+
+def _decoded_spans(tokenizer, ids: list[int], lead: int) -> tuple[str, list[tuple[int, int, int]]]:
+    """(decoded text, [(position, start, end)]) of the content tokens of encoded ``ids`` (specials and padding,
+    also left padding, dropped): the span of token k is what decoding it adds to the tokens before it."""
+    pad = tokenizer.pad_token_id
+    start = 0
+    while start < len(ids) and ids[start] == pad and pad != tokenizer.eos_token_id:
+        start += 1
+    start += lead
+    eos = tokenizer.eos_token_id  # the text ends at EOS (T5, CLIP), else at the padding (Gemma adds no EOS)
+    stop = eos if eos in ids[start:] else pad
+    end = ids.index(stop, start) if stop in ids[start:] else len(ids)
+    content = ids[start:end]
+    text = tokenizer.decode(content)
+    spans, prev = [], 0
+    for k in range(len(content)):
+        cur = min(len(tokenizer.decode(content[: k + 1])), len(text))
+        spans.append((start + k, prev, max(prev, cur)))
+        prev = max(prev, cur)
+    return text, spans
+
+
+def _group_words(text: str, spans: list[tuple[int, int, int]]) -> list[tuple[str, list[int]]]:
+    """Words of ``text`` with the positions of the tokens that overlap them; a token over whitespace only
+    (sentencepiece's lone '▁') belongs to the word after it."""
+    words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+    ends = [e for _, _, e in words]
+    positions: list[list[int]] = [[] for _ in words]
+    pending: list[int] = []
+    for pos, s, e in spans:
+        j = bisect_right(ends, s)  # the first word ending after the token starts
+        hits = []
+        while s < e and j < len(words) and words[j][1] < e:
+            hits.append(j)
+            j += 1
+        if not hits:
+            pending.append(pos)
+            continue
+        positions[hits[0]].extend(pending)
+        pending = []
+        for j in hits:
+            positions[j].append(pos)
+    return [(w, sorted(p)) for (w, _, _), p in zip(words, positions) if p]

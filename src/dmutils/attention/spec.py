@@ -7,6 +7,10 @@ from typing import Any
 KINDS = ("cross", "self")
 BLOCKS = ("down", "mid", "up")
 REDUCTIONS = ("mean", "max", "sum")
+STREAMS = ("dual", "single", "both")
+TEXT_PARTS = ("clip", "t5")
+JOINT_NORMS = ("text_softmax", "joint_slice")
+MAP_SPACES = ("attention", "output")
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,8 @@ class CaptureSpec:
     ``timestep_window`` is a fraction of the denoising steps: step i of T is recorded when
     ``start <= i / T < end`` (0 = the first, noisiest step). Heads are reduced per layer with
     ``head_reduce``; layers and steps are averaged. Only the conditional half of a CFG batch is read.
+    Transformers: ``transformer_blocks`` (indices) or ``depth`` (a fraction of the stack) pick blocks,
+    and their maps are all on the patch grid; the other fields say how joint attention is read.
     """
 
     cross_resolutions: tuple[int, ...] = (16,)
@@ -26,8 +32,27 @@ class CaptureSpec:
     head_reduce: str = "mean"
     token_reduce: str = "mean"
     resolution_weights: dict[int, float] | None = None
+    # transformers only (see dmutils.params.CaptureParams)
+    transformer_blocks: tuple[int, ...] | None = None
+    depth: tuple[float, float] = (0.0, 1.0)
+    flux_streams: str = "both"
+    text_part: str = "clip"
+    joint_norm: str = "text_softmax"
+    map_space: str = "attention"
 
     def __post_init__(self) -> None:
+        if self.transformer_blocks is not None:
+            object.__setattr__(self, "transformer_blocks", tuple(self.transformer_blocks))
+            if not self.transformer_blocks or any(int(b) != b or b < 0 for b in self.transformer_blocks):
+                raise ValueError(f"transformer_blocks must be a non-empty list of block indices >= 0 (or None), "
+                                 f"got {self.transformer_blocks}")
+        object.__setattr__(self, "depth", tuple(self.depth))
+        if not 0.0 <= self.depth[0] < self.depth[1] <= 1.0:
+            raise ValueError(f"depth must be (start, end) with 0 <= start < end <= 1, got {self.depth}")
+        for name, allowed in (("flux_streams", STREAMS), ("text_part", TEXT_PARTS), ("joint_norm", JOINT_NORMS),
+                              ("map_space", MAP_SPACES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("cross_resolutions", "self_resolutions", "blocks", "timestep_window"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.cross_resolutions and not self.self_resolutions:
@@ -60,7 +85,10 @@ class CaptureSpec:
         return cls(cross_resolutions=tuple(capture.cross_resolutions), self_resolutions=tuple(capture.self_resolutions),
                    blocks=tuple(capture.blocks), timestep_window=tuple(capture.timestep_window),
                    head_reduce=capture.head_reduce, token_reduce=capture.token_reduce,
-                   resolution_weights=dict(resolution_weights) if resolution_weights else None)
+                   resolution_weights=dict(resolution_weights) if resolution_weights else None,
+                   transformer_blocks=tuple(capture.transformer_blocks) if capture.transformer_blocks is not None else None,
+                   depth=tuple(capture.depth), flux_streams=capture.flux_streams, text_part=capture.text_part,
+                   joint_norm=capture.joint_norm, map_space=capture.map_space)
 
     def resolutions(self, kind: str) -> tuple[int, ...]:
         return self.cross_resolutions if kind == "cross" else self.self_resolutions

@@ -22,6 +22,7 @@ class CaptureState:
     num_steps: int = 0
     steps_recorded: list[int] = field(default_factory=list)
     class_context: torch.Tensor | None = None  # class-prompt embeddings, (N, 77, D), or None
+    text_len: int = 0  # text tokens in a transformer's joint sequence (FLUX.1's single-stream blocks need it)
     peak_bytes: int = 0
 
     def add(self, kind: str, resolution: int, reduced: torch.Tensor) -> None:

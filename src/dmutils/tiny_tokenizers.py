@@ -1,0 +1,65 @@
+"""Small T5 (sentencepiece Unigram) and Gemma (byte-fallback BPE) tokenizers built offline, for tests.
+
+The diffusion transformers encode text with T5 (PixArt-Σ, SD3) or an LLM (SANA: Gemma-2); their real
+tokenizers cannot be downloaded here. These are the same transformers classes (``T5Tokenizer`` =
+``T5TokenizerFast``, ``GemmaTokenizer`` = ``GemmaTokenizerFast`` in transformers 5) on the small vocabulary
+of :mod:`dmutils.tiny_models`, in which "aeroplane", "potted", "monitor" and "motorbike" split into several
+tokens, as in the CLIP one. Special tokens as the real ones: T5 appends ``</s>``, Gemma prepends ``<bos>``.
+"""
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, trainers
+from transformers import GemmaTokenizer, T5Tokenizer
+
+from dmutils.tiny_models import SPLIT_WORDS, _vocab_words
+
+_CHARS = string.ascii_letters + string.digits + string.punctuation
+
+
+def _pieces() -> list[str]:
+    """Whole words (spelt without the split ones) and the pieces of the split words."""
+    return [w for w in _vocab_words() if w not in SPLIT_WORDS] + [p for ps in SPLIT_WORDS.values() for p in ps]
+
+
+def tiny_t5_tokenizer(model_max_length: int = 512) -> T5Tokenizer:
+    """A T5 sentencepiece (Unigram, '▁' word starts) tokenizer: a word is one piece, the split words their
+    pieces ('▁aero' 'plane'); any other text falls back to single characters."""
+    split_tails = {p for ps in SPLIT_WORDS.values() for p in ps[1:]}
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -8.0)]
+    vocab += [(("" if p in split_tails else "▁") + p, -5.0) for p in _pieces()]
+    vocab += [(c, -10.0) for c in _CHARS] + [("▁" + c, -10.0) for c in _CHARS]
+    seen: set[str] = set()
+    vocab = [(p, s) for p, s in vocab if not (p in seen or seen.add(p))]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def tiny_gemma_tokenizer(model_max_length: int = 8192) -> GemmaTokenizer:
+    """A Gemma-style tokenizer: BPE trained with the ``tokenizers`` trainer on the small vocabulary, spaces
+    as '▁' glued to the next word, byte fallback (<0x00>..<0xFF>), ``<bos>`` first, right padding as SANA sets it."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    bpe = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    trainer = trainers.BpeTrainer(vocab_size=100_000, min_frequency=1, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=list(_CHARS) + ["▁"])
+    split_tails = {p for ps in SPLIT_WORDS.values() for p in ps[1:]}
+    corpus = [p for p in _pieces() if p in split_tails] + [s + p for p in _pieces() if p not in split_tails for s in ("", "▁")]
+    bpe.train_from_iterator(corpus, trainer)
+    model = bpe.get_vocab()
+    vocab = dict(sorted(model.items(), key=lambda kv: kv[1]))
+    for b in range(256):
+        vocab.setdefault(f"<0x{b:02X}>", len(vocab))
+    import json
+
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    tok = GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length, add_bos_token=True, add_eos_token=False)
+    tok.padding_side = "right"
+    return tok
+
+
+def save_tokenizer(tokenizer, folder: str | Path) -> Path:
+    """``save_pretrained`` into ``folder`` (a pipeline's ``tokenizer/``)."""
+    folder = Path(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
