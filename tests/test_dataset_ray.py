@@ -14,6 +14,7 @@ import yaml
 ray = pytest.importorskip("ray")
 
 from dmutils.dataset.generate import generate_dataset  # noqa: E402
+from dmutils.dataset.ray_generate import init_ray  # noqa: E402
 from dmutils.params import ParamsError, load_params  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -47,7 +48,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     params_file, params = _tiny_params(tmp)
     generate_dataset(params, progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False)
+    init_ray(num_cpus=2, object_store_memory=100 * 2**20)
     try:
         yield {"tmp": tmp, "file": params_file, "params": params, "ref": files_of(tmp / "ref")}
     finally:

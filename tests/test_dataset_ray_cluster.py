@@ -6,10 +6,12 @@ started (``ray stop`` would stop every Ray process of this user on the machine).
 start-up and two driver processes that import torch, plus their actors."""
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +41,7 @@ def _env() -> dict[str, str]:
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
 
 
-def _start_head(log: Path, attempts: int = 3) -> tuple[subprocess.Popen, int]:
+def _start_head(log: Path, temp_dir: str, attempts: int = 3) -> tuple[subprocess.Popen, int]:
     """``ray start --head --block`` in its own session; retried, as Ray gives a node 30 s (fixed) to
     register and a loaded machine can miss that. Ready when Ray says so (the GCS port opens earlier)."""
     ray_bin = Path(sys.executable).with_name("ray")
@@ -47,7 +49,8 @@ def _start_head(log: Path, attempts: int = 3) -> tuple[subprocess.Popen, int]:
         port = _free_port()
         with open(log, "wb") as f:  # to a file: a full pipe would block the head
             proc = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-                                     "--object-store-memory=100000000", "--include-dashboard=false", "--disable-usage-stats"],
+                                     "--object-store-memory=100000000", "--include-dashboard=false", "--disable-usage-stats",
+                                     f"--temp-dir={temp_dir}"],
                                     env=_env(), start_new_session=True, stdout=f, stderr=subprocess.STDOUT)
         deadline = time.time() + 180
         while time.time() < deadline and proc.poll() is None and "Ray runtime started" not in log.read_text(errors="replace"):
@@ -79,11 +82,15 @@ def head(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("raycluster")
     params_file, params = _tiny_params(tmp)
     generate_dataset(params, progress=False)
-    proc, port = _start_head(tmp / "head.log")
+    # its own temp dir (short: Ray's socket paths must fit 107 bytes), so that the address file it leaves
+    # there never makes a later ray.init() join this dead cluster
+    temp_dir = tempfile.mkdtemp(prefix="dmray", dir="/tmp")
+    proc, port = _start_head(tmp / "head.log", temp_dir)
     try:
         yield {"address": f"127.0.0.1:{port}", "file": params_file, "ref": files_of(tmp / "ref")}
     finally:
         _stop(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _generate_cmd(head, out: Path) -> list[str]:

@@ -78,6 +78,7 @@ def run_ray(args: argparse.Namespace, params) -> dict:
     import torch
 
     from dmutils.dataset.generate import generate_dataset
+    from dmutils.dataset.ray_generate import init_ray
     from dmutils.pipeline import load_pipeline
 
     n = int(args.ray)
@@ -88,13 +89,7 @@ def run_ray(args: argparse.Namespace, params) -> dict:
         pipe = load_pipeline(p.model)
         single = generate_dataset(p, pipe=pipe, progress=False)
         del pipe
-        for attempt in range(3):  # Ray gives a node a fixed 30 s to come up; a loaded machine can miss it
-            try:
-                ray.init(address="local", num_cpus=n, num_gpus=0, include_dashboard=False, log_to_driver=False)
-                break
-            except Exception as e:  # noqa: BLE001  (Ray raises a bare Exception for this)
-                if "timed out during startup" not in str(e) or attempt == 2:
-                    raise
+        init_ray(num_cpus=n, num_gpus=0)
         try:
             t0 = time.perf_counter()
             par = generate_dataset(p.model_copy(update={"dataset": p.dataset.model_copy(update={"out_dir": f"{tmp}/ray"})}),

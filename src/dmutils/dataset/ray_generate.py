@@ -95,6 +95,21 @@ def finish_jobs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"record": np.array(records, dtype=object), "t0": batch["t0"], "t1": np.full(len(records), time.time())}
 
 
+def init_ray(address: str = "local", attempts: int = 3, **kwargs) -> None:
+    """``ray.init`` that retries a node start-up timeout: Ray gives a new node a fixed 30 s to register,
+    which a loaded machine can miss (a retry on such a machine usually makes it)."""
+    import ray
+
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False} | kwargs
+    for attempt in range(attempts):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except Exception as e:  # noqa: BLE001  (Ray raises a bare Exception for this one)
+            if "timed out during startup" not in str(e) or attempt == attempts - 1:
+                raise
+
+
 def connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (``local``: RAY_ADDRESS if set, else start one here); returns
     whether this call started Ray (and so should shut it down). An already initialised Ray is used as it is."""
@@ -104,9 +119,11 @@ def connect(address: str | None) -> bool:
         raise ParamsError("--ray needs Ray: pip install 'dmutils[distributed]' (or 'ray[data]>=2.40')") from None
     if ray.is_initialized():
         return False
-    target = None if address in (None, "", LOCAL) else address
+    # 'local' alone: RAY_ADDRESS when set, else a new cluster here ("local" to ray.init, which would
+    # otherwise join whatever /tmp/ray/ray_current_cluster names, stale or not)
+    target = (os.environ.get("RAY_ADDRESS") or "local") if address in (None, "", LOCAL) else address
     try:
-        ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        init_ray(target)
     except ConnectionError as e:
         raise ParamsError(f"cannot reach a Ray cluster at {target or os.environ.get('RAY_ADDRESS')!r} ({e}); start one with "
                           "'ray start --head' and pass its address, or '--ray' alone for a local cluster") from None
