@@ -5,7 +5,8 @@ per step, so a run interrupted and resumed from its checkpoint ends with the sam
 uninterrupted one. AdamW with linear warmup then poly or cosine decay; optional EMA of weights;
 mixed precision on CUDA only.
 
-Several processes (``accelerate launch -m dmutils train ...`` or ``torchrun``): data-parallel with
+Several processes (``accelerate launch --multi_gpu -m dmutils train ...``, or ``torchrun -m dmutils train``, also
+on CPUs): data-parallel with
 accelerate's DDP. Every process draws the same global batch of ``train.batch_size`` for the step and
 trains on its own slice; DDP averages the gradients, so the run follows the one-process run (up to
 float reduction order and per-process BatchNorm statistics). Only the main process writes; checkpoints
