@@ -84,3 +84,23 @@ def test_ray_refuses_a_folder_made_with_other_params_before_starting(setup, tmp_
     other = other.model_copy(update={"masks": other.masks.model_copy(update={"threshold": 0.3})})
     with pytest.raises(ParamsError, match="other params"):
         generate_dataset(other, progress=False, ray="local")
+
+
+def test_gpu_cluster_path_generation_then_postprocessing_stage_gives_the_same_records(setup, tmp_path):
+    """On GPU clusters actors return pickled jobs and a CPU stage (``finish_jobs``) masks and writes them.
+    No GPU here: the two callables run in this process on batches shaped as Ray Data passes them."""
+    import numpy as np
+
+    from dmutils.dataset.generate import dataset_meta
+    from dmutils.dataset.ray_generate import GenerateBatch, finish_jobs
+
+    params = _at(setup["params"], tmp_path / "ds")
+    meta = dataset_meta(params)
+    gen = GenerateBatch(params.model_dump(mode="json"), str(tmp_path / "ds"), meta["params_hash"], threads=1, postprocess=False)
+    jobs = gen({"indices": np.array([[2, 3]])})
+    assert set(jobs) == {"job", "t0", "t1"} and len(jobs["job"]) == 2
+    out = finish_jobs(jobs)
+    ref_lines = (setup["tmp"] / "ref" / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(r) for r in out["record"]] == [json.loads(line) for line in ref_lines[2:4]]
+    got = files_of(tmp_path / "ds")
+    assert got and all(setup["ref"][k] == v for k, v in got.items())
