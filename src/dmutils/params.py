@@ -281,6 +281,8 @@ class RunParams(_Strict):
 class RayParams(_Strict):
     """How ``dmutils generate --ray`` spreads generation over a Ray cluster (never changes the data)."""
 
+    address: str | None = Field(None, description="None = generate in this process; 'local' = RAY_ADDRESS, else a cluster "
+                                                  "started here; or a cluster's address ('auto', 'ray://head:10001'); --ray overrides it")
     actors: int | None = Field(None, ge=1, description="generation actors; None = one per GPU on a GPU cluster, else CPUs // threads")
     threads: int = Field(1, ge=1, description="torch threads of each CPU actor (the saved maps' float sums depend on it)")
     gpus_per_actor: float = Field(1.0, gt=0, description="GPUs each actor holds when the cluster has GPUs")

@@ -556,13 +556,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset made with other params")
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                         help="generate on a Ray cluster's actors: ADDRESS (e.g. ray://head:10001 or auto), or alone for "
-                             "RAY_ADDRESS / a local cluster; settings in the params' ray section")
+                             "RAY_ADDRESS / a local cluster (default: the params' ray.address); settings in the params' ray section")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def main(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides)
     summary = generate_dataset(params, parse_shard(args.shard), progress=not args.no_progress, overwrite=args.overwrite,
-                               ray=args.ray)
+                               ray=args.ray if args.ray is not None else params.ray.address)
     print(format_summary(summary))
     return 0
