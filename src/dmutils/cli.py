@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("dmutils.dataset.generate", "generate a synthetic dataset (VOC layout) from a params file"),
     "remask": ("dmutils.dataset.remask", "re-make the masks of a dataset from its saved maps with new mask params"),
     "merge-shards": ("dmutils.dataset.shards", "merge dataset shards into one dataset"),
+    "export": ("dmutils.dataset.export", "write a dataset as parquet shards + dataset card that datasets.load_dataset reads"),
     "splice": ("dmutils.dataset.splice", "write a mosaic (splicing) augmentation of a dataset"),
     "render-toy": ("dmutils.toyworld", "render the toy world's real train/val/test splits in VOC layout"),
     "train-toy-model": ("dmutils.toymodel.train", "train the embedded toy text-to-image model from scratch"),

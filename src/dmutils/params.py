@@ -310,6 +310,16 @@ class RunParams(_Strict):
     reports_dir: str = Field("reports", description="reports go to <reports_dir>/<name>/")
 
 
+class RayParams(_Strict):
+    """How ``dmutils generate --ray`` spreads generation over a Ray cluster (never changes the data)."""
+
+    address: str | None = Field(None, description="None = generate in this process; 'local' = RAY_ADDRESS, else a cluster "
+                                                  "started here; or a cluster's address ('auto', 'ray://head:10001'); --ray overrides it")
+    actors: int | None = Field(None, ge=1, description="generation actors; None = one per GPU on a GPU cluster, else CPUs // threads")
+    threads: int = Field(1, ge=1, description="torch threads of each CPU actor (the saved maps' float sums depend on it)")
+    gpus_per_actor: float = Field(1.0, gt=0, description="GPUs each actor holds when the cluster has GPUs")
+
+
 class Params(_Strict):
     """Everything one run needs."""
 
@@ -324,6 +334,7 @@ class Params(_Strict):
     train: TrainParams = Field(default_factory=TrainParams)
     study: StudyParams = Field(default_factory=StudyParams)
     oracle: OracleParams = Field(default_factory=OracleParams)
+    ray: RayParams = Field(default_factory=RayParams)
 
     @model_validator(mode="after")
     def _fill_classes(self) -> "Params":

@@ -9,6 +9,10 @@ runs alternate ``repeats`` times and the medians are compared. A dataset run is 
 :func:`generate_dataset` call into a fresh folder, worker start-up and the last batch's commit
 included: the throughput a user sees, for a run of ``samples`` samples (start-up is ~3 s of one
 core, so shorter runs pay more for it).
+
+``--ray N`` measures Ray generation instead (:func:`run_ray`): ``ray_parallel_efficiency`` = throughput of
+N single-thread actors / (N x throughput of one single-thread process), same params, and ``ray_identical``:
+whether the two datasets' files are byte for byte the same.
 """
 from __future__ import annotations
 
@@ -55,6 +59,55 @@ def _median_times(pipe, params, batches: int, repeats: int) -> tuple[float, floa
     return statistics.median(plains), statistics.median(datasets)
 
 
+def _files(root) -> dict[str, bytes]:
+    from pathlib import Path
+
+    root = Path(root)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != "dataset.json"}
+
+
+def run_ray(args: argparse.Namespace, params) -> dict:
+    """One single-thread process (everything inline, model loaded beforehand) against ``args.ray``
+    single-thread actors on a local Ray cluster of as many CPUs, on the same samples.
+
+    Throughputs count generation time only: the single process from its first to its last sample, the
+    actors from the first batch any of them starts to the last sample finished (``busy_span_s``), so
+    Ray's and the actors' start-up (imports, model load: the same once-per-worker cost at any scale) is
+    left out; ``ray_wall_s`` includes it, and ``ray_parallel_efficiency_with_startup`` uses it."""
+    import ray
+    import torch
+
+    from dmutils.dataset.generate import generate_dataset
+    from dmutils.dataset.ray_generate import init_ray
+    from dmutils.pipeline import load_pipeline
+
+    n = int(args.ray)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        p = params.model_copy(update={"dataset": params.dataset.model_copy(update={"out_dir": f"{tmp}/single", "workers": 0}),
+                                      "ray": params.ray.model_copy(update={"actors": n, "threads": 1})})
+        pipe = load_pipeline(p.model)
+        single = generate_dataset(p, pipe=pipe, progress=False)
+        del pipe
+        init_ray(num_cpus=n, num_gpus=0)
+        try:
+            t0 = time.perf_counter()
+            par = generate_dataset(p.model_copy(update={"dataset": p.dataset.model_copy(update={"out_dir": f"{tmp}/ray"})}),
+                                   progress=False, ray="local")
+            wall = time.perf_counter() - t0
+        finally:
+            ray.shutdown()
+        identical = _files(f"{tmp}/single") == _files(f"{tmp}/ray")
+    samples = p.dataset.num_samples
+    one = samples / single["seconds"]
+    many = samples / par["ray"]["busy_span_s"]
+    return {"actors": n, "threads_per_actor": 1, "samples": samples, "batch_size": p.dataset.batch_size,
+            "steps": p.model.num_inference_steps, "masks": f"tau {p.masks.tau}, crf {p.masks.crf.enabled}",
+            "single_samples_per_s": round(one, 4), "ray_samples_per_s": round(many, 4), "ray_wall_s": round(wall, 2),
+            "ray_parallel_efficiency": round(many / (n * one), 4),
+            "ray_parallel_efficiency_with_startup": round(samples / wall / (n * one), 4), "ray_identical": identical}
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -69,6 +122,10 @@ def run(args: argparse.Namespace) -> dict:
         raise SystemExit(f"bench generate needs the embedded toy model at {toy} (git checkout models/toy-sd, or "
                          "'dmutils train-toy-model' to make it)")
     params = load_params(REPO_ROOT / "params" / "toy.yaml", overrides=over)
+    if getattr(args, "ray", None):
+        ray_over = {"model": {**over["model"], "device": "cpu"},  # single-thread CPU actors, by definition
+                    "dataset": {**over["dataset"], "num_samples": batch * (2 if quick else 4) * int(args.ray)}}
+        return run_ray(args, load_params(REPO_ROOT / "params" / "toy.yaml", overrides=ray_over))
     pipe = load_pipeline(params.model)
     out = {"model": "models/toy-sd", "params": "params/toy.yaml", "batch_size": batch, "samples": batch * batches,
            "steps": params.model.num_inference_steps, "workers": params.dataset.workers, "repeats": repeats,

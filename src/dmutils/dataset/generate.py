@@ -380,6 +380,20 @@ def generate_batch(pipe, specs: list[SampleSpec], params: Params, batch_size: in
     return results
 
 
+def sample_job(s: SampleSpec, item: dict, params: Params, params_hash: str, root: Path) -> dict:
+    """What :func:`finish_sample` needs for one generated sample: its manifest record (without the
+    outcome) and its image and maps. The same for every way of running generation."""
+    ds = params.dataset
+    class_index = {c: k + 1 for k, c in enumerate(params.class_names)}
+    record = {"index": s.index, "id": s.id, "prompt": s.prompt, "seed": s.seed, "classes": list(s.classes),
+              "words": s.words, "class_prompt": s.class_prompt, "source": s.source, "model": params.model.path,
+              "params_hash": params_hash, "reason": item["reason"],
+              "split": "val" if sample_uniform(params.run.seed, s.index, "split") < ds.val_fraction else "train"}
+    return {"record": record, "root": str(root), "image": item["image"], "cross": item["cross"],
+            "self_attn": item["self_attn"], "class_ids": [class_index[c] for c in s.classes],
+            "mask_params": params.masks.model_dump(mode="json"), "min_area": ds.min_area, "save_maps": ds.save_maps}
+
+
 def _load_pipeline(params: Params):
     from dmutils.pipeline import load_pipeline
 
@@ -478,12 +492,14 @@ def shard_indices(num_samples: int, shard: tuple[int, int] | None) -> list[int]:
 
 
 def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progress: bool = True,
-                     overwrite: bool = False, pipe=None) -> dict[str, Any]:
+                     overwrite: bool = False, pipe=None, ray: str | None = None, _die_at: tuple[int, str] | None = None) -> dict[str, Any]:
     """Generate (or resume) the dataset ``params`` describe; returns the summary.
 
     ``shard=(i, n)`` writes samples ``i, i+n, ...`` to ``<out_dir>/shards/i-of-n`` (merge them with
     :func:`dmutils.dataset.shards.merge_shards`). ``pipe``: an already loaded pipeline (default:
-    ``load_pipeline(params.model)``, loaded only if something is left to do)."""
+    ``load_pipeline(params.model)``, loaded only if something is left to do). ``ray``: a Ray cluster's
+    address, or ``"local"`` (RAY_ADDRESS, else a cluster started here), generates on its actors
+    (:mod:`dmutils.dataset.ray_generate`; ``_die_at``: its fault injection for tests)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -496,8 +512,14 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
     records = manifest.read()
     todo = [i for i in shard_indices(params.dataset.num_samples, shard) if i not in records]
     ds = params.dataset
-    class_index = {c: k + 1 for k, c in enumerate(params.class_names)}
-    mask_params = params.masks.model_dump(mode="json")
+    if ray is not None:
+        info = {}
+        if todo:
+            from dmutils.dataset.ray_generate import generate_with_ray
+
+            info = generate_with_ray(params, root, meta, todo, records, manifest, ray, progress, _die_at)
+        write_splits(root, records)
+        return _summary(params, shard, root, records, todo, time.perf_counter() - t0) | {"ray": info}
     pool = make_pool(ds.workers) if todo else None  # workers import while the model loads
     pending: deque[Future | _Done] = deque()
     max_pending = ds.batch_size * (ds.workers + 2)
@@ -517,13 +539,7 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
         for start in range(0, len(todo), ds.batch_size):
             specs = plan.specs(todo[start : start + ds.batch_size])
             for s, item in zip(specs, generate_batch(pipe, specs, params, ds.batch_size)):
-                record = {"index": s.index, "id": s.id, "prompt": s.prompt, "seed": s.seed, "classes": list(s.classes),
-                          "words": s.words, "class_prompt": s.class_prompt, "source": s.source, "model": params.model.path,
-                          "params_hash": meta["params_hash"], "reason": item["reason"],
-                          "split": "val" if sample_uniform(params.run.seed, s.index, "split") < ds.val_fraction else "train"}
-                job = {"record": record, "root": str(root), "image": item["image"], "cross": item["cross"],
-                       "self_attn": item["self_attn"], "class_ids": [class_index[c] for c in s.classes],
-                       "mask_params": mask_params, "min_area": ds.min_area, "save_maps": ds.save_maps}
+                job = sample_job(s, item, params, meta["params_hash"], root)
                 pending.append(pool.submit(finish_sample, job) if pool else _Done(finish_sample(job)))
             commit(keep=max_pending)
         commit(keep=0)
@@ -532,11 +548,13 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
     write_splits(root, records)
-    seconds = time.perf_counter() - t0
-    summary = {"out_dir": str(root), **summarize(records, params.class_names), "generated_now": len(todo),
-               "skipped_done": len(shard_indices(ds.num_samples, shard)) - len(todo), "seconds": round(seconds, 2),
-               "samples_per_s": round(len(todo) / seconds, 3) if todo else 0.0}
-    return summary
+    return _summary(params, shard, root, records, todo, time.perf_counter() - t0)
+
+
+def _summary(params: Params, shard, root: Path, records: dict[int, dict], todo: list[int], seconds: float) -> dict[str, Any]:
+    return {"out_dir": str(root), **summarize(records, params.class_names), "generated_now": len(todo),
+            "skipped_done": len(shard_indices(params.dataset.num_samples, shard)) - len(todo), "seconds": round(seconds, 2),
+            "samples_per_s": round(len(todo) / seconds, 3) if todo else 0.0}
 
 
 def format_summary(summary: dict) -> str:
@@ -553,6 +571,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_arguments(parser)
     parser.add_argument("--shard", default=None, metavar="I/N", help="write shard I of N (0-based) to <out_dir>/shards/I-of-N")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset made with other params")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="generate on a Ray cluster's actors: ADDRESS (e.g. ray://head:10001 or auto), or alone for "
+                             "RAY_ADDRESS / a local cluster (default: the params' ray.address); settings in the params' ray section")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -573,6 +594,7 @@ def main(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides)
     shard = parse_shard(args.shard)
     preflight(params, preflight_checks(params, shard))
-    summary = generate_dataset(params, shard, progress=not args.no_progress, overwrite=args.overwrite)
+    summary = generate_dataset(params, shard, progress=not args.no_progress, overwrite=args.overwrite,
+                               ray=args.ray if args.ray is not None else params.ray.address)
     print(format_summary(summary))
     return 0
