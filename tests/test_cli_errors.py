@@ -64,14 +64,16 @@ def test_check_passes_on_toy(capsys):
 
 def test_check_on_the_voc_set_up_names_the_model_and_the_data(capsys):
     params = load_params("params/voc_sd15.yaml")
-    rc = cli.main(["check", "params/voc_sd15.yaml", "--set", f"model.path={params.model.path}-not-cached"])
+    rc = cli.main(["check", "params/voc_sd15.yaml", "--set", f"model.path={params.model.path}-not-cached",
+                   "--set", f"train.backbone={params.train.backbone}-not-cached"])
     captured = capsys.readouterr()
     assert rc == 2 and "Traceback" not in captured.err
     errors = [line.strip() for line in captured.out.splitlines() if line.strip().startswith("error:")]
-    assert len(errors) == 2
+    assert len(errors) == 3
     assert f"hf download {params.model.path}-not-cached --local-dir models/" in errors[0] and "--set model.path=models/" in errors[0]
-    assert "real.root" in errors[1] and "VOC" in errors[1]
-    assert captured.err.strip() == "dmutils check: 2 check(s) failed: model, real data"
+    assert f"hf download {params.train.backbone}-not-cached" in errors[1] and "--set train.backbone=models/" in errors[1]
+    assert "real.root" in errors[2] and "VOC" in errors[2]
+    assert captured.err.strip() == "dmutils check: 3 check(s) failed: model, checkpoints, real data"
 
 
 # -- generate / remask / merge-shards / splice ----------------------------------------------------------
