@@ -8,9 +8,10 @@ for the toy model's 16x16 latent. Also the bytes of the capture state after 10 a
 (flat: one running sum per map).
 
 Timing (:mod:`dmutils.benchmarks.timing`): CPU seconds of this process (``time.process_time``) on
-one torch thread by default (``DMUTILS_BENCH_THREADS``), which other jobs' load hardly moves; a
-warm-up of each, then plain and capture runs interleaved in pairs, each run >= ~1 s of work on a quiet machine (1 thread); every ratio is the median of the per-pair ratios, with
-``<name>_spread`` (max - min), ``<name>_range`` and ``<name>_repeats``. Runs of 0.2 s gave toy ratios
+one torch thread by default (``DMUTILS_BENCH_THREADS``), which other jobs' load moves less than wall time; a
+warm-up of each, then plain and capture runs interleaved in pairs, each run >= ~1 s of CPU time;
+every ratio is the median of the per-pair ratios, with ``<name>_spread`` (max - min), ``<name>_range``
+and ``<name>_repeats``. Runs of 0.2 s gave toy ratios
 of 1.22 and 1.07 in two runs in a row.
 
 - ``ratio_toy``: models/toy-sd if it is there, else a random SD 1.5-shaped stand-in of the same size
@@ -71,7 +72,8 @@ def explicit_ratio(pipe, prompts: list[str], steps: int, repeats: int) -> dict:
             _generate(pipe, prompts, steps)
         finally:
             pipe.unet.set_attn_processor(dict(originals))  # diffusers pops from the dict it is given
-    return paired_ratio(_run(pipe, prompts, steps), explicit, repeats=repeats, warmup=1, label="toy explicit", clock=time.process_time)
+    return paired_ratio(_run(pipe, prompts, steps), explicit, repeats=repeats, warmup=1, label="toy explicit",
+                        clock=time.process_time)
 
 
 def state_bytes(pipe, prompts: list[str], spec: CaptureSpec, steps: int) -> int:
@@ -100,7 +102,8 @@ def run(args) -> dict:
     quick = bool(getattr(args, "quick", False))
     threads = fixed_threads()
     torch.manual_seed(0)
-    out: dict = {"threads": threads, "timing": "CPU seconds (process_time) of the denoising loop, output_type='latent', guidance 7.5 (CFG batch); "
+    out: dict = {"threads": threads, "timing": "CPU seconds (process_time) of the denoising loop, output_type='latent', "
+                 "guidance 7.5 (CFG batch); "
                  "plain/capture runs interleaved in pairs after a warm-up, median of the per-pair ratios"}
 
     toy, toy_name = toy_pipeline()

@@ -18,7 +18,7 @@ once, ~3 s of one core) is paid by the first ``generate_dataset`` of a process, 
 Which case each figure stands for. ``throughput_ratio``: this machine as it is, one generation
 thread and one worker on 2 cores shared with other jobs. From the parts, measured apart in CPU
 seconds of this process (``parts_*``: plain generation, generation with capture, post-processing of
-the same samples on one thread), which other jobs' load hardly moves:
+the same samples on one thread), which other jobs' load moves less than wall time:
 
 - ``throughput_ratio_shared_est`` = plain / (capture generation + post-processing): **the CPU case**,
   post-processing taking its CPU time from generation on the same cores;
@@ -71,7 +71,7 @@ class _Runs:
             generate_dataset(self.params.model_copy(update={"dataset": d}), pipe=self.pipe, progress=False)
 
     def parts(self) -> dict:
-        """CPU seconds of this process (``time.process_time``: other jobs' load hardly moves them) of plain
+        """CPU seconds of this process (``time.process_time``: other jobs' load moves them less than wall time) of plain
         generation, of generation with capture (no post-processing) and of the post-processing of those
         samples inline on one thread (masks, DenseCRF, JPEG/PNG/npz, files)."""
         from dmutils.dataset.generate import finish_sample, generate_batch, one_thread
@@ -80,7 +80,8 @@ class _Runs:
         t0 = time.process_time()
         self.plain()
         t1 = time.process_time()
-        items = [(s, item) for chunk in self.chunks(self.batches) for s, item in zip(chunk, generate_batch(self.pipe, chunk, p, self.batch))]
+        items = [(s, item) for chunk in self.chunks(self.batches)
+                 for s, item in zip(chunk, generate_batch(self.pipe, chunk, p, self.batch))]
         t2 = time.process_time()
         class_index = {c: k + 1 for k, c in enumerate(p.class_names)}
         mask_params = p.masks.model_dump(mode="json")

@@ -57,10 +57,11 @@ def paired_ratio(run_a: Run, run_b: Run, repeats: int = 5, warmup: int = 1, min_
     """Median of ``repeats`` per-pair ratios ``t_b / t_a`` after ``warmup`` untimed runs of each.
 
     ``clock``: ``time.perf_counter`` (wall, the default) or ``time.process_time`` (this process's CPU
-    seconds: for work done in this process on a fixed number of threads it hardly moves with other jobs'
-    load; measured under a load of ~8 on 2 cores, wall-clock pairs of 9 s toy runs ranged 0.81-1.12).
-    Pairs alternate their order (A B, B A, ...); with a ``label`` each pair is logged to stderr. Runs shorter than ``min_seconds`` (median) are
-    reported on stderr: their ratio is at the mercy of timer and scheduler noise.
+    seconds: for work done in this process on a fixed number of threads, other jobs' load moves it less
+    than wall time; under a load of 8-13 on 2 cores the per-pair toy capture ratios ranged 0.81-1.12 in
+    wall time, 0.92-1.10 in CPU time). Pairs alternate their order (A B, B A, ...); with a ``label`` each
+    pair is logged to stderr. Runs shorter than ``min_seconds`` (median) are reported on stderr: their
+    ratio is at the mercy of timer and scheduler noise.
     """
     clock = clock or time.perf_counter
     if repeats < 1 or warmup < 0:
