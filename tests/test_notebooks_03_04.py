@@ -20,7 +20,7 @@ def run(tmp_path_factory, pytestconfig):
 
     import papermill as pm
 
-    from dmutils.runner import choose_kernel
+    from dmutils.runner import choose_kernel, kernel_options
     from dmutils.tiny_models import save_tiny_sd15
 
     tmp = tmp_path_factory.mktemp("nb0304")
@@ -38,7 +38,7 @@ def run(tmp_path_factory, pytestconfig):
         for name in ("03_generate_dataset", "04_train_segmenter"):
             pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"), str(tmp / f"{name}.ipynb"), kernel_name=kernel,
                                 parameters={"params_file": "params/toy.yaml", "overrides": overrides, "run_dir": str(out)},
-                                cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
+                                cwd=str(REPO_ROOT / "notebooks"), progress_bar=False, **kernel_options())
     finally:
         if old is None:
             os.environ.pop("OMP_NUM_THREADS")

@@ -5,6 +5,7 @@ check what must happen before any kernel starts.
 """
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 from dmutils import cli, nb, report, runner
 from dmutils.params import REPO_ROOT, ParamsError, load_params
 
+REMOTE_RESOURCE = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.I)
 PARAMETERS = 'params_file = "../params/toy.yaml"\noverrides = []\nrun_dir = ""'
 SETUP = "from dmutils import nb\nctx = nb.setup(params_file, overrides, run_dir, style={style})"
 BODIES = {
@@ -63,14 +65,18 @@ def project(tmp_path):
 
 
 # -- runs that execute notebooks ---------------------------------------------------------------
-def test_run_writes_the_full_report(project, capsys):
+def test_run_writes_the_full_report(project, capfd):
     rc = cli.main(["run", str(project("a_ok", "b_placeholder")), "--set", "masks.tau=3"])
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()  # file-descriptor level: the kernels' own stderr too
     assert rc == 0, out
+    assert "without encryption" not in err  # kernels get CurveZMQ keys from the manager (runner.kernel_options)
     assert "[1/2] a_ok" in out and "[2/2] b_placeholder: placeholder" in out  # progress per notebook
     d = project.run_dir
     for name in ("a_ok", "b_placeholder"):
         assert (d / "notebooks" / f"{name}.ipynb").is_file() and (d / "notebooks" / f"{name}.html").is_file()
+    export = (d / "notebooks/a_ok.html").read_text()
+    assert "<body" in export and "data:image/png;base64," in export  # the figure is embedded
+    assert not REMOTE_RESOURCE.findall(export)  # offline: no script, style sheet or image fetched from the web
     assert Image.open(d / "figures/line.png").info["dpi"] == pytest.approx((200, 200), abs=1)
     assert (d / "figures/line.pdf").read_bytes()[:4] == b"%PDF"
     assert (d / "tables/scores.csv").read_text().splitlines()[1].startswith("3,")  # the override reached the notebook

@@ -190,6 +190,9 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args
 
 
 def train_toy_model(args: argparse.Namespace) -> Path:
+    from dmutils.pipeline import bind_pil_image_processors
+
+    bind_pil_image_processors()
     from diffusers import StableDiffusionPipeline
 
     out = Path(args.out)
