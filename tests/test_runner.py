@@ -28,7 +28,8 @@ import matplotlib.pyplot as plt, pandas as pd
 fig, ax = plt.subplots()
 ax.plot([0, 1], [0, ctx.params.masks.tau])
 ctx.save_figure(fig, "line", caption="a <b>line</b> figure", key=True)
-ctx.save_table(pd.DataFrame({"tau": [ctx.params.masks.tau], "iou": [0.625]}), "scores", caption="key scores", key=True)
+ctx.save_table(pd.DataFrame({"tau": [ctx.params.masks.tau], "iou": [0.625]}), "scores", caption="key scores", key=True,
+               indicative="only <one> sample")
 ctx.save_table(pd.DataFrame({"x": [1]}), "extra")
 """,
     "b_placeholder": 'ctx.placeholder("filled by a later issue")',
@@ -94,6 +95,7 @@ def test_run_writes_the_full_report(project, capfd):
     assert 'src="figures/line.png"' in index and 'href="figures/line.pdf"' in index
     assert "a &lt;b&gt;line&lt;/b&gt; figure" in index  # captions are escaped
     assert "0.625" in index and "key scores" in index  # key table shown as HTML
+    assert index.count('class="badge indicative"') == 1 and "only &lt;one&gt; sample" in index  # marked, escaped
     assert 'href="tables/extra.csv"' in index  # non-key outputs listed
     assert 'href="notebooks/b_placeholder.html"' in index and "filled by a later issue" in index
     assert "placeholder" in index

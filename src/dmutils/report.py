@@ -31,7 +31,7 @@ _TEMPLATE = r"""<!doctype html>
  .badge { display: inline-block; padding: .05em .5em; border-radius: .6em; font-size: 12px; font-weight: 600; color: #fff; background: #888; }
  .ok { background: #2e7d32; } .failed { background: #c62828; } .placeholder { background: #ef6c00; } .running { background: #1565c0; }
  .not-run, .interrupted { background: #9e9e9e; }
- .error { color: #c62828; white-space: pre-wrap; } .note { color: #555; }
+ .error { color: #c62828; white-space: pre-wrap; } .note { color: #555; } .indicative { background: #8d6e63; }
  figure { display: inline-block; margin: .6em 1.2em .6em 0; max-width: 520px; vertical-align: top; }
  figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 13px; color: #444; }
  .tbl { margin-bottom: 1.2em; } .tbl table { font-size: 13px; }
@@ -68,13 +68,15 @@ _TEMPLATE = r"""<!doctype html>
 {% for f in key_figures %}
 <figure>
  <a href="{{ f.files.pdf or f.files.png }}"><img src="{{ f.files.png }}" alt="{{ f.name }}"></a>
- <figcaption><b>{{ f.name }}</b> <span class="note">({{ f.notebook }})</span>{% if f.caption %}: {{ f.caption }}{% endif %}</figcaption>
+ <figcaption><b>{{ f.name }}</b> <span class="note">({{ f.notebook }})</span>{% if f.caption %}: {{ f.caption }}{% endif %}
+ {% if f.indicative %}<br><span class="badge indicative">indicative</span> <span class="note">{{ f.indicative }}</span>{% endif %}</figcaption>
 </figure>
 {% else %}<p class="note">No key figures yet.</p>{% endfor %}
 
 <h2>Key tables</h2>
 {% for t in key_tables %}
-<div class="tbl"><p><b>{{ t.name }}</b> <span class="note">({{ t.notebook }}, <a href="{{ t.files.csv }}">csv</a>)</span>{% if t.caption %}: {{ t.caption }}{% endif %}</p>
+<div class="tbl"><p><b>{{ t.name }}</b> <span class="note">({{ t.notebook }}, <a href="{{ t.files.csv }}">csv</a>)</span>{% if t.caption %}: {{ t.caption }}{% endif %}
+ {% if t.indicative %}<br><span class="badge indicative">indicative</span> <span class="note">{{ t.indicative }}</span>{% endif %}</p>
 {{ t.html | safe }}</div>
 {% else %}<p class="note">No key tables yet.</p>{% endfor %}
 
