@@ -146,3 +146,36 @@ def write_index(run: dict[str, Any], run_dir: Path) -> Path:
     path = Path(run_dir) / "index.html"
     atomic_write_bytes(path, render_index(run, Path(run_dir)).encode())
     return path
+
+
+EXAMPLE_FIGURES = ("attention_images", "iou_vs_threshold", "dataset_samples", "segmenter_per_class_iou", "ablations")
+EXAMPLE_TABLES = ("segmenter_headline", "ablations")
+
+
+def export_example(run_dir: str | Path, out_dir: str | Path, figures: tuple[str, ...] = EXAMPLE_FIGURES,
+                   tables: tuple[str, ...] = EXAMPLE_TABLES, max_side: int = 1000, max_bytes: int = 200_000) -> list[Path]:
+    """Small copies of a run's key figures (PNG, longest side <= ``max_side``, < ``max_bytes``) and tables (CSV),
+    for the example report committed under ``reports/example/``; returns the files written."""
+    from PIL import Image
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in figures:
+        image = Image.open(run_dir / "figures" / f"{name}.png").convert("RGB")
+        side = max_side
+        while True:
+            small = image.copy()
+            small.thumbnail((side, side), Image.LANCZOS)
+            small = small.quantize(256, method=Image.Quantize.MEDIANCUT)  # palette PNG: figures have few colours
+            path = out_dir / f"{name}.png"
+            small.save(path, optimize=True)
+            if path.stat().st_size < max_bytes or side < 300:
+                break
+            side = int(side * 0.8)
+        written.append(path)
+    for name in tables:
+        path = out_dir / f"{name}.csv"
+        path.write_bytes((run_dir / "tables" / f"{name}.csv").read_bytes())
+        written.append(path)
+    return written
