@@ -96,6 +96,11 @@ def test_run_writes_the_full_report(project, capfd):
     assert "a &lt;b&gt;line&lt;/b&gt; figure" in index  # captions are escaped
     assert "0.625" in index and "key scores" in index  # key table shown as HTML
     assert index.count('class="badge indicative"') == 1 and "only &lt;one&gt; sample" in index  # marked, escaped
+
+    example = report.export_example(d, d / "example", figures=("line",), tables=("scores",), max_side=300, max_bytes=20_000)
+    assert [p.name for p in example] == ["line.png", "scores.csv"]
+    assert max(Image.open(example[0]).size) <= 300 and example[0].stat().st_size < 20_000
+    assert example[1].read_bytes() == (d / "tables/scores.csv").read_bytes()
     assert 'href="tables/extra.csv"' in index  # non-key outputs listed
     assert 'href="notebooks/b_placeholder.html"' in index and "filled by a later issue" in index
     assert "placeholder" in index
