@@ -148,20 +148,23 @@ def write_index(run: dict[str, Any], run_dir: Path) -> Path:
     return path
 
 
-EXAMPLE_FIGURES = ("attention_images", "iou_vs_threshold", "dataset_samples", "segmenter_per_class_iou", "ablations")
+EXAMPLE_FIGURES = ("attention_images", "attention_per_resolution_0", "iou_vs_threshold", "dataset_samples", "segmenter_per_class_iou", "ablations")
 EXAMPLE_TABLES = ("segmenter_headline", "ablations")
 
 
 def export_example(run_dir: str | Path, out_dir: str | Path, figures: tuple[str, ...] = EXAMPLE_FIGURES,
                    tables: tuple[str, ...] = EXAMPLE_TABLES, max_side: int = 1000, max_bytes: int = 200_000) -> list[Path]:
     """Small copies of a run's key figures (PNG, longest side <= ``max_side``, < ``max_bytes``) and tables (CSV),
-    for the example report committed under ``reports/example/``; returns the files written."""
+    for the example report committed under ``reports/example/``; returns the files written (a partial run's missing
+    figures and tables are skipped)."""
     from PIL import Image
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in figures:
+        if not (run_dir / "figures" / f"{name}.png").is_file():
+            continue
         image = Image.open(run_dir / "figures" / f"{name}.png").convert("RGB")
         side = max_side
         while True:
@@ -175,6 +178,8 @@ def export_example(run_dir: str | Path, out_dir: str | Path, figures: tuple[str,
             side = int(side * 0.8)
         written.append(path)
     for name in tables:
+        if not (run_dir / "tables" / f"{name}.csv").is_file():
+            continue
         path = out_dir / f"{name}.csv"
         path.write_bytes((run_dir / "tables" / f"{name}.csv").read_bytes())
         written.append(path)
