@@ -20,7 +20,7 @@ def run(tmp_path_factory, pytestconfig):
 
     import papermill as pm
 
-    from dmutils.runner import choose_kernel
+    from dmutils.runner import choose_kernel, kernel_options
     from dmutils.tiny_models import save_tiny_sd15
 
     tmp = tmp_path_factory.mktemp("nb0304")
@@ -38,7 +38,7 @@ def run(tmp_path_factory, pytestconfig):
         for name in ("03_generate_dataset", "04_train_segmenter"):
             pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"), str(tmp / f"{name}.ipynb"), kernel_name=kernel,
                                 parameters={"params_file": "params/toy.yaml", "overrides": overrides, "run_dir": str(out)},
-                                cwd=str(REPO_ROOT / "notebooks"), progress_bar=False)
+                                cwd=str(REPO_ROOT / "notebooks"), progress_bar=False, **kernel_options())
     finally:
         if old is None:
             os.environ.pop("OMP_NUM_THREADS")
@@ -111,3 +111,18 @@ def test_04_colour_gap_table_is_what_dmutils_computes(run):
     assert {"class", "hue_shift", "value_shift", "hue_spread_ratio"} <= set(table.columns)
     assert set(table["class"]) <= set(run["params"].class_names)
     pd.testing.assert_frame_equal(table, real_vs_synthetic(run["params"]), check_dtype=False)
+
+
+def test_04_rerun_reads_every_run_from_the_cache_and_marks_small_numbers_indicative(run):
+    from dmutils.studies import segmenter_study
+
+    again = segmenter_study.run_study(run["params"], cache_dir=run["out"] / "segmenter_cache")  # no training: all cached
+    assert again.cached == {"noise_scores": True, "a": True, "b": True, "c": True, "d": True}
+    table = pd.read_csv(run["tables"] / "segmenter_headline.csv")
+    assert not table["cached"].any()  # the notebook's own run trained everything
+    pd.testing.assert_frame_equal(again.headline.drop(columns="cached"), table.drop(columns="cached"), check_dtype=False)
+    pd.testing.assert_frame_equal(again.noise_scores, pd.read_csv(run["tables"] / "segmenter_noise_scores.csv"), check_dtype=False)
+    changed = run["params"].model_copy(update={"train": run["params"].train.model_copy(update={"steps": 5})})
+    assert segmenter_study.run_key(changed, "a", 6, None) != segmenter_study.run_key(run["params"], "a", 6, None)
+    headline = next(a for a in nb.read_artifacts(run["out"]) if a["name"] == "segmenter_headline")
+    assert headline["indicative"].startswith("indicative: ") and "dmutils bench segmenter" in headline["indicative"]

@@ -5,6 +5,7 @@ check what must happen before any kernel starts.
 """
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 from dmutils import cli, nb, report, runner
 from dmutils.params import REPO_ROOT, ParamsError, load_params
 
+REMOTE_RESOURCE = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.I)
 PARAMETERS = 'params_file = "../params/toy.yaml"\noverrides = []\nrun_dir = ""'
 SETUP = "from dmutils import nb\nctx = nb.setup(params_file, overrides, run_dir, style={style})"
 BODIES = {
@@ -26,7 +28,8 @@ import matplotlib.pyplot as plt, pandas as pd
 fig, ax = plt.subplots()
 ax.plot([0, 1], [0, ctx.params.masks.tau])
 ctx.save_figure(fig, "line", caption="a <b>line</b> figure", key=True)
-ctx.save_table(pd.DataFrame({"tau": [ctx.params.masks.tau], "iou": [0.625]}), "scores", caption="key scores", key=True)
+ctx.save_table(pd.DataFrame({"tau": [ctx.params.masks.tau], "iou": [0.625]}), "scores", caption="key scores", key=True,
+               indicative="only <one> sample")
 ctx.save_table(pd.DataFrame({"x": [1]}), "extra")
 """,
     "b_placeholder": 'ctx.placeholder("filled by a later issue")',
@@ -63,14 +66,18 @@ def project(tmp_path):
 
 
 # -- runs that execute notebooks ---------------------------------------------------------------
-def test_run_writes_the_full_report(project, capsys):
+def test_run_writes_the_full_report(project, capfd):
     rc = cli.main(["run", str(project("a_ok", "b_placeholder")), "--set", "masks.tau=3"])
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()  # file-descriptor level: the kernels' own stderr too
     assert rc == 0, out
+    assert "without encryption" not in err  # kernels get CurveZMQ keys from the manager (runner.kernel_options)
     assert "[1/2] a_ok" in out and "[2/2] b_placeholder: placeholder" in out  # progress per notebook
     d = project.run_dir
     for name in ("a_ok", "b_placeholder"):
         assert (d / "notebooks" / f"{name}.ipynb").is_file() and (d / "notebooks" / f"{name}.html").is_file()
+    export = (d / "notebooks/a_ok.html").read_text()
+    assert "<body" in export and "data:image/png;base64," in export  # the figure is embedded
+    assert not REMOTE_RESOURCE.findall(export)  # offline: no script, style sheet or image fetched from the web
     assert Image.open(d / "figures/line.png").info["dpi"] == pytest.approx((200, 200), abs=1)
     assert (d / "figures/line.pdf").read_bytes()[:4] == b"%PDF"
     assert (d / "tables/scores.csv").read_text().splitlines()[1].startswith("3,")  # the override reached the notebook
@@ -88,6 +95,12 @@ def test_run_writes_the_full_report(project, capsys):
     assert 'src="figures/line.png"' in index and 'href="figures/line.pdf"' in index
     assert "a &lt;b&gt;line&lt;/b&gt; figure" in index  # captions are escaped
     assert "0.625" in index and "key scores" in index  # key table shown as HTML
+    assert index.count('class="badge indicative"') == 1 and "only &lt;one&gt; sample" in index  # marked, escaped
+
+    example = report.export_example(d, d / "example", figures=("line",), tables=("scores",), max_side=300, max_bytes=20_000)
+    assert [p.name for p in example] == ["line.png", "scores.csv"]
+    assert max(Image.open(example[0]).size) <= 300 and example[0].stat().st_size < 20_000
+    assert example[1].read_bytes() == (d / "tables/scores.csv").read_bytes()
     assert 'href="tables/extra.csv"' in index  # non-key outputs listed
     assert 'href="notebooks/b_placeholder.html"' in index and "filled by a later issue" in index
     assert "placeholder" in index

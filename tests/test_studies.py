@@ -226,7 +226,7 @@ def test_transformers_oracle_maps_a_segformer(tmp_path):
 def test_notebooks_write_the_tables_dmutils_computes(tmp_path, monkeypatch):
     import papermill as pm
 
-    from dmutils.runner import choose_kernel
+    from dmutils.runner import choose_kernel, kernel_options
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernels inherit it: no thread oversubscription on a shared CPU
     model = save_tiny_sd15(tmp_path / "tiny-sd")
@@ -237,7 +237,7 @@ def test_notebooks_write_the_tables_dmutils_computes(tmp_path, monkeypatch):
     def execute(name: str) -> None:
         pm.execute_notebook(str(REPO_ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"), kernel_name=kernel,
                             parameters={"params_file": "params/toy.yaml", "overrides": overrides, "run_dir": str(out)},
-                            cwd=str(REPO_ROOT / "notebooks"), progress_bar=False, execution_timeout=600)
+                            cwd=str(REPO_ROOT / "notebooks"), progress_bar=False, execution_timeout=600, **kernel_options())
 
     # one after another: papermill clients in threads side by side once left the explorer's widget cell waiting forever
     for name in ["01_attention_analysis", "02_threshold_vs_iou", "explore_attention"]:

@@ -86,8 +86,10 @@ class Context:
     def seed(self) -> int:
         return self.params.run.seed
 
-    def save_figure(self, fig: Any, name: str, caption: str | None = None, key: bool = False) -> dict[str, Path]:
-        """PNG (200 dpi, for the index and slides) and PDF (vector, for the paper) of a matplotlib figure."""
+    def save_figure(self, fig: Any, name: str, caption: str | None = None, key: bool = False,
+                    indicative: str | None = None) -> dict[str, Path]:
+        """PNG (200 dpi, for the index and slides) and PDF (vector, for the paper) of a matplotlib figure.
+        ``indicative``: why its numbers are only indicative (e.g. small samples); index.html marks it so."""
         _check_name(name)
         paths = {}
         for ext in ("png", "pdf"):
@@ -95,16 +97,18 @@ class Context:
             fig.savefig(buf, format=ext, dpi=FIGURE_DPI, bbox_inches="tight")
             paths[ext] = self.figures_dir / f"{name}.{ext}"
             atomic_write_bytes(paths[ext], buf.getvalue())
-        self._record(kind="figure", name=name, caption=caption, key=key, files={k: _rel(p, self.run_dir) for k, p in paths.items()})
+        self._record(kind="figure", name=name, caption=caption, key=key, files={k: _rel(p, self.run_dir) for k, p in paths.items()},
+                     **({"indicative": indicative} if indicative else {}))
         return paths
 
-    def save_table(self, df: Any, name: str, caption: str | None = None, key: bool = False, index: bool = False) -> Path:
-        """A pandas DataFrame as CSV in tables/."""
+    def save_table(self, df: Any, name: str, caption: str | None = None, key: bool = False, index: bool = False,
+                   indicative: str | None = None) -> Path:
+        """A pandas DataFrame as CSV in tables/ (``indicative``: as for :meth:`save_figure`)."""
         _check_name(name)
         path = self.tables_dir / f"{name}.csv"
         atomic_write_bytes(path, df.to_csv(index=index).encode())
         self._record(kind="table", name=name, caption=caption, key=key, files={"csv": _rel(path, self.run_dir)},
-                     shape=list(df.shape))
+                     shape=list(df.shape), **({"indicative": indicative} if indicative else {}))
         return path
 
     def placeholder(self, note: str) -> None:

@@ -56,11 +56,32 @@ def _locate(path: str) -> str:
     return path
 
 
+def bind_pil_image_processors() -> None:
+    """Import-time quiet for diffusers' pipelines without torchvision (which nothing here needs).
+
+    Every Stable Diffusion pipeline class imports diffusers' IP-Adapter loader, which imports transformers'
+    ``CLIPImageProcessor`` and ``SiglipImageProcessor``; transformers 5 then falls back to their PIL classes
+    and prints a warning for each, on every run. No image encoder is ever loaded here, so this binds the PIL
+    classes first, which is what that fallback does, minus the warning. With torchvision it does nothing.
+    """
+    import sys
+
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        return
+    for name in ("CLIPImageProcessor", "SiglipImageProcessor"):
+        pil = getattr(sys.modules["transformers"], f"{name}Pil", None)  # transformers < 5: no PIL classes, no warning
+        if pil is not None:  # sys.modules, not an imported name: transformers replaces its lazy module on first use
+            setattr(sys.modules["transformers"], name, pil)
+
+
 def load_pipeline(model: ModelParams | str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                   progress: bool = False):
     """A ready pipeline on ``device`` in ``dtype`` (defaults: those of ``model``; a bare path gets
     family 'sd', 'auto' device, float32)."""
     params = model if isinstance(model, ModelParams) else ModelParams(path=str(model))
+    bind_pil_image_processors()
     scheduler_cls = scheduler_class(params.scheduler) if params.scheduler else None
     source = _locate(params.path)
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype or DTYPES[params.dtype]
@@ -74,7 +95,7 @@ def load_pipeline(model: ModelParams | str | Path, device: str | torch.device | 
     except (OSError, ValueError) as e:
         where = f"folder {source}" if Path(source).is_dir() else f"hub id {source!r} (this machine may be offline)"
         raise ModelNotFoundError(f"model.path: cannot load {cls.__name__} from {where}: {str(e).splitlines()[0]}; download it "
-                                 f"with `huggingface-cli download {params.path} --local-dir models/<name>` and set model.path "
+                                 f"with `hf download {params.path} --local-dir models/<name>` and set model.path "
                                  f"to that folder (safetensors weights are required)") from None
     if scheduler_cls is not None:
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)

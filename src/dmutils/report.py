@@ -31,7 +31,7 @@ _TEMPLATE = r"""<!doctype html>
  .badge { display: inline-block; padding: .05em .5em; border-radius: .6em; font-size: 12px; font-weight: 600; color: #fff; background: #888; }
  .ok { background: #2e7d32; } .failed { background: #c62828; } .placeholder { background: #ef6c00; } .running { background: #1565c0; }
  .not-run, .interrupted { background: #9e9e9e; }
- .error { color: #c62828; white-space: pre-wrap; } .note { color: #555; }
+ .error { color: #c62828; white-space: pre-wrap; } .note { color: #555; } .indicative { background: #8d6e63; }
  figure { display: inline-block; margin: .6em 1.2em .6em 0; max-width: 520px; vertical-align: top; }
  figure img { max-width: 100%; border: 1px solid #eee; } figcaption { font-size: 13px; color: #444; }
  .tbl { margin-bottom: 1.2em; } .tbl table { font-size: 13px; }
@@ -68,13 +68,15 @@ _TEMPLATE = r"""<!doctype html>
 {% for f in key_figures %}
 <figure>
  <a href="{{ f.files.pdf or f.files.png }}"><img src="{{ f.files.png }}" alt="{{ f.name }}"></a>
- <figcaption><b>{{ f.name }}</b> <span class="note">({{ f.notebook }})</span>{% if f.caption %}: {{ f.caption }}{% endif %}</figcaption>
+ <figcaption><b>{{ f.name }}</b> <span class="note">({{ f.notebook }})</span>{% if f.caption %}: {{ f.caption }}{% endif %}
+ {% if f.indicative %}<br><span class="badge indicative">indicative</span> <span class="note">{{ f.indicative }}</span>{% endif %}</figcaption>
 </figure>
 {% else %}<p class="note">No key figures yet.</p>{% endfor %}
 
 <h2>Key tables</h2>
 {% for t in key_tables %}
-<div class="tbl"><p><b>{{ t.name }}</b> <span class="note">({{ t.notebook }}, <a href="{{ t.files.csv }}">csv</a>)</span>{% if t.caption %}: {{ t.caption }}{% endif %}</p>
+<div class="tbl"><p><b>{{ t.name }}</b> <span class="note">({{ t.notebook }}, <a href="{{ t.files.csv }}">csv</a>)</span>{% if t.caption %}: {{ t.caption }}{% endif %}
+ {% if t.indicative %}<br><span class="badge indicative">indicative</span> <span class="note">{{ t.indicative }}</span>{% endif %}</p>
 {{ t.html | safe }}</div>
 {% else %}<p class="note">No key tables yet.</p>{% endfor %}
 
@@ -144,3 +146,41 @@ def write_index(run: dict[str, Any], run_dir: Path) -> Path:
     path = Path(run_dir) / "index.html"
     atomic_write_bytes(path, render_index(run, Path(run_dir)).encode())
     return path
+
+
+EXAMPLE_FIGURES = ("attention_images", "attention_per_resolution_0", "iou_vs_threshold", "dataset_samples", "segmenter_per_class_iou", "ablations")
+EXAMPLE_TABLES = ("segmenter_headline", "ablations")
+
+
+def export_example(run_dir: str | Path, out_dir: str | Path, figures: tuple[str, ...] = EXAMPLE_FIGURES,
+                   tables: tuple[str, ...] = EXAMPLE_TABLES, max_side: int = 1000, max_bytes: int = 200_000) -> list[Path]:
+    """Small copies of a run's key figures (PNG, longest side <= ``max_side``, < ``max_bytes``) and tables (CSV),
+    for the example report committed under ``reports/example/``; returns the files written (a partial run's missing
+    figures and tables are skipped)."""
+    from PIL import Image
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in figures:
+        if not (run_dir / "figures" / f"{name}.png").is_file():
+            continue
+        image = Image.open(run_dir / "figures" / f"{name}.png").convert("RGB")
+        side = max_side
+        while True:
+            small = image.copy()
+            small.thumbnail((side, side), Image.LANCZOS)
+            small = small.quantize(256, method=Image.Quantize.MEDIANCUT)  # palette PNG: figures have few colours
+            path = out_dir / f"{name}.png"
+            small.save(path, optimize=True)
+            if path.stat().st_size < max_bytes or side < 300:
+                break
+            side = int(side * 0.8)
+        written.append(path)
+    for name in tables:
+        if not (run_dir / "tables" / f"{name}.csv").is_file():
+            continue
+        path = out_dir / f"{name}.csv"
+        path.write_bytes((run_dir / "tables" / f"{name}.csv").read_bytes())
+        written.append(path)
+    return written

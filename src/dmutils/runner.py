@@ -179,6 +179,22 @@ def run(params_file: str | Path | None = None, overrides: list[str] | None = Non
     return record
 
 
+def kernel_options() -> dict[str, Any]:
+    """papermill keyword arguments that start each kernel with CurveZMQ keys provisioned by the kernel manager.
+
+    ipykernel >= 7.4 warns "Kernel is running over TCP without encryption" on every start otherwise.
+    ``KernelManager.transport_encryption = "auto"`` (jupyter_client >= 8.9) encrypts when the kernel spec
+    declares ``supported_encryption: curve`` (ipykernel's specs do) and libzmq has CURVE; else nothing changes.
+    """
+    import zmq
+    from jupyter_client import KernelManager
+    from traitlets.config import Config
+
+    if not (KernelManager.class_traits().get("transport_encryption") and zmq.has("curve")):
+        return {}
+    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
+
+
 def _execute(src: Path, entry: dict[str, Any], run_dir: Path, params_file: Path | None,
              overrides: list[str], kernel: str) -> None:
     """Run one notebook with papermill, export it to HTML, file its artifacts under it."""
@@ -190,7 +206,7 @@ def _execute(src: Path, entry: dict[str, Any], run_dir: Path, params_file: Path 
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=str(src.parent),
-                            progress_bar=sys.stderr.isatty(), log_output=False)
+                            progress_bar=sys.stderr.isatty(), log_output=False, **kernel_options())
     except pm.PapermillExecutionError as e:
         entry["error"] = {"cell": e.exec_count, "ename": e.ename, "evalue": e.evalue}
     except Exception as e:  # the kernel died or would not start: still a failure of this notebook
@@ -207,13 +223,33 @@ def _execute(src: Path, entry: dict[str, Any], run_dir: Path, params_file: Path 
         entry["note"] = placeholder[-1].get("note")
 
 
-def _export_html(ipynb: Path) -> Path | None:
-    """HTML of an executed notebook next to it (images embedded); None, with a warning, if export fails."""
+# nbconvert's lab template without its CDN scripts (require.js, MathJax, Mermaid, widget managers), so that
+# exports open on offline machines without hanging on unreachable hosts; CSS is inlined by the template and
+# images by ``embed_images``. LaTeX in markdown then shows as source: the study notebooks use none.
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+
+
+def offline_html(ipynb: Path) -> str:
+    """An executed notebook as one self-contained HTML page (no network requests)."""
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
+    exporter = HTMLExporter(extra_loaders=[DictLoader({"dmutils_offline.html.j2": OFFLINE_TEMPLATE})],
+                            template_file="dmutils_offline.html.j2", embed_images=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(ipynb, as_version=4))
+    return body
+
+
+def _export_html(ipynb: Path) -> Path | None:
+    """HTML of an executed notebook next to it (:func:`offline_html`); None, with a warning, if export fails."""
     try:
-        body, _ = HTMLExporter(embed_images=True).from_notebook_node(nbformat.read(ipynb, as_version=4))
+        body = offline_html(ipynb)
     except Exception as e:  # a report without one HTML export beats no report
         print(f"warning: HTML export of {ipynb.name} failed: {e}", file=sys.stderr)
         return None

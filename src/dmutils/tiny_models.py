@@ -13,18 +13,20 @@ layout* of the real models with small channels, so they run in about a second on
 
 The VAEs downsample by 2 (not 8) so that a 32 px image has a 16x16 latent: attention maps are then
 16/8/4 for SD1/SD2 and 8/4 for SDXL. The tokenizer is a real CLIP BPE tokenizer with a small vocab
-in which "aeroplane", "potted plant", "tv monitor" and "motorbike" split into several tokens.
+(built by :func:`dmutils.toymodel.build.build_tokenizer_files`, byte-identical across processes) in which "aeroplane", "potted plant", "tv monitor" and "motorbike" split into several tokens.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+from dmutils.pipeline import bind_pil_image_processors
+
+bind_pil_image_processors()  # before diffusers' pipelines are imported: see its docstring
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
 
 VOC_CLASS_WORDS = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table",
                    "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv monitor"]
@@ -33,7 +35,6 @@ CAPTION_WORDS = ["man", "woman", "people", "child", "riding", "sitting", "standi
                  "black", "brown", "grey", "front", "side", "top", "under", "over", "holding", "two", "its", "his", "her"]
 # words the tokenizer must split (multi-token class words are the point of the tests), and the pieces it knows.
 SPLIT_WORDS = {"aeroplane": ["aero", "plane"], "potted": ["pot", "ted"], "monitor": ["moni", "tor"], "motorbike": ["motor", "bike"]}
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
 def _vocab_words() -> list[str]:
@@ -46,28 +47,17 @@ def _vocab_words() -> list[str]:
 
 
 def write_tiny_tokenizer(folder: str | Path) -> Path:
-    """Train a small CLIP BPE vocabulary with the ``tokenizers`` trainer and write ``vocab.json`` +
-    ``merges.txt`` into ``folder``.
+    """Write a small CLIP BPE vocabulary (``vocab.json`` + ``merges.txt``) into ``folder``, the same bytes in every process.
 
-    Every vocabulary word becomes one token; the words of ``SPLIT_WORDS`` are left out of the
-    training corpus (only their pieces are in it), so BPE splits them into several tokens.
+    Every vocabulary word becomes one token; the words of ``SPLIT_WORDS`` are left out (only their
+    pieces are in), so BPE splits them into several tokens. Any other word falls back to byte-level characters.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    corpus = [w for w in _vocab_words() if w not in SPLIT_WORDS] + [p for ps in SPLIT_WORDS.values() for p in ps]
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=100_000, min_frequency=1, initial_alphabet=alphabet, end_of_word_suffix="</w>",
-                                  show_progress=False)
-    bpe.train_from_iterator(corpus, trainer)
-    vocab, merges = json.loads(bpe.to_str())["model"]["vocab"], json.loads(bpe.to_str())["model"]["merges"]
-    for tok in [c + "</w>" for c in alphabet] + [BOS, EOS]:  # any word can fall back to bytes
-        vocab.setdefault(tok, len(vocab))
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    lines = [" ".join(m) if isinstance(m, list) else m for m in merges]
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n")
-    return folder
+    from tokenizers import pre_tokenizers
+
+    from dmutils.toymodel.build import build_tokenizer_files
+
+    words = [w for w in _vocab_words() if w not in SPLIT_WORDS] + [p for ps in SPLIT_WORDS.values() for p in ps]
+    return build_tokenizer_files(Path(folder), words, alphabet=pre_tokenizers.ByteLevel.alphabet())
 
 
 def tiny_tokenizer() -> CLIPTokenizer:

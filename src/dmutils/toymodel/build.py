@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from dmutils.toyworld import vocabulary
@@ -44,14 +45,18 @@ def _bpe(word: tuple[str, ...], ranks: dict[tuple[str, str], int]) -> tuple[str,
     return word
 
 
-def build_tokenizer_files(folder: Path, words: list[str] | None = None) -> Path:
+def build_tokenizer_files(folder: Path, words: list[str] | None = None, alphabet: Iterable[str] = ()) -> Path:
     """vocab.json + merges.txt in CLIP's format where each given word is a single token.
 
     Merges are appended word by word; a word's own merges always outrank later ones, so adding
     words never splits an earlier word (each word's merge path is complete before later ranks apply).
+    ``alphabet`` adds base characters (and their end-of-word forms) for words to fall back to.
+    Same words, same bytes: the ``tokenizers`` BPE trainer is not used because it breaks ties between
+    equally frequent pairs by ids that depend on a per-process hash order, so two processes number
+    (and rank) the same vocabulary differently, and a text encoder's embedding rows then mean other words.
     """
     words = sorted(set(words or vocabulary()))
-    chars = sorted({ch for w in words + PUNCTUATION for ch in w} | set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    chars = sorted({ch for w in words + PUNCTUATION for ch in w} | set("abcdefghijklmnopqrstuvwxyz0123456789") | set(alphabet))
     vocab_tokens = chars + [c + "</w>" for c in chars]
     merges: list[tuple[str, str]] = []
     ranks: dict[tuple[str, str], int] = {}

@@ -192,6 +192,9 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args
 
 def train_toy_model(args: argparse.Namespace) -> Path:
     out = ensure_writable_dir(Path(args.out), "--out")  # before the imports and the corpus: a bad --out costs nothing
+    from dmutils.pipeline import bind_pil_image_processors
+
+    bind_pil_image_processors()
     from diffusers import StableDiffusionPipeline
 
     torch.manual_seed(args.seed)
