@@ -59,7 +59,7 @@ def test_tiny_tokenizer_splits_class_words_into_several_tokens():
 
 
 def test_load_pipeline_missing_folder_says_what_and_how(tmp_path):
-    with pytest.raises(ModelNotFoundError, match=r"no such folder.*huggingface-cli download"):
+    with pytest.raises(ModelNotFoundError, match=r"no such folder.*hf download"):
         load_pipeline(ModelParams(path=str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="no model_index.json"):

@@ -139,7 +139,7 @@ def _locate(model: str | None) -> str:
     parts = Path(model).parts
     if model.startswith((".", "/", "~")) or len(parts) != 2 or (REPO_ROOT / parts[0]).is_dir():
         raise OracleError(f"oracle.model {model!r}: no such folder (looked in {Path(model).expanduser()} and {REPO_ROOT / model}); "
-                          f"download it, e.g. `huggingface-cli download facebook/mask2former-swin-large-ade-semantic "
+                          f"download it, e.g. `hf download facebook/mask2former-swin-large-ade-semantic "
                           f"--local-dir {model}`, or use oracle.kind='toy'")
     return model  # a hub id: from_pretrained says if it cannot be had
 

@@ -52,7 +52,7 @@ def _locate(path: str) -> str:
     if _is_local(path):
         looked = " and ".join(str(c) for c in dict.fromkeys(candidates))
         raise ModelNotFoundError(f"model.path {path!r}: no such folder (looked in {looked}); download it, e.g. "
-                                 f"`huggingface-cli download <hub id> --local-dir {path}`, or set model.path to an existing folder")
+                                 f"`hf download <hub id> --local-dir {path}`, or set model.path to an existing folder")
     return path
 
 
