@@ -157,7 +157,7 @@ def tiny_overrides(world, preset, params) -> list[str]:
     real = {"voc": world["voc"], "cityscapes": world["cityscapes"], "ade20k": world["ade20k"], "coco": world["coco"]}
     o = [f"model.path={world['model']}", "model.dtype=float32", "model.device=cpu", "model.height=32", "model.width=32",
          "model.num_inference_steps=2", f"capture.cross_resolutions={cross}", "capture.self_resolutions=[16]",
-         "dataset.num_samples=3", "dataset.batch_size=3", "dataset.workers=0", "dataset.min_area=0", "dataset.val_fraction=0",
+         "dataset.num_samples=5", "dataset.batch_size=5", "dataset.workers=0", "dataset.min_area=0", "dataset.val_fraction=0",
          f"dataset.out_dir={out / 'synthetic'}", f"real.root={real[params.real.kind]}", "real.test_split=val",
          f"run.reports_dir={out / 'reports'}", f"train.backbone={world['backbone']}", "train.device=cpu",
          "train.image_size=32", "train.steps=2", "train.batch_size=2", "train.eval_batch_size=2", "train.amp=false",

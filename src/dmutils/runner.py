@@ -131,8 +131,9 @@ def run(params_file: str | Path | None = None, overrides: list[str] | None = Non
     chosen = select(sequence, only)
     kernel = choose_kernel(kernel)
     # model files, checkpoints, real data, output folders and disk, device: before any kernel starts. With --only the
-    # chosen notebooks may not read the real data (01-03 do not), so its problems are warnings then.
-    preflight(params, warn_only=("real data",) if only else ())
+    # chosen notebooks may not read the real data nor load the segmenter's pretrained weights (01-03 do neither), so
+    # those problems are warnings then.
+    preflight(params, warn_only=("real data", "checkpoints") if only else ())
 
     run_dir = nb.default_run_dir(params)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
