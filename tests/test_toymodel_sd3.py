@@ -89,3 +89,20 @@ def test_resumed_stage_keeps_vae_and_tokenizer_and_trains_the_transformer(tiny, 
 def test_a_missing_vae_folder_is_a_one_line_params_error(tmp_path):
     with pytest.raises(ParamsError, match="--vae-from"):
         sd3.load_vae(tmp_path / "nowhere")
+
+
+def test_bench_protocol_scores_every_map_kind_and_every_block(tiny):
+    """`bench toy-model --model` on a transformer: the UNet's protocol per map kind, and the best kind per block."""
+    from dmutils import oracle
+    from dmutils.benchmarks import toy_model, toy_transformer
+    from dmutils.params import load_params
+    from dmutils.pipeline import load_pipeline
+
+    params = load_params("params/toy.yaml", {"model": {"path": str(tiny), "family": "auto", "scheduler": None}})
+    pipe = load_pipeline(params.model, device="cpu")
+    out = toy_transformer.run_transformer(pipe, params, oracle.load(), 2, 2, 2, True, toy_model.evaluate_model, {})
+    assert set(out["attention_miou_by_kind"]) == {"joint_slice", "text_softmax", "output"}
+    assert set(out["attention_miou_by_block"]) == {"0", "1"} and out["map_grid"] == 16
+    assert out["attention_miou"] == max(out["attention_miou_by_kind"].values())
+    assert out["attention_miou_by_kind"][out["attention_miou_kind"]] == out["attention_miou"]
+    assert all(0 <= v <= 1 for v in [*out["attention_miou_by_kind"].values(), *out["attention_miou_by_block"].values(), out["presence_rate"]])
