@@ -13,7 +13,8 @@ PROMPTS = ["a dog on the grass", "an aeroplane in the sky"]
 GRID, TEXT = 8, 16
 FAMILIES = {
     "sd3": (lambda: tiny_sd3_pipeline(), MMDiTAdapter, {"max_sequence_length": TEXT}),
-    "flux": (lambda: tiny_flux_pipeline(), FluxAdapter, {"max_sequence_length": TEXT, "guidance_scale": 3.5, "height": 32, "width": 32}),
+    "flux": (lambda: tiny_flux_pipeline(), FluxAdapter,
+             {"max_sequence_length": TEXT, "guidance_scale": 3.5, "height": 32, "width": 32}),
 }
 
 

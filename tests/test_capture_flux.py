@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 from diffusers.models.embeddings import apply_rotary_emb
 
 from dmutils.attention import CaptureSpec, capture, joint
@@ -143,19 +142,19 @@ def test_word_lookup_with_the_t5_tokenizer(pipe):
     assert maps.word_map(0, "dog").shape == (GRID, GRID)
 
 
-def test_generate_end_to_end_from_a_saved_schnell_shaped_pipeline(tmp_path):
+def test_generate_end_to_end_with_voc_flux1_from_a_saved_schnell_shaped_pipeline(tmp_path):
+    """``dmutils generate params/voc_flux1.yaml`` (its classes, prompts, capture settings) on a saved tiny FLUX.1-schnell."""
     from dmutils.cli import main
+    from dmutils.params import REPO_ROOT
 
     model = save_tiny_flux(tmp_path / "tiny-flux", guidance_embeds=False)  # FLUX.1-schnell: no guidance embedding
     assert json.loads((model / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
     out = tmp_path / "data"
-    raw = {"model": {"path": str(model), "family": "flux", "num_inference_steps": 2, "guidance_scale": 0.0, "height": 32,
-                     "width": 32, "device": "cpu"},
-           "capture": {"cross_resolutions": [GRID], "self_resolutions": [GRID], "flux_streams": "single"},
-           "masks": {"threshold": 0.4},
-           "dataset": {"out_dir": str(out), "num_samples": 2, "batch_size": 2, "workers": 0, "min_area": 0.0}}
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["generate", str(tmp_path / "p.yaml"), "--no-progress"]) == 0
+    sets = [f"model.path={model}", "model.dtype=float32", "model.device=cpu", "model.height=32", "model.width=32",
+            "model.num_inference_steps=2", f"capture.cross_resolutions=[{GRID}]", f"capture.self_resolutions=[{GRID}]",
+            "dataset.num_samples=2", "dataset.batch_size=2", "dataset.workers=0", "dataset.min_area=0", f"dataset.out_dir={out}"]
+    argv = ["generate", str(REPO_ROOT / "params/voc_flux1.yaml"), "--no-progress"] + [a for s in sets for a in ("--set", s)]
+    assert main(argv) == 0
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     ok = [r for r in records if r["status"] == "ok"]
     assert len(records) == 2 and ok, records

@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from dmutils.attention import CaptureSpec, capture, joint
 from dmutils.attention.adapters import CaptureError, MMDiTAdapter, adapter_class
@@ -127,22 +126,22 @@ def test_word_lookup_with_the_clip_tokenizer(pipe):
     assert maps.word_map(0, "dog").shape == (GRID, GRID)
 
 
-def test_generate_end_to_end_from_a_saved_pipeline(tmp_path):
+def test_generate_end_to_end_with_voc_sd35_from_a_saved_pipeline(tmp_path):
+    """``dmutils generate params/voc_sd35.yaml`` (its classes, prompts, capture settings) on a saved tiny SD3.5."""
     from dmutils.cli import main
+    from dmutils.params import REPO_ROOT
 
     model = save_tiny_sd3(tmp_path / "tiny-sd3")
     assert json.loads((model / "model_index.json").read_text())["_class_name"] == "StableDiffusion3Pipeline"
     out = tmp_path / "data"
-    raw = {"model": {"path": str(model), "family": "auto", "num_inference_steps": 2, "guidance_scale": 4.5, "device": "cpu"},
-           "capture": {"cross_resolutions": [GRID], "self_resolutions": [GRID], "depth": [0.25, 0.75]},
-           "masks": {"threshold": 0.4},
-           "dataset": {"out_dir": str(out), "num_samples": 2, "batch_size": 2, "workers": 0, "min_area": 0.0}}
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
-    assert main(["generate", str(tmp_path / "p.yaml"), "--no-progress"]) == 0
+    sets = [f"model.path={model}", "model.dtype=float32", "model.device=cpu", "model.height=32", "model.width=32",
+            "model.num_inference_steps=2", f"capture.cross_resolutions=[{GRID}]", f"capture.self_resolutions=[{GRID}]",
+            "dataset.num_samples=2", "dataset.batch_size=2", "dataset.workers=0", "dataset.min_area=0", f"dataset.out_dir={out}"]
+    argv = ["generate", str(REPO_ROOT / "params/voc_sd35.yaml"), "--no-progress"] + [a for s in sets for a in ("--set", s)]
+    assert main(argv) == 0
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert len(records) == 2
     ok = [r for r in records if r["status"] == "ok"]
-    assert ok, records
+    assert len(records) == 2 and ok, records
     with np.load(out / "maps" / f"{ok[0]['id']}.npz") as z:
         assert z[f"cross_{GRID}"].shape == (len(ok[0]["classes"]), GRID, GRID)
 

@@ -104,3 +104,53 @@ def save_tiny_flux(folder: str | Path, seed: int = 0, guidance_embeds: bool = Tr
     folder = Path(folder)
     tiny_flux_pipeline(seed, guidance_embeds).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def _in_dtype(dtype: torch.dtype, build):
+    """``build()`` with torch's default dtype set to ``dtype`` (parameters created directly in it)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return build()
+    finally:
+        torch.set_default_dtype(previous)
+
+
+SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64, num_attention_heads=24,
+                   joint_attention_dim=4096, caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+                   pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
+FLUX1 = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+             joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+
+
+def sd35_bench_pipeline(blocks: int = 24, dual_blocks: int | None = None, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                        **overrides):
+    """SD3.5-medium's transformer config (random weights, in ``dtype``) with ``blocks`` joint blocks, the
+    first ``dual_blocks`` dual-attention (default: the real 13/24 share), no VAE or text encoders: feed
+    ``prompt_embeds`` (77 + 256 tokens of 4096) and ``output_type="latent"``. ``overrides`` change the
+    config (e.g. fewer heads for a narrow model with the real token counts)."""
+    torch.manual_seed(seed)
+    dual = round(blocks * 13 / 24) if dual_blocks is None else dual_blocks
+    config = {**SD35_MEDIUM, "num_layers": blocks, "dual_attention_layers": tuple(range(dual)), **overrides}
+    config["caption_projection_dim"] = config["num_attention_heads"] * config["attention_head_dim"]  # the text stream's width
+    transformer = _in_dtype(dtype, lambda: SD3Transformer2DModel(**config)).eval()
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=None,
+                                    text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                                    text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_bench_pipeline(dual_blocks: int = 19, single_blocks: int = 38, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
+                        **overrides):
+    """FLUX.1-dev's transformer config (random weights, in ``dtype``) with ``dual_blocks`` + ``single_blocks``
+    blocks, no VAE or text encoders: feed ``prompt_embeds`` (512 T5 tokens of 4096) and ``pooled_prompt_embeds``."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    config = {**FLUX1, "num_layers": dual_blocks, "num_single_layers": single_blocks, **overrides}
+    transformer = _in_dtype(dtype, lambda: FluxTransformer2DModel(**config)).eval()
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False), vae=None,
+                        text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

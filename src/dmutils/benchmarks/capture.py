@@ -12,6 +12,9 @@ Also the bytes of the capture state after 10 and after 50 steps (flat: one runni
 - ``ratio_sd15_256_bf16``: the real SD 1.5 UNet config, random weights, bf16, 256 px, on the CPU.
 - ``ratio_toy_explicit_all_layers``: for reference, explicit softmax in every layer (diffusers'
   ``AttnProcessor``), as the official DiffuMask / Dataset Diffusion code does, without capture.
+- ``ratio_sd3_512_bf16`` / ``ratio_flux_512_bf16``: diffusion transformers at 512 px in bf16, cross and
+  self maps of the middle third of the blocks (:func:`sd3_bench`, :func:`flux_bench`), and their
+  ``state_bytes_*`` after 2 and 6 steps. ``DMUTILS_BENCH_CAPTURE=sd3,flux`` runs only those parts.
 """
 from __future__ import annotations
 
@@ -102,6 +105,13 @@ def run(args) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     out: dict = {"threads": threads, "timing": "denoising loop, output_type='latent', guidance 7.5 (CFG batch)"}
+    parts = os.environ.get("DMUTILS_BENCH_CAPTURE", "unet,sd3,flux").split(",")
+    if "sd3" in parts:
+        out |= sd3_bench(quick)
+    if "flux" in parts:
+        out |= flux_bench(quick)
+    if "unet" not in parts:
+        return out
 
     toy, toy_name = toy_pipeline()
     latent = toy.unet.config.sample_size
@@ -130,3 +140,75 @@ def run(args) -> dict:
     out |= {"sd15_setting": "cross@8 + self@16 (256 px, latent 32)", "sd15_steps": sd_steps, "sd15_batch": 1,
             "sd15_plain_s": r["plain_s"], "sd15_capture_s": r["capture_s"], "ratio_sd15_256_bf16": r["ratio"]}
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusion transformers: SD3.5-medium and FLUX.1 configs at 512 px, bf16
+# ---------------------------------------------------------------------------------------------
+def middle_third_spec(grid: int) -> CaptureSpec:
+    """Cross and self maps of the blocks in the middle third of the depth, on the patch grid."""
+    return CaptureSpec(cross_resolutions=(grid,), self_resolutions=(grid,), depth=(1 / 3, 2 / 3), timestep_window=(0.0, 1.0))
+
+
+def _transformer_ratio(name: str, build, call_kwargs: dict, blocks_note: str, quick: bool) -> dict:
+    """Paired timing (plain vs capture, 1 step a run) of the real-width model ``build(narrow=False)`` and the
+    capture state after 2 and 6 steps of ``build(narrow=True)`` (same grid and text length: the state's size
+    does not depend on the width)."""
+    from dmutils.benchmarks.timing import paired_ratio, ratio_entries
+
+    spec = middle_third_spec(32)
+    out: dict = {f"{name}_setting": f"512 px (32x32 patch grid), bf16, cross@32 + self@32 of the middle third of the blocks; "
+                                    f"{blocks_note}"}
+
+    def generate(pipe, captured: bool, steps: int) -> int:
+        if not captured:
+            pipe(num_inference_steps=steps, output_type="latent", **call_kwargs)
+            return 0
+        with capture(pipe, spec) as rec:
+            pipe(num_inference_steps=steps, output_type="latent", **call_kwargs)
+        return rec.state.peak_bytes
+
+    narrow = build(narrow=True)
+    out[f"state_bytes_{name}_2_steps"] = generate(narrow, True, 2)
+    out[f"state_bytes_{name}_6_steps"] = generate(narrow, True, 6)
+    del narrow
+    pipe = build(narrow=quick)
+    with capture(pipe, spec) as rec:
+        out[f"{name}_captured_layers"] = [layer.name for layer in rec.layers]
+    repeats, warmup = (1, 0) if quick else (3, 1)
+    _log(f"{name}: timing {repeats} pairs of 1-step runs ({blocks_note})")
+    r = paired_ratio(lambda: generate(pipe, False, 1), lambda: generate(pipe, True, 1), repeats=repeats, warmup=warmup, label=name)
+    out |= ratio_entries(f"ratio_{name}_512_bf16", r)
+    out |= {f"{name}_plain_s": round(r["a_s"], 3), f"{name}_capture_s": round(r["b_s"], 3)}
+    return out
+
+
+def sd3_bench(quick: bool = False, blocks: int = 3) -> dict:
+    """SD3.5-medium's transformer config at real width (1536, 24 heads), ``blocks`` of its 24 joint blocks (the
+    CPU cannot run 24 in reasonable time: 2.5B parameters), the middle third captured (block 1 of 3: a
+    dual-attention block, as blocks 8-12 of the real middle third 8-15), CFG batch (guidance 4.5), 333 text tokens."""
+    from dmutils.tiny_transformers import sd35_bench_pipeline
+
+    embeds = torch.randn(1, 77 + 256, 4096, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    pooled = torch.randn(1, 2048, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    kwargs = dict(prompt_embeds=embeds, negative_prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                  negative_pooled_prompt_embeds=pooled, height=512, width=512, guidance_scale=4.5)
+    build = lambda narrow: sd35_bench_pipeline(blocks=blocks, **({"num_attention_heads": 2} if narrow else {}))
+    note = (f"{blocks} of SD3.5-medium's 24 blocks at real width (time on this CPU), 1/3 captured as in the full model"
+            + ("; --quick: 2 heads instead of 24" if quick else ""))
+    return _transformer_ratio("sd3", build, kwargs, note, quick)
+
+
+def flux_bench(quick: bool = False, dual_blocks: int = 1, single_blocks: int = 2) -> dict:
+    """FLUX.1-dev's transformer config at real width (3072, 24 heads), ``dual_blocks`` + ``single_blocks`` of its
+    19 + 38 (12B parameters do not fit this machine's time or memory), the same 1:2 ratio; the middle third
+    captured (single block 0, as the real middle third is single blocks 0-18); no CFG batch, 512 T5 tokens."""
+    from dmutils.tiny_transformers import flux_bench_pipeline
+
+    embeds = torch.randn(1, 512, 4096, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    pooled = torch.randn(1, 768, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    kwargs = dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=512, width=512, guidance_scale=3.5)
+    build = lambda narrow: flux_bench_pipeline(dual_blocks, single_blocks, **({"num_attention_heads": 1} if narrow else {}))
+    note = (f"{dual_blocks} + {single_blocks} of FLUX.1's 19 dual + 38 single blocks at real width (time and memory on this "
+            f"CPU), 1/3 captured as in the full model" + ("; --quick: 1 head instead of 24" if quick else ""))
+    return _transformer_ratio("flux", build, kwargs, note, quick)

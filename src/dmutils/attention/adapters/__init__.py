@@ -27,5 +27,5 @@ def adapter_for(pipe, spec) -> DenoiserAdapter:
     return adapter_class(pipe)(pipe, spec)
 
 
-__all__ = ["ADAPTERS", "AttentionLayer", "CaptureError", "DenoiserAdapter", "DenoiserCall", "FluxAdapter", "TextSource", "MMDiTAdapter", "UNetAdapter", "adapter_class",
-           "adapter_for"]
+__all__ = ["ADAPTERS", "AttentionLayer", "CaptureError", "DenoiserAdapter", "DenoiserCall", "FluxAdapter", "MMDiTAdapter",
+           "TextSource", "UNetAdapter", "adapter_class", "adapter_for"]

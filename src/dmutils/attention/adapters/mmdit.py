@@ -28,7 +28,7 @@ class JointCaptureProcessor:
                  joint_norm: str, stream: ConceptStream | None = None) -> None:
         if not isinstance(original, JointAttnProcessor2_0):
             raise TypeError(f"cannot capture a layer whose processor is {type(original).__name__}; only SD3's default "
-                            f"JointAttnProcessor2_0 is supported: call pipe.transformer.set_attn_processor(JointAttnProcessor2_0())")
+                            "JointAttnProcessor2_0 is supported: call pipe.transformer.set_attn_processor(JointAttnProcessor2_0())")
         self.state, self.kinds, self.resolution, self.original = state, kinds, resolution, original
         self.text_part, self.joint_norm, self.stream = text_part, joint_norm, stream
 

@@ -55,7 +55,8 @@ class TransformerAdapter(DenoiserAdapter):
             return
         for layer in self.attention_layers():  # blocks that record nothing still carry the concepts on
             if self.has_concept_stream(layer) and layer.name not in installed:
-                self.set_processor(layer, self.recording_processor(layer, state, (), resolution, originals[f"{layer.name}.processor"]))
+                original = originals[f"{layer.name}.processor"]
+                self.set_processor(layer, self.recording_processor(layer, state, (), resolution, original))
 
     def num_blocks(self) -> int:
         """Blocks in the stack (the denominator of ``depth``)."""
