@@ -71,3 +71,25 @@ def test_paired_ratio_refuses_no_repeats():
 
     with pytest.raises(ValueError, match="repeats >= 1"):
         timing.paired_ratio(lambda: None, lambda: None, repeats=0)
+
+
+def _ratio_sane(out: dict, name: str) -> None:
+    lo, hi = out[f"{name}_range"]
+    assert out[name] > 0 and out[f"{name}_spread"] >= 0 and out[f"{name}_repeats"] >= 1, name
+    assert 0 < lo <= out[name] <= hi and out[f"{name}_spread"] == pytest.approx(hi - lo, abs=2e-4), name
+
+
+@pytest.mark.slow
+def test_bench_generate_quick_reports_paired_ratios_with_spread_and_the_parts(capsys):
+    assert bench.main(argparse.Namespace(name="generate", json=True, quick=True)) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for suffix in ("", "_tau1"):
+        _ratio_sane(out, f"throughput_ratio{suffix}")
+        parts = [out[f"parts{suffix}_{k}"] for k in ("plain_s", "capture_generation_s", "postprocess_s")]
+        assert all(p > 0 for p in parts)
+        # the estimate is plain / max(capture generation, post-processing), from the same parts
+        assert out[f"throughput_ratio{suffix}_parallel_est"] == pytest.approx(parts[0] / max(parts[1:]), rel=1e-2)
+        assert out[f"throughput_ratio{suffix}_shared_est"] == pytest.approx(parts[0] / sum(parts[1:]), rel=1e-2)
+        assert out[f"generation_only_ratio{suffix}"] == pytest.approx(parts[0] / parts[1], rel=1e-2)
+        assert out[f"parts{suffix}_postprocess_ms_per_sample"] == pytest.approx(1000 * parts[2] / out["samples"], rel=1e-2)
+    assert out["samples"] == out["batch_size"] == 4 and out["threads"] >= 1

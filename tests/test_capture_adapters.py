@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dmutils.attention import capture
+from dmutils.attention import CaptureError, CaptureSpec, capture
 from dmutils.attention.adapters import ADAPTERS, UNetAdapter, adapter_class
 from dmutils.params import ModelParams, ParamsError
 from dmutils.pipeline import load_pipeline, pipeline_class
@@ -46,3 +46,9 @@ def test_load_pipeline_auto_family_reads_model_index(tmp_path):
     (folder / "model_index.json").write_text('{"_class_name": "NoSuchPipeline"}')
     with pytest.raises(ParamsError, match="names 'NoSuchPipeline', which is not a diffusers pipeline class"):
         load_pipeline(ModelParams(path=str(folder), family="auto", device="cpu"))
+
+
+def test_transformer_settings_on_a_unet_are_refused():
+    pipe = tiny_sd15_pipeline()
+    with pytest.raises(CaptureError, match="transformer_blocks / capture.depth choose a transformer's blocks"):
+        capture(pipe, CaptureSpec(cross_resolutions=(16,), self_resolutions=(), depth=(0.3, 0.6)))

@@ -1,4 +1,5 @@
 """The params schema: defaults, loud one-line errors, ``extends`` and ``--set`` overrides."""
+import re
 from pathlib import Path
 
 import pytest
@@ -39,14 +40,29 @@ def test_shipped_params_files_validate(path):
     assert p.run.name == path.stem, "a params file names its run after itself, so reports do not collide"
 
 
-def test_voc_setup_extends_toy():
-    p = load_params(REPO_ROOT / "params/voc_sd15.yaml")
-    assert p.model.path.endswith("stable-diffusion-v1-5") and p.model.dtype == "float16"
-    assert (p.model.height, p.model.width) == (512, 512)
+@pytest.mark.parametrize("name", ["voc_sd15", "cityscapes_sd15", "ade20k_sd15"])
+def test_real_setups_carry_sd_settings_not_the_toys(name):
+    p, toy = load_params(REPO_ROOT / f"params/{name}.yaml"), load_params(REPO_ROOT / "params/toy.yaml")
+    assert p.model.path == "stable-diffusion-v1-5/stable-diffusion-v1-5" and p.model.dtype == "float16"
+    assert (p.model.height, p.model.width) == (512, 512) and p.model.guidance_scale == 7.5 != toy.model.guidance_scale
     assert p.capture.cross_resolutions == [16] and p.capture.self_resolutions == [32]
+    # the toy's tuned choices (tau 0 + CRF, photometric off, short trainings, toy noise-learning folds) are not inherited
+    assert (p.masks.tau, p.masks.crf.enabled, p.masks.uncertain_band) == (4, False, (0.5, 0.6))
+    assert p.train.photometric and p.train.steps == 20000 and p.train.noise_learning.fold_steps is None
+    assert (p.train.architecture, p.train.backbone, p.train.image_size) == ("deeplabv3", "microsoft/resnet-50", 512)
+    assert p.train.backbone_lr_mult == 0.1 and p.train.lr == 1e-4
+    assert p.prompts.use_subclasses and p.oracle.kind == "none" and p.study.ablation_grid is None
+
+
+def test_voc_setup_classes():
+    p = load_params(REPO_ROOT / "params/voc_sd15.yaml")
     assert p.real.kind == "voc" and p.real.root.endswith("VOC2012")
     assert len(p.class_names) == 20 and p.class_names[0] == "aeroplane" and p.class_names[-1] == "tvmonitor"
-    assert p.run.seed == load_params(REPO_ROOT / "params/toy.yaml").run.seed  # inherited from toy.yaml
+
+
+def test_no_params_file_uses_the_removed_hub_id():
+    for path in REPO_ROOT.glob("params/**/*.yaml"):
+        assert not re.search(r"path:\s*runwayml/", path.read_text()), path
 
 
 def test_relative_path_falls_back_to_repo_root(tmp_path, monkeypatch):

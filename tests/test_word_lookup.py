@@ -87,3 +87,15 @@ def test_token_offset_reads_a_part_of_a_concatenated_sequence(tok):
     assert cut.truncated(0)
     with pytest.raises(WordLookupError, match="cut off"):
         cut.word_map(0, "dog")
+
+
+def test_ids_decide_when_the_pipeline_changed_the_text(tok):
+    """PixArt and SANA lower-case the prompt (SANA also prefixes an instruction): the ids the encoder saw win."""
+    prompts = ["An AEROPLANE near a Dog"]
+    seen = tok([p.lower() for p in prompts], padding="max_length", max_length=24, truncation=True, return_tensors="pt").input_ids
+    cross = {4: torch.rand(1, 24, 4, 4)}
+    maps = AttentionMaps(cross=cross, self_attention={}, tokenizer=tok, prompts=prompts, token_ids=seen)
+    lower, _ = maps_for(tok, [p.lower() for p in prompts], 24)
+    for word in ("aeroplane", "dog", "near a dog"):
+        assert maps.token_positions(0, word) == lower.token_positions(0, word)
+    assert decoded(tok, seen[0], maps.token_positions(0, "AEROPLANE")) == "aeroplane"

@@ -16,12 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("dmutils.dataset.generate", "generate a synthetic dataset (VOC layout) from a params file"),
     "remask": ("dmutils.dataset.remask", "re-make the masks of a dataset from its saved maps with new mask params"),
     "merge-shards": ("dmutils.dataset.shards", "merge dataset shards into one dataset"),
+    "export": ("dmutils.dataset.export", "write a dataset as parquet shards + dataset card that datasets.load_dataset reads"),
     "splice": ("dmutils.dataset.splice", "write a mosaic (splicing) augmentation of a dataset"),
     "render-toy": ("dmutils.toyworld", "render the toy world's real train/val/test splits in VOC layout"),
     "train-toy-model": ("dmutils.toymodel.train", "train the embedded toy text-to-image model from scratch"),
     "train": ("dmutils.segment.train", "train a segmenter on real and/or synthetic data"),
     "evaluate": ("dmutils.segment.evaluate", "evaluate a trained segmenter (mIoU, per-class IoU)"),
     "bench": ("dmutils.bench", "benchmarks: capture, generate, toy-model, segmenter"),
+    "check": ("dmutils.preflight", "preflight: model files, checkpoints, real data, output folders and disk, device (nothing is loaded)"),
 }
 
 
@@ -52,7 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(args) or 0)
     except ParamsError as e:
-        print(f"dmutils {name}: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:  # a preflight error holds one line per failed check
+            print(f"dmutils {name}: error: {line}", file=sys.stderr)
+        return 2
+    except OSError as e:  # last resort, for a path no check foresaw (a disk filling up mid-run); the checks name most
+        if e.filename is None:
+            raise
+        print(f"dmutils {name}: error: {e.strerror or e}: {e.filename}; fix that path (space, permissions) and re-run",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dmutils {name}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)

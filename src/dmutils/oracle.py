@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dmutils.errors import DataNotFoundError
 from dmutils.segment.data import photometric
 from dmutils.toyworld import CLASS_NAMES, make_scene
 
@@ -112,7 +113,7 @@ def load(folder: Path | str = DEFAULT_DIR) -> ToyOracle:
     folder = Path(folder)
     path = folder / "model.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"toy oracle weights not found at {path}; re-make them with "
+        raise DataNotFoundError(f"toy oracle weights not found at {path}; re-make them with "
                                 f"`python -m dmutils.oracle` (about 5 minutes on 2 CPU cores)")
     cfg = json.loads((folder / "config.json").read_text())
     model = ToyOracle(width=cfg["width"], num_classes=cfg["num_classes"])

@@ -201,7 +201,7 @@ class DatasetParams(_Strict):
 class RealDataParams(_Strict):
     """The real dataset that segmenters are evaluated on (and the real-label baseline trains on)."""
 
-    kind: Literal["toy", "voc", "cityscapes", "ade20k", "voc_layout"] = "toy"
+    kind: Literal["toy", "voc", "cityscapes", "ade20k", "voc_layout", "coco"] = "toy"
     root: str = Field("data/toy-real", description="dataset folder; for 'toy' it is rendered there if missing")
     train_split: str = "train"
     val_split: str = "val"
@@ -247,12 +247,30 @@ class TrainParams(_Strict):
     noise_learning: NoiseLearningParams = Field(default_factory=NoiseLearningParams)
     self_training: bool = False
     seen_classes: list[str] | None = Field(None, description="open-vocabulary split; None = all seen")
+    backbone: str | None = Field(None, description="deeplabv3 / mask2former: ImageNet-pretrained backbone through "
+                                 "transformers.AutoBackbone, hub id (microsoft/resnet-50) or save_pretrained folder; "
+                                 "None = random init from the small default config")
+    output_stride: Literal[8, 16, 32] = Field(16, description="deeplabv3: backbone stride; 8 and 16 dilate the last "
+                                              "ResNet stage(s) instead of striding (DeepLabV3's atrous backbone)")
+    backbone_lr_mult: float = Field(1.0, gt=0, le=1, description="learning rate of a deeplabv3 / mask2former backbone "
+                                    "as a fraction of train.lr (mmsegmentation's and Mask2Former's lr_mult 0.1)")
 
     @field_validator("scale_range")
     @classmethod
     def _scales(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0 < v[0] <= v[1]:
             raise ValueError("must be (lo, hi) with 0 < lo <= hi, e.g. (0.75, 1.5)")
+        return v
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str | None, info) -> str | None:
+        if v is None:
+            return v
+        if info.data.get("architecture") == "segformer":
+            raise ValueError("is for 'deeplabv3' and 'mask2former'; a pretrained SegFormer is train.pretrained")
+        if not v.strip() or v.startswith(("/", "./", "../", "~")) and not Path(v).expanduser().is_dir():
+            raise ValueError("must be a hub id like microsoft/resnet-50 or an existing folder written by save_pretrained")
         return v
 
 
@@ -292,6 +310,16 @@ class RunParams(_Strict):
     reports_dir: str = Field("reports", description="reports go to <reports_dir>/<name>/")
 
 
+class RayParams(_Strict):
+    """How ``dmutils generate --ray`` spreads generation over a Ray cluster (never changes the data)."""
+
+    address: str | None = Field(None, description="None = generate in this process; 'local' = RAY_ADDRESS, else a cluster "
+                                                  "started here; or a cluster's address ('auto', 'ray://head:10001'); --ray overrides it")
+    actors: int | None = Field(None, ge=1, description="generation actors; None = one per GPU on a GPU cluster, else CPUs // threads")
+    threads: int = Field(1, ge=1, description="torch threads of each CPU actor (the saved maps' float sums depend on it)")
+    gpus_per_actor: float = Field(1.0, gt=0, description="GPUs each actor holds when the cluster has GPUs")
+
+
 class Params(_Strict):
     """Everything one run needs."""
 
@@ -306,6 +334,7 @@ class Params(_Strict):
     train: TrainParams = Field(default_factory=TrainParams)
     study: StudyParams = Field(default_factory=StudyParams)
     oracle: OracleParams = Field(default_factory=OracleParams)
+    ray: RayParams = Field(default_factory=RayParams)
 
     @model_validator(mode="after")
     def _fill_classes(self) -> "Params":

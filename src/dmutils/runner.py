@@ -1,7 +1,8 @@
 """``dmutils run PARAMS [--only 01,03] [--set k=v ...]``: the study notebooks, run with papermill, as one report.
 
-Params are loaded and validated first and the notebook list is checked, so a typo costs a
-one-line error, not a kernel start. Each notebook receives ``params_file``, ``overrides`` and
+Params are loaded and validated first, the notebook list is checked and the preflight
+(:mod:`dmutils.preflight`: model files, data, output folders, device) runs, so a typo or a missing
+download costs a one-line error, not a kernel start. Each notebook receives ``params_file``, ``overrides`` and
 ``run_dir`` in its tagged parameters cell and runs with its own folder as working dir (as in
 JupyterLab). Everything lands in ``reports/<run.name>/``::
 
@@ -29,6 +30,7 @@ from typing import Any
 from dmutils import nb
 from dmutils.cli import add_params_arguments
 from dmutils.params import REPO_ROOT, Params, ParamsError, load_params
+from dmutils.preflight import preflight
 from dmutils.voc import atomic_write_bytes
 
 KERNEL = "dmutils"
@@ -118,8 +120,8 @@ def run(params_file: str | Path | None = None, overrides: list[str] | None = Non
         kernel: str | None = None, command: str | None = None) -> dict[str, Any]:
     """Execute the notebook sequence; return the run record (the content of ``run.json``).
 
-    Raises :class:`ParamsError` before anything runs when the params, the notebook list, ``only``
-    or the kernel are wrong. A failing notebook does not raise: the record's ``status`` is
+    Raises :class:`ParamsError` before anything runs when the params, the notebook list, ``only``,
+    the kernel or a preflight check (:func:`dmutils.preflight.preflight`) are wrong. A failing notebook does not raise: the record's ``status`` is
     ``'failed'`` and its ``message`` names the notebook and the cell's error.
     """
     overrides = list(overrides or [])
@@ -128,6 +130,9 @@ def run(params_file: str | Path | None = None, overrides: list[str] | None = Non
     sequence = resolve_notebooks(params)
     chosen = select(sequence, only)
     kernel = choose_kernel(kernel)
+    # model files, checkpoints, real data, output folders and disk, device: before any kernel starts. With --only the
+    # chosen notebooks may not read the real data (01-03 do not), so its problems are warnings then.
+    preflight(params, warn_only=("real data",) if only else ())
 
     run_dir = nb.default_run_dir(params)
     (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Random-weight diffusion-transformer pipelines built offline (SD3/SD3.5, FLUX.1), for tests and benchmarks.
+"""Random-weight diffusion-transformer pipelines built offline (SD3/SD3.5, FLUX.1, PixArt-Σ, SANA), for tests
+and benchmarks.
 
 As :mod:`dmutils.tiny_models` does for UNets, these copy the *block structure and attention layout*
 of the real models with small widths so they run in about a second on a CPU:
@@ -12,15 +13,34 @@ of the real models with small widths so they run in about a second on a CPU:
 - :func:`save_tiny_sd3` / :func:`save_tiny_flux`: those pipelines written with ``save_pretrained``.
 
 The VAEs downsample by 2, so a 32 px image has a 16x16 latent and, with patch size 2, an 8x8 map grid.
+
+Cross-attention DiTs:
+
+- :func:`tiny_pixart_sigma_pipeline`: ``PixArtSigmaPipeline``: ``PixArtTransformer2DModel`` (patch 2,
+  attn1 softmax self-attention, attn2 cross-attention to T5 tokens with a padding mask, learned sigma:
+  8 output channels), a T5 encoder with a sentencepiece tokenizer, an SD-style VAE (factor 8).
+- :func:`tiny_sana_pipeline`: ``SanaPipeline``: ``SanaTransformer2DModel`` (patch 1, linear self-attention
+  ``SanaLinearAttnProcessor2_0``, softmax cross-attention), a Gemma-2 encoder with a Gemma tokenizer, a
+  deep-compression ``AutoencoderDC`` (factor 32), a flow DPM-Solver.
+
+Both pipelines bin the requested size to their aspect-ratio table of ``transformer.config.sample_size``
+(``use_resolution_binning``), the smallest of which is 256 px (PixArt, sample_size 32) and 512 px (SANA,
+sample_size 16); so the real VAE factors are kept and a request of 32-64 px is generated at the bin size
+(a 16x16 token grid for both) and resized back: seconds on a CPU.
+:func:`save_tiny_pixart_sigma` / :func:`save_tiny_sana` write them with ``save_pretrained``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import (AutoencoderDC, AutoencoderKL, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler,
+                       PixArtSigmaPipeline, PixArtTransformer2DModel, SanaPipeline, SanaTransformer2DModel, SD3Transformer2DModel,
+                       StableDiffusion3Pipeline)
+from transformers import Gemma2Config, Gemma2Model
 
 from dmutils.tiny_models import _text_encoder, tiny_tokenizer
+from dmutils.tiny_tokenizers import tiny_gemma_tokenizer
 
 
 def _flow_vae(latent_channels: int, levels: int = 2, channels: int = 32) -> AutoencoderKL:
@@ -154,3 +174,75 @@ def flux_bench_pipeline(dual_blocks: int = 19, single_blocks: int = 38, dtype: t
                         text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+TEXT_HIDDEN = 32  # the text encoders' width (caption_channels)
+
+
+def tiny_pixart_transformer(layers: int = 4) -> PixArtTransformer2DModel:
+    """PixArt-Σ's block layout (28 blocks of 16 heads x 72 in the real one) with 2 heads x 8."""
+    return PixArtTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8, num_layers=layers,
+                                    cross_attention_dim=16, caption_channels=TEXT_HIDDEN, sample_size=32, patch_size=2,
+                                    attention_bias=True, norm_type="ada_norm_single", num_embeds_ada_norm=1000,
+                                    norm_elementwise_affine=False, norm_eps=1e-6, interpolation_scale=None,
+                                    use_additional_conditions=False).eval()
+
+
+def tiny_sana_transformer(layers: int = 4) -> SanaTransformer2DModel:
+    """SANA's block layout (linear self-attention, softmax cross-attention with its own head count) with small widths."""
+    return SanaTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=layers,
+                                  num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
+                                  caption_channels=TEXT_HIDDEN, mlp_ratio=2.5, sample_size=16, patch_size=1).eval()
+
+
+def _gemma2(vocab: int) -> Gemma2Model:
+    config = Gemma2Config(vocab_size=vocab, hidden_size=TEXT_HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024, pad_token_id=0,
+                          eos_token_id=1, bos_token_id=2)
+    return Gemma2Model(config).eval()
+
+
+def _sd_vae() -> AutoencoderKL:
+    """An SD-style VAE with four levels: factor 8, as PixArt's."""
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * 4,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         layers_per_block=1, norm_num_groups=4).eval()
+
+
+def _dc_ae() -> AutoencoderDC:
+    """A deep-compression autoencoder with six levels: factor 32, as SANA's."""
+    return AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=8, encoder_block_types="ResBlock",
+                         decoder_block_types="ResBlock", encoder_block_out_channels=(8,) * 6, decoder_block_out_channels=(8,) * 6,
+                         encoder_layers_per_block=(1,) * 6, decoder_layers_per_block=(1,) * 6,
+                         encoder_qkv_multiscales=((),) * 6, decoder_qkv_multiscales=((),) * 6, scaling_factor=0.41407).eval()
+
+
+def tiny_pixart_sigma_pipeline(seed: int = 0, layers: int = 4) -> PixArtSigmaPipeline:
+    torch.manual_seed(seed)
+    t5, tok = _tiny_t5(TEXT_HIDDEN)
+    pipe = PixArtSigmaPipeline(tokenizer=tok, text_encoder=t5, vae=_sd_vae(), transformer=tiny_pixart_transformer(layers),
+                               scheduler=DPMSolverMultistepScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sana_pipeline(seed: int = 0, layers: int = 4) -> SanaPipeline:
+    torch.manual_seed(seed)
+    tok = tiny_gemma_tokenizer()
+    scheduler = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    pipe = SanaPipeline(tokenizer=tok, text_encoder=_gemma2(len(tok)), vae=_dc_ae(), transformer=tiny_sana_transformer(layers),
+                        scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pixart_sigma(folder: str | Path, seed: int = 0) -> Path:
+    """A PixArt-Σ-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_pixart_sigma_pipeline(seed).save_pretrained(folder)
+    return Path(folder)
+
+
+def save_tiny_sana(folder: str | Path, seed: int = 0) -> Path:
+    """A SANA-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_sana_pipeline(seed).save_pretrained(folder)
+    return Path(folder)

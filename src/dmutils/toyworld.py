@@ -272,6 +272,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from dmutils.errors import ensure_writable_dir
+
+    ensure_writable_dir(args.out, "render-toy OUT")
     root = write_real_splits(args.out, {"train": args.train, "val": args.val, "test": args.test}, args.size)
     print(f"wrote toy real splits to {root}")
     return 0

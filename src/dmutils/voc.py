@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dmutils.errors import DataError, DataNotFoundError
+
 IGNORE_INDEX = 255
 IMAGES = "JPEGImages"
 LABELS = "SegmentationClass"
@@ -82,18 +84,28 @@ def write_image(path: Path, image: np.ndarray | Image.Image, quality: int = 95) 
 
 def read_label(path: Path) -> np.ndarray:
     """A palette PNG's indices (not its colours) as (H, W) uint8."""
-    with Image.open(path) as img:
-        if img.mode != "P" and img.mode != "L":
-            raise ValueError(f"{path}: expected a palette (P) or grey (L) PNG of class indices, got mode {img.mode}")
-        return np.array(img, dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            label = np.array(img, dtype=np.uint8) if mode in ("P", "L") else None
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{path}: label file not found; fix the split list or restore the file") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL: OSError for unknown formats, ValueError/SyntaxError for broken headers
+        raise DataError(f"{path}: cannot read label ({e}); replace or remove this file") from None
+    if label is None:
+        raise DataError(f"{path}: expected a palette (P) or grey (L) PNG of class indices, got mode {mode}")
+    return label
 
 
 def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             return np.array(img.convert("RGB"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read image ({e}); delete it and re-run to regenerate") from None
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{path}: image file not found; fix the split list or restore the file") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot read image ({e}); replace or remove this file (a generated one: delete it and "
+                        "re-run to regenerate)") from None
 
 
 def write_sample(root: Path, sample_id: str, image, label: np.ndarray) -> None:
@@ -111,5 +123,5 @@ def read_split(root: Path, split: str) -> list[str]:
     path = Path(root) / SPLITS / f"{split}.txt"
     if not path.is_file():
         have = sorted(p.stem for p in (Path(root) / SPLITS).glob("*.txt"))
-        raise FileNotFoundError(f"{path} not found; splits present: {have or 'none'}")
+        raise DataNotFoundError(f"{path} not found; splits present: {have or 'none'}")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]

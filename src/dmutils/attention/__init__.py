@@ -15,11 +15,13 @@ per model family: its layers, map grid, text layout and recording processors), `
 (the UNet's recording attention processor), ``state`` (running sums, flat in steps), ``maps`` (results and
 look-up by word), ``prompts`` (class-prompt appending / class-prompt cross-attention).
 """
+from dmutils.attention.adapters import CaptureError
 from dmutils.attention.capture import AttentionCapture, AttentionLayer, attention_layers, capture
 from dmutils.attention.maps import AttentionMaps, WordLookupError
 from dmutils.attention.processors import CaptureAttnProcessor, attention_probs
 from dmutils.attention.prompts import append_class_prompt, build_prompts, class_prompt
 from dmutils.attention.spec import CaptureSpec
 
-__all__ = ["AttentionCapture", "AttentionLayer", "AttentionMaps", "CaptureAttnProcessor", "CaptureSpec", "WordLookupError",
-           "append_class_prompt", "attention_layers", "attention_probs", "build_prompts", "capture", "class_prompt"]
+__all__ = ["AttentionCapture", "AttentionLayer", "AttentionMaps", "CaptureAttnProcessor", "CaptureError", "CaptureSpec",
+           "WordLookupError", "append_class_prompt", "attention_layers", "attention_probs", "build_prompts", "capture",
+           "class_prompt"]

@@ -178,6 +178,7 @@ class AttentionCapture:
         else:
             texts = _repeat(list(prompts), samples) if prompts is not None else None
             ids = self.prompt_ids.repeat_interleave(samples // self.prompt_ids.shape[0], 0) if self.prompt_ids is not None else None
+            ids = self.adapter.text_ids(ids, state.text_len) if ids is not None else None
         return AttentionMaps(cross=cross, self_attention=self_attn, tokenizer=self.tokenizer, prompts=texts, token_ids=ids,
                              steps=list(state.steps_recorded), num_steps=state.num_steps,
                              resolution_weights=self.spec.resolution_weights, token_reduce=self.spec.token_reduce)

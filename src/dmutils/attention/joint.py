@@ -1,18 +1,22 @@
 """Joint (image + text) attention with its probabilities recorded: the core of the transformer processors.
 
 MMDiT (SD3/SD3.5) and FLUX.1 attend over one sequence of image and text tokens; SD3 puts the image
-first, FLUX.1 the text. :func:`attend_and_record` computes what SDPA computes for the whole batch, but
-the image queries of the conditional rows go through an explicit float32 softmax, a chunk of heads at
-a time, and from those probabilities it adds to the capture state:
+first, FLUX.1 the text. :func:`attend_and_record` returns SDPA's output for the whole batch (the very
+call the layer's processor makes, so images do not change at all) and, from the scores of the
+conditional rows' image queries (float32, a chunk of heads at a time), adds to the capture state:
 
 - ``cross``: image query -> text key probabilities (the keys of ``text_part`` within the text), as
   ``text_softmax`` (a softmax over those text keys only: a map sums to 1 over tokens at each pixel,
   as a UNet's) or ``joint_slice`` (those columns of the joint softmax: what the layer really used);
 - ``self``: the image -> image slice of the joint softmax, each row renormalised to sum 1 (the
-  refinement A_self^tau . A_cross needs a row-stochastic matrix).
+  refinement A_self^tau . A_cross needs a row-stochastic matrix): that is the softmax over the image
+  columns alone.
 
-Every other row (the unconditional half, the text queries) goes through SDPA, so the output equals
-SDPA's within float tolerance and images do not change.
+Only the columns a map needs are scored: cross maps alone (``text_softmax``) cost a 77-column product,
+not the joint attention again. Reusing the probabilities for the output (as the UNet processor does)
+was measured slower here: on SD3.5-medium's joint attention at 512 px (bf16, 1 CPU thread, paired runs)
+an explicit softmax over every column with its P.V took 1.79x SDPA's time for cross + self maps and 1.68x
+for cross maps alone; SDPA plus only the needed columns takes 1.56x and 1.03x.
 """
 from __future__ import annotations
 
@@ -31,47 +35,65 @@ def attend_and_record(state: CaptureState, kinds: tuple[str, ...], resolution: i
     queries into ``state`` under ``resolution``. ``image`` / ``text`` are the token slices of the
     sequence (``text`` None: no text in this attention); ``text_part`` a slice within the text.
     At most ``max_chunk_bytes`` (default: the module's ``MAX_CHUNK_BYTES``) of scores exist at once."""
-    if not kinds:
-        return F.scaled_dot_product_attention(query, key, value)
-    cond, seq = state.cond, key.shape[-2]
+    out = F.scaled_dot_product_attention(query, key, value)  # the layer's output, exactly as its processor computes it
+    if kinds:
+        record_joint(state, kinds, resolution, query, key, image, text, text_part, joint_norm, max_chunk_bytes)
+    return out
+
+
+def record_joint(state: CaptureState, kinds: tuple[str, ...], resolution: int, query: torch.Tensor, key: torch.Tensor,
+                 image: slice, text: slice | None, text_part: slice | None = None, joint_norm: str = "text_softmax",
+                 max_chunk_bytes: int | None = None) -> None:
+    """Add the probabilities ``kinds`` of the conditional rows' image queries to ``state``.
+
+    Only the score columns a map needs are computed (float32): the text part for ``text_softmax``
+    cross maps, the image columns for self maps (the renormalised image slice of the joint softmax
+    is the softmax over the image columns), every column only for ``joint_slice`` (its normaliser)."""
+    seq = key.shape[-2]
     img = range(seq)[image]
     img_cols = slice(img.start, img.stop)
-    txt_cols = None
+    txt_all = txt_cols = None
     if text is not None:
         t = range(seq)[text]
-        t = t[text_part] if text_part is not None else t
-        txt_cols = slice(t.start, t.stop)
-    out = torch.empty_like(query)
-    if cond.start:  # the unconditional half, with the fast kernel
-        out[: cond.start] = F.scaled_dot_product_attention(query[: cond.start], key[: cond.start], value[: cond.start])
-    k, v = key[cond], value[cond]
-    for rows in (slice(0, img_cols.start), slice(img_cols.stop, seq)):  # the conditional text queries, fast kernel
-        if rows.stop > rows.start:
-            out[cond, :, rows] = F.scaled_dot_product_attention(query[cond, :, rows], k, v)
-    q = query[cond, :, img_cols]
+        txt_all = slice(t.start, t.stop)
+        tp = t[text_part] if text_part is not None else t
+        txt_cols = slice(tp.start, tp.stop)
+    cond = state.cond
+    q = query[cond, :, img_cols] * query.shape[-1] ** -0.5  # scores in the layer's dtype (as SDPA's), softmax in float32
+    k = key[cond]
     n, heads, queries = q.shape[:3]
-    per_head = n * queries * seq * 4 * 2  # scores and probabilities
-    step = max(1, min(heads, (max_chunk_bytes or MAX_CHUNK_BYTES) // max(per_head, 1)))
+    need_image = "self" in kinds or ("cross" in kinds and joint_norm == "joint_slice")
+    cols = (img_cols.stop - img_cols.start if need_image else 0) + (seq - img_cols.stop + img_cols.start if "cross" in kinds else 0)
+    per_head = n * queries * max(cols, 1) * 4 * 2  # scores and their softmax
+    step = max(1, min(heads, (max_chunk_bytes or MAX_CHUNK_BYTES) // per_head))
     reduce_max = state.head_reduce == "max"
     reduced: dict[str, torch.Tensor] = {}
-    outs = []
     for h in range(0, heads, step):
         hs = slice(h, h + step)
-        scores = torch.matmul(q[:, hs] * q.shape[-1] ** -0.5, k[:, hs].transpose(-1, -2)).float()
-        probs = scores.softmax(dim=-1)
-        outs.append(torch.matmul(probs.to(v.dtype), v[:, hs]))
+        qh = q[:, hs]
+        s_img = torch.matmul(qh, k[:, hs, img_cols].transpose(-1, -2)).float() if need_image else None
         parts = {}
         if "cross" in kinds:
-            parts["cross"] = scores[..., txt_cols].softmax(-1) if joint_norm == "text_softmax" else probs[..., txt_cols]
+            if joint_norm == "text_softmax":
+                parts["cross"] = _softmax_(torch.matmul(qh, k[:, hs, txt_cols].transpose(-1, -2)).float())
+            else:  # the text columns of the joint softmax: exp(score - logsumexp over every column)
+                s_txt = torch.matmul(qh, k[:, hs, txt_all].transpose(-1, -2)).float()
+                lse = torch.logaddexp(s_img.logsumexp(-1, keepdim=True), s_txt.logsumexp(-1, keepdim=True))
+                part = range(txt_all.stop - txt_all.start)[text_part] if text_part is not None else None
+                s_txt = s_txt if part is None else s_txt[..., part.start:part.stop]
+                parts["cross"] = (s_txt - lse).exp()
         if "self" in kinds:
-            slab = probs[..., img_cols]
-            parts["self"] = slab / slab.sum(-1, keepdim=True)
+            parts["self"] = _softmax_(s_img)  # in place: s_img is not needed after this
         for kind, p in parts.items():
             part = p.amax(1) if reduce_max else p.sum(1)
             prev = reduced.get(kind)
             reduced[kind] = part if prev is None else (torch.maximum(prev, part) if reduce_max else prev.add_(part))
-        del scores, probs, parts
+        del s_img, parts
     for kind, r in reduced.items():
         state.add(kind, resolution, r if reduce_max else r.div_(heads))
-    out[cond, :, img_cols] = torch.cat(outs, dim=1).to(out.dtype)
-    return out
+
+
+def _softmax_(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, in place (a float32 buffer of the caller's)."""
+    scores.sub_(scores.amax(-1, keepdim=True)).exp_()
+    return scores.div_(scores.sum(-1, keepdim=True))

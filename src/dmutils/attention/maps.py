@@ -189,11 +189,12 @@ class AttentionMaps:
         lead, trail = _special_layout(tok)
         limit = self._limit()
         kept, capacity = limit - trail, limit - trail - lead
-        if self.prompts is not None:
+        ids = self.token_ids[i].tolist() if self.token_ids is not None else None
+        if self.prompts is not None and (ids is None or _encodes_as(tok, self.prompts[i], ids)):
             text, spans = _text_spans(tok, self.prompts[i], lead)
             tokens, truncated = len(spans), len(spans) > capacity
         else:
-            text, spans = _decoded_spans(tok, self.token_ids[i].tolist(), lead)
+            text, spans = _decoded_spans(tok, ids, lead)  # the pipeline changed the text (lower-cased it, prefixed it)
             # without the text, ids that fill every slot may have been cut
             tokens = len(spans)
             truncated = tokens >= capacity
@@ -218,6 +219,15 @@ def _special_layout(tokenizer) -> tuple[int, int]:
     mask = tokenizer("a", add_special_tokens=True, return_special_tokens_mask=True)["special_tokens_mask"]
     content = [k for k, m in enumerate(mask) if not m]
     return content[0], len(mask) - content[-1] - 1
+
+
+def _encodes_as(tokenizer, text: str, ids: list[int]) -> bool:
+    """Does ``text`` encode (padded, truncated) to the ids the text encoder saw?"""
+    try:
+        return tokenizer(text, padding="max_length", max_length=len(ids), truncation=True).input_ids == ids
+    except ValueError:  # no padding token
+        enc = tokenizer(text, max_length=len(ids), truncation=True).input_ids
+        return enc == ids[: len(enc)]
 
 
 def _text_spans(tokenizer, text: str, lead: int) -> tuple[str, list[tuple[int, int, int]]]:

@@ -1,11 +1,18 @@
 """``dmutils bench capture``: what attention capture costs in time and memory.
 
 Generation time with capture divided by generation time without it (same pipeline, prompts, seeds
-and steps; a warm-up run each, then with/without runs alternated and the median of each taken;
-torch threads fixed; the denoising loop is timed: ``output_type="latent"``), in the Dataset
+and steps; torch threads fixed; the denoising loop is timed: ``output_type="latent"``), in the Dataset
 Diffusion setting: cross-attention at level 2 and self-attention at level 1 of the UNet, that is
-cross@16 + self@32 at 512 px, cross@8 + self@16 for a 32x32 latent (toy model, SD at 256 px).
-Also the bytes of the capture state after 10 and after 50 steps (flat: one running sum per map).
+cross@16 + self@32 at 512 px, cross@8 + self@16 for a 32x32 latent (SD at 256 px), cross@4 + self@8
+for the toy model's 16x16 latent. Also the bytes of the capture state after 10 and after 50 steps
+(flat: one running sum per map).
+
+Timing (:mod:`dmutils.benchmarks.timing`): CPU seconds of this process (``time.process_time``) on
+one torch thread by default (``DMUTILS_BENCH_THREADS``), which other jobs' load moves less than wall time; a
+warm-up of each, then plain and capture runs interleaved in pairs, each run >= ~1 s of CPU time;
+every ratio is the median of the per-pair ratios, with ``<name>_spread`` (max - min), ``<name>_range``
+and ``<name>_repeats``. Runs of 0.2 s gave toy ratios
+of 1.22 and 1.07 in two runs in a row.
 
 - ``ratio_toy``: models/toy-sd if it is there, else a random SD 1.5-shaped stand-in of the same size
   (``toy_model`` says which).
@@ -19,7 +26,6 @@ Also the bytes of the capture state after 10 and after 50 steps (flat: one runni
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 
@@ -27,6 +33,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor
 
 from dmutils.attention import CaptureSpec, capture
+from dmutils.benchmarks.timing import fixed_threads, paired_ratio, ratio_entries
 from dmutils.params import REPO_ROOT
 
 TOY_PATH = REPO_ROOT / "models" / "toy-sd"
@@ -42,39 +49,35 @@ def _generate(pipe, prompts: list[str], steps: int) -> None:
     pipe(prompts, generator=generators, num_inference_steps=steps, guidance_scale=7.5, output_type="latent")
 
 
-def _timed(pipe, prompts, steps, spec: CaptureSpec | None) -> float:
-    start = time.perf_counter()
-    if spec is None:
-        _generate(pipe, prompts, steps)
-    else:
-        with capture(pipe, spec):
+def _run(pipe, prompts: list[str], steps: int, spec: CaptureSpec | None = None):
+    """One generation, with capture when ``spec`` is given: a zero-argument callable for paired_ratio."""
+    def go() -> None:
+        if spec is None:
             _generate(pipe, prompts, steps)
-    return time.perf_counter() - start
+        else:
+            with capture(pipe, spec):
+                _generate(pipe, prompts, steps)
+    return go
 
 
-def time_ratio(pipe, prompts: list[str], steps: int, spec: CaptureSpec, repeats: int) -> dict[str, float]:
-    """Median seconds without / with capture (warm-up first, runs alternated) and their ratio."""
-    _timed(pipe, prompts, steps, None)
-    _timed(pipe, prompts, steps, spec)
-    plain, captured = [], []
-    for _ in range(repeats):
-        plain.append(_timed(pipe, prompts, steps, None))
-        captured.append(_timed(pipe, prompts, steps, spec))
-    p, c = statistics.median(plain), statistics.median(captured)
-    return {"plain_s": p, "capture_s": c, "ratio": c / p}
+def time_ratio(pipe, prompts: list[str], steps: int, spec: CaptureSpec, repeats: int, label: str = "") -> dict:
+    """Generation with capture over generation without it: :func:`paired_ratio`'s dict (``a_s`` plain, ``b_s`` capture)."""
+    return paired_ratio(_run(pipe, prompts, steps), _run(pipe, prompts, steps, spec), repeats=repeats, warmup=1, label=label,
+                        clock=time.process_time)
 
 
-def explicit_ratio(pipe, prompts: list[str], steps: int, repeats: int) -> float:
-    """Time with explicit softmax in every layer (no capture) over time with the default processors."""
+def explicit_ratio(pipe, prompts: list[str], steps: int, repeats: int) -> dict:
+    """Explicit softmax in every layer (diffusers' ``AttnProcessor``, no capture) over the default processors."""
     originals = dict(pipe.unet.attn_processors)
-    plain = statistics.median(_timed(pipe, prompts, steps, None) for _ in range(repeats))
-    pipe.unet.set_attn_processor(AttnProcessor())
-    try:
-        _timed(pipe, prompts, steps, None)
-        explicit = statistics.median(_timed(pipe, prompts, steps, None) for _ in range(repeats))
-    finally:
-        pipe.unet.set_attn_processor(originals)
-    return explicit / plain
+
+    def explicit() -> None:
+        pipe.unet.set_attn_processor(AttnProcessor())
+        try:
+            _generate(pipe, prompts, steps)
+        finally:
+            pipe.unet.set_attn_processor(dict(originals))  # diffusers pops from the dict it is given
+    return paired_ratio(_run(pipe, prompts, steps), explicit, repeats=repeats, warmup=1, label="toy explicit",
+                        clock=time.process_time)
 
 
 def state_bytes(pipe, prompts: list[str], spec: CaptureSpec, steps: int) -> int:
@@ -101,10 +104,11 @@ def _log(msg: str) -> None:
 
 def run(args) -> dict:
     quick = bool(getattr(args, "quick", False))
-    threads = int(os.environ.get("DMUTILS_BENCH_THREADS", min(2, os.cpu_count() or 1)))
-    torch.set_num_threads(threads)
+    threads = fixed_threads()
     torch.manual_seed(0)
-    out: dict = {"threads": threads, "timing": "denoising loop, output_type='latent', guidance 7.5 (CFG batch)"}
+    out: dict = {"threads": threads, "timing": "CPU seconds (process_time) of the denoising loop, output_type='latent', "
+                 "guidance 7.5 (CFG batch); "
+                 "plain/capture runs interleaved in pairs after a warm-up, median of the per-pair ratios"}
     parts = os.environ.get("DMUTILS_BENCH_CAPTURE", "unet,sd3,flux").split(",")
     if "sd3" in parts:
         out |= sd3_bench(quick)
@@ -114,17 +118,19 @@ def run(args) -> dict:
         return out
 
     toy, toy_name = toy_pipeline()
+    toy.set_progress_bar_config(disable=True)
     latent = toy.unet.config.sample_size
     spec = dataset_diffusion_spec(latent)
     prompts = ["a red circle and a blue square", "a photo of a star and a ring"]
-    toy_steps, repeats = (3, 2) if quick else (10, 5)
-    _log(f"toy: {toy_name}, {toy_steps} steps, {repeats} repeats")
-    r = time_ratio(toy, prompts, toy_steps, spec, repeats)
+    toy_steps, repeats = (3, 2) if quick else (20, 4)
+    _log(f"toy: {toy_name}, {toy_steps} steps, {repeats} pairs")
+    r = time_ratio(toy, prompts, toy_steps, spec, repeats, label="toy")
     out |= {"toy_model": toy_name, "toy_setting": f"cross@{latent // 4} + self@{latent // 2} (latent {latent})",
-            "toy_steps": toy_steps, "toy_batch": len(prompts), "toy_plain_s": r["plain_s"], "toy_capture_s": r["capture_s"],
-            "ratio_toy": r["ratio"]}
-    out["ratio_toy_explicit_all_layers"] = explicit_ratio(toy, prompts, toy_steps, repeats)
-    _log(f"toy ratio {r['ratio']:.3f}, explicit everywhere {out['ratio_toy_explicit_all_layers']:.3f}; state bytes")
+            "toy_steps": toy_steps, "toy_batch": len(prompts), "toy_plain_s": round(r["a_s"], 4),
+            "toy_capture_s": round(r["b_s"], 4), **ratio_entries("ratio_toy", r)}
+    e = explicit_ratio(toy, prompts, toy_steps, repeats)
+    out |= ratio_entries("ratio_toy_explicit_all_layers", e)
+    _log(f"toy ratio {r['ratio']:.3f} (spread {r['spread']:.3f}), explicit everywhere {e['ratio']:.3f}; state bytes")
     out["state_bytes_10_steps"] = state_bytes(toy, prompts[:1], spec, 10)
     out["state_bytes_50_steps"] = state_bytes(toy, prompts[:1], spec, 50)
     out["state_bytes_batch"] = 1
@@ -134,11 +140,12 @@ def run(args) -> dict:
     from dmutils.tiny_models import sd15_bench_pipeline
 
     sd = sd15_bench_pipeline(dtype=torch.bfloat16)
-    sd_steps, sd_repeats = (2, 2) if quick else (8, 3)
-    _log(f"sd15: {sd_steps} steps, {sd_repeats} repeats")
-    r = time_ratio(sd, ["a photo of a horse and a person"], sd_steps, dataset_diffusion_spec(32), sd_repeats)
+    sd.set_progress_bar_config(disable=True)
+    sd_steps, sd_repeats = (2, 1) if quick else (4, 3)
+    _log(f"sd15: {sd_steps} steps, {sd_repeats} pairs")
+    r = time_ratio(sd, ["a photo of a horse and a person"], sd_steps, dataset_diffusion_spec(32), sd_repeats, label="sd15")
     out |= {"sd15_setting": "cross@8 + self@16 (256 px, latent 32)", "sd15_steps": sd_steps, "sd15_batch": 1,
-            "sd15_plain_s": r["plain_s"], "sd15_capture_s": r["capture_s"], "ratio_sd15_256_bf16": r["ratio"]}
+            "sd15_plain_s": round(r["a_s"], 4), "sd15_capture_s": round(r["b_s"], 4), **ratio_entries("ratio_sd15_256_bf16", r)}
     return out
 
 
@@ -194,7 +201,8 @@ def sd3_bench(quick: bool = False, blocks: int = 3) -> dict:
     kwargs = dict(prompt_embeds=embeds, negative_prompt_embeds=embeds, pooled_prompt_embeds=pooled,
                   negative_pooled_prompt_embeds=pooled, height=512, width=512, guidance_scale=4.5)
     build = lambda narrow: sd35_bench_pipeline(blocks=blocks, **({"num_attention_heads": 2} if narrow else {}))
-    note = (f"{blocks} of SD3.5-medium's 24 blocks at real width (time on this CPU), 1/3 captured as in the full model"
+    note = (f"{blocks} of SD3.5-medium's 24 blocks at real width (time on this CPU), 1/3 captured as in the full model; "
+            f"guidance 4.5 (CFG batch), 1024 image + 333 text tokens"
             + ("; --quick: 2 heads instead of 24" if quick else ""))
     return _transformer_ratio("sd3", build, kwargs, note, quick)
 
@@ -210,5 +218,6 @@ def flux_bench(quick: bool = False, dual_blocks: int = 1, single_blocks: int = 2
     kwargs = dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=512, width=512, guidance_scale=3.5)
     build = lambda narrow: flux_bench_pipeline(dual_blocks, single_blocks, **({"num_attention_heads": 1} if narrow else {}))
     note = (f"{dual_blocks} + {single_blocks} of FLUX.1's 19 dual + 38 single blocks at real width (time and memory on this "
-            f"CPU), 1/3 captured as in the full model" + ("; --quick: 1 head instead of 24" if quick else ""))
+            f"CPU), 1/3 captured as in the full model; guidance embedded (no CFG batch), 1024 image + 512 text tokens"
+            + ("; --quick: 1 head instead of 24" if quick else ""))
     return _transformer_ratio("flux", build, kwargs, note, quick)

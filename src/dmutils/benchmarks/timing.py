@@ -22,6 +22,7 @@ t_plain / t_dataset is the dataset's throughput divided by plain generation's.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -30,20 +31,39 @@ from typing import Callable
 Run = Callable[[], object]
 
 
-def timed(run: Run) -> float:
-    """Wall seconds of one call of ``run``."""
-    start = time.perf_counter()
+def fixed_threads() -> int:
+    """Set torch's intra-op threads to ``DMUTILS_BENCH_THREADS`` (default 1) and return it.
+
+    Why 1 by default: on a machine shared with other jobs, two OpenMP threads on two busy cores wait
+    for each other at every parallel op; measured on this project's 2-core machine under a load of ~8,
+    10 toy steps took 154 s on 2 threads and 8-9 s on 1. One thread is what repeats; set
+    ``DMUTILS_BENCH_THREADS=2`` on a quiet machine to measure the two-core speed."""
+    import torch
+
+    threads = int(os.environ.get("DMUTILS_BENCH_THREADS", 1))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def timed(run: Run, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds of one call of ``run`` on ``clock`` (wall by default)."""
+    start = clock()
     run()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def paired_ratio(run_a: Run, run_b: Run, repeats: int = 5, warmup: int = 1, min_seconds: float = 1.0,
-                 label: str = "") -> dict:
+                 label: str = "", clock: Callable[[], float] | None = None) -> dict:
     """Median of ``repeats`` per-pair ratios ``t_b / t_a`` after ``warmup`` untimed runs of each.
 
-    Pairs alternate their order (A B, B A, ...). Runs shorter than ``min_seconds`` (median) are
-    reported on stderr: their ratio is at the mercy of timer and scheduler noise.
+    ``clock``: ``time.perf_counter`` (wall, the default) or ``time.process_time`` (this process's CPU
+    seconds: for work done in this process on a fixed number of threads, other jobs' load moves it less
+    than wall time; under a load of 8-13 on 2 cores the per-pair toy capture ratios ranged 0.81-1.12 in
+    wall time, 0.92-1.10 in CPU time). Pairs alternate their order (A B, B A, ...); with a ``label`` each
+    pair is logged to stderr. Runs shorter than ``min_seconds`` (median) are reported on stderr: their
+    ratio is at the mercy of timer and scheduler noise.
     """
+    clock = clock or time.perf_counter
     if repeats < 1 or warmup < 0:
         raise ValueError(f"paired_ratio needs repeats >= 1 and warmup >= 0 (got {repeats}, {warmup})")
     for _ in range(warmup):
@@ -52,11 +72,13 @@ def paired_ratio(run_a: Run, run_b: Run, repeats: int = 5, warmup: int = 1, min_
     a_times, b_times = [], []
     for i in range(repeats):
         if i % 2 == 0:
-            a, b = timed(run_a), timed(run_b)
+            a, b = timed(run_a, clock), timed(run_b, clock)
         else:
-            b, a = timed(run_b), timed(run_a)
+            b, a = timed(run_b, clock), timed(run_a, clock)
         a_times.append(a)
         b_times.append(b)
+        if label:
+            print(f"[timing] {label} pair {i + 1}/{repeats}: {a:.2f} s / {b:.2f} s, ratio {b / a:.3f}", file=sys.stderr, flush=True)
     ratios = [b / a for a, b in zip(a_times, b_times)]
     out = {"ratio": statistics.median(ratios), "spread": max(ratios) - min(ratios), "min": min(ratios), "max": max(ratios),
            "repeats": repeats, "a_s": statistics.median(a_times), "b_s": statistics.median(b_times),

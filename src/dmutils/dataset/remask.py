@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dmutils import voc
 from dmutils.dataset.generate import (MANIFEST, MAPS, META, Manifest, _Done, dataset_meta, decode_jpeg, label_sample, make_pool,
-                                      params_from_meta, prepare_output, read_maps, summarize, write_splits)
+                                      params_from_meta, prepare_output, read_maps, read_meta, summarize, write_splits)
 from dmutils.masks import uses_self_attention
 from dmutils.params import MaskParams, ParamsError, deep_merge, load_params, parse_overrides
 
@@ -63,9 +63,7 @@ def remask_dataset(src: str | Path, overrides: dict | None = None, out: str | Pa
     from tqdm.auto import tqdm
 
     src = Path(src)
-    if not (src / META).is_file():
-        raise ParamsError(f"{src} is not a dataset folder (no {META}); give a folder that 'dmutils generate' wrote")
-    meta = json.loads((src / META).read_text())
+    meta = read_meta(src, need_params=True)
     params = params_from_meta(meta, overrides)
     records = Manifest(src / MANIFEST).read()
     todo = [r for r in records.values() if (src / MAPS / f"{r['id']}.npz").is_file()]

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from dmutils import voc
-from dmutils.dataset.generate import MANIFEST, MAPS, META, Manifest, prepare_output, summarize, write_splits
+from dmutils.dataset.generate import MANIFEST, MAPS, META, Manifest, prepare_output, read_meta, summarize, write_splits
 from dmutils.params import ParamsError
 
 SHARD_NAME = re.compile(r"^(\d+)-of-(\d+)$")
@@ -35,7 +35,7 @@ def merge_shards(out: str | Path, shards: list[str | Path] | None = None, partia
     for s in shards:
         if not (s / META).is_file():
             raise ParamsError(f"{s} is not a dataset shard (no {META})")
-        metas[s] = json.loads((s / META).read_text())
+        metas[s] = read_meta(s, need_params=True)
     hashes = {m["params_hash"] for m in metas.values()}
     if len(hashes) > 1:
         listing = ", ".join(f"{s.name}: {m['params_hash']}" for s, m in metas.items())

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from dmutils import voc
 from dmutils.dataset.prompts import _hash_int
+from dmutils.errors import ensure_writable_dir
 from dmutils.params import Params, ParamsError, SpliceParams, load_params
 
 
@@ -112,10 +113,9 @@ def mosaics(images: list[np.ndarray], labels: list[np.ndarray], splice_params: S
 
 
 def _read_meta(src: Path) -> dict:
-    path = src / "dataset.json"
-    if not path.is_file():
-        raise ParamsError(f"{src} is not a dataset folder (no dataset.json); give a folder that 'dmutils generate' wrote")
-    return json.loads(path.read_text())
+    from dmutils.dataset.generate import read_meta
+
+    return read_meta(src)
 
 
 def splice_dataset(src: str | Path, out: str | Path, splice_params: SpliceParams, seed: int = 0,
@@ -127,6 +127,7 @@ def splice_dataset(src: str | Path, out: str | Path, splice_params: SpliceParams
     check_grids(splice_params, len(ids), str(src))
     if out.resolve() == src.resolve():
         raise ParamsError("splice output must be a new folder, not the source dataset")
+    ensure_writable_dir(out, "--out")
     first = voc.read_image(src / voc.IMAGES / f"{ids[0]}.jpg")
     size = first.shape[:2]
     count = splice_params.count or len(ids)

@@ -11,9 +11,15 @@ and plots never need to know where the data came from. Layouts:
   0 ("other") becomes 255 and classes shift by -1, so label 0 = wall (the mmseg ``reduce_zero_label``
   convention)
 - ``VOCLayoutDataset``: what this project writes (``dmutils.voc``), class names from ``dataset.json``
+- ``COCODataset``: COCO 2017 ``{train,val}2017/<id>.jpg`` and ``annotations/instances_{train,val}2017.json``; the
+  80 thing classes as a semantic label made from the instance masks with pycocotools (category ids -> 1..80,
+  0 = background; crowd regions and pixels claimed by instances of two different classes are 255, as Dataset
+  Diffusion evaluates COCO)
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 from pathlib import Path
@@ -24,6 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dmutils import voc
+from dmutils.errors import DataError, DataNotFoundError, one_line
+from dmutils.params import ParamsError
 
 IGNORE_INDEX = voc.IGNORE_INDEX
 
@@ -51,6 +59,22 @@ ADE20K_CLASSES = [
     "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier",
     "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag"]
 assert len(ADE20K_CLASSES) == 150
+# COCO 2017's 80 thing categories: (category id, name) in id order; label value = position + 1.
+COCO_CATEGORIES = [
+    (1, "person"), (2, "bicycle"), (3, "car"), (4, "motorcycle"), (5, "airplane"), (6, "bus"), (7, "train"), (8, "truck"),
+    (9, "boat"), (10, "traffic light"), (11, "fire hydrant"), (13, "stop sign"), (14, "parking meter"), (15, "bench"),
+    (16, "bird"), (17, "cat"), (18, "dog"), (19, "horse"), (20, "sheep"), (21, "cow"), (22, "elephant"), (23, "bear"),
+    (24, "zebra"), (25, "giraffe"), (27, "backpack"), (28, "umbrella"), (31, "handbag"), (32, "tie"), (33, "suitcase"),
+    (34, "frisbee"), (35, "skis"), (36, "snowboard"), (37, "sports ball"), (38, "kite"), (39, "baseball bat"),
+    (40, "baseball glove"), (41, "skateboard"), (42, "surfboard"), (43, "tennis racket"), (44, "bottle"),
+    (46, "wine glass"), (47, "cup"), (48, "fork"), (49, "knife"), (50, "spoon"), (51, "bowl"), (52, "banana"),
+    (53, "apple"), (54, "sandwich"), (55, "orange"), (56, "broccoli"), (57, "carrot"), (58, "hot dog"), (59, "pizza"),
+    (60, "donut"), (61, "cake"), (62, "chair"), (63, "couch"), (64, "potted plant"), (65, "bed"), (67, "dining table"),
+    (70, "toilet"), (72, "tv"), (73, "laptop"), (74, "mouse"), (75, "remote"), (76, "keyboard"), (77, "cell phone"),
+    (78, "microwave"), (79, "oven"), (80, "toaster"), (81, "sink"), (82, "refrigerator"), (84, "book"), (85, "clock"),
+    (86, "vase"), (87, "scissors"), (88, "teddy bear"), (89, "hair drier"), (90, "toothbrush")]
+COCO_CLASSES = ["background"] + [name for _, name in COCO_CATEGORIES]
+assert len(COCO_CATEGORIES) == 80
 
 
 def _palette(colors: list[tuple[int, int, int]]) -> np.ndarray:
@@ -77,20 +101,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def _missing(self, what: Path) -> FileNotFoundError:
-        return FileNotFoundError(f"{type(self).__name__}: {what} not found; expected layout:\n{self.layout}")
+    def _missing(self, what: Path) -> DataNotFoundError:
+        return DataNotFoundError(f"{type(self).__name__}: {what} not found; expected layout: {one_line(self.layout)}")
 
     def read_label(self, path: Path) -> np.ndarray:
-        try:
-            return voc.read_label(path)
-        except OSError as e:
-            raise ValueError(f"{path}: cannot read label ({e}); replace or remove this file") from None
+        return voc.read_label(path)  # raises DataError naming the file when it is missing or unreadable
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         img_path, lab_path = self.items[i]
         image, label = voc.read_image(img_path), self.read_label(lab_path)
         if image.shape[:2] != label.shape:
-            raise ValueError(f"{img_path} is {image.shape[:2]} but its label {lab_path} is {label.shape}")
+            raise DataError(f"{img_path} is {image.shape[:2]} but its label {lab_path} is {label.shape}; fix or remove this pair")
         return image, label
 
 
@@ -128,9 +149,12 @@ class VOCLayoutDataset(SegmentationDataset):
         if classes is None:
             if not meta.is_file():
                 raise self._missing(meta)
-            classes = json.loads(meta.read_text()).get("classes")
+            try:
+                classes = json.loads(meta.read_text()).get("classes")
+            except ValueError as e:
+                raise DataError(f"{meta} is not valid JSON ({e}); rewrite it or make the dataset again") from None
             if not classes:
-                raise ValueError(f"{meta} has no 'classes' list; add one (index = label value, 0 = background)")
+                raise DataError(f"{meta} has no 'classes' list; add one (index = label value, 0 = background)")
         self.classes = list(classes)
         if not (self.root / voc.SPLITS).is_dir():
             raise self._missing(self.root / voc.SPLITS)
@@ -155,7 +179,7 @@ class CityscapesDataset(SegmentationDataset):
         for img in sorted(img_dir.glob("*/*_leftImg8bit.png")):
             lab = lab_dir / img.parent.name / img.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")
             if not lab.is_file():
-                raise FileNotFoundError(f"{lab} not found for {img}; run cityscapesscripts' createTrainIdLabelImgs")
+                raise DataNotFoundError(f"{lab} not found for {img}; run cityscapesscripts' createTrainIdLabelImgs")
             self.items.append((img, lab))
 
 
@@ -170,7 +194,7 @@ class ADE20KDataset(SegmentationDataset):
     def __init__(self, root: str | Path, split: str = "val"):
         super().__init__(root, split)
         if split not in self.SPLITS:
-            raise ValueError(f"ADE20K split {split!r} unknown; use one of {sorted(self.SPLITS)}")
+            raise DataError(f"ADE20K split {split!r} unknown; use one of {sorted(self.SPLITS)}")
         base = self.root / "ADEChallengeData2016" if (self.root / "ADEChallengeData2016").is_dir() else self.root
         img_dir, lab_dir = base / "images" / self.SPLITS[split], base / "annotations" / self.SPLITS[split]
         for d in (img_dir, lab_dir):
@@ -182,7 +206,67 @@ class ADE20KDataset(SegmentationDataset):
         return super().read_label(path) - np.uint8(1)  # 0 -> 255 (uint8 wrap), k -> k - 1
 
 
-READERS = {"voc": VOCDataset, "cityscapes": CityscapesDataset, "ade20k": ADE20KDataset, "voc_layout": VOCLayoutDataset}
+class COCODataset(SegmentationDataset):
+    """COCO 2017 instances as semantic labels of the 80 thing classes (``pycocotools`` decodes polygons and RLE).
+
+    A pixel takes the class of the instances covering it; a crowd region (``iscrowd=1``) or a pixel covered by
+    instances of two different classes is ignored (255), never guessed. Labels are made on read, not written."""
+
+    classes = COCO_CLASSES
+    layout = ("<root>/{train,val}2017/<file_name>.jpg\n<root>/annotations/instances_{train,val}2017.json")
+    LABEL_OF_CATEGORY = {cid: i + 1 for i, (cid, _) in enumerate(COCO_CATEGORIES)}
+
+    def __init__(self, root: str | Path, split: str = "val"):
+        super().__init__(root, split)
+        name = split if split.endswith("2017") else f"{split}2017"
+        ann_file, img_dir = self.root / "annotations" / f"instances_{name}.json", self.root / name
+        for what in (ann_file, img_dir):
+            if not what.exists():
+                raise self._missing(what)
+        from pycocotools.coco import COCO
+
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            self.coco = COCO(str(ann_file))
+        names = dict(COCO_CATEGORIES)
+        for cid, cat in self.coco.cats.items():
+            if names.get(cid) != cat["name"]:
+                raise ValueError(f"{ann_file}: category {cid} {cat['name']!r} is not COCO 2017's ({names.get(cid)!r}); "
+                                 "the reader knows the 80 thing categories of instances_*2017.json")
+        self.image_ids = sorted(self.coco.imgs)
+        self.items = [(img_dir / self.coco.imgs[i]["file_name"], ann_file) for i in self.image_ids]
+
+    def label(self, index: int) -> np.ndarray:
+        """The semantic label of image ``index`` (H, W) uint8."""
+        info = self.coco.imgs[self.image_ids[index]]
+        h, w = info["height"], info["width"]
+        label = np.zeros((h, w), np.uint8)
+        crowd = np.zeros((h, w), bool)
+        classes_at = np.zeros((h, w), np.uint8)  # distinct classes covering each pixel
+        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=info["id"], iscrowd=None))
+        for cls in sorted({a["category_id"] for a in anns}):
+            mask = np.zeros((h, w), bool)
+            for a in anns:
+                if a["category_id"] != cls:
+                    continue
+                m = self.coco.annToMask(a).astype(bool)
+                if a.get("iscrowd", 0):
+                    crowd |= m
+                else:
+                    mask |= m
+            label[mask] = self.LABEL_OF_CATEGORY[cls]
+            classes_at += mask
+        label[(classes_at > 1) | crowd] = IGNORE_INDEX
+        return label
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = voc.read_image(self.items[i][0]), self.label(i)
+        if image.shape[:2] != label.shape:
+            raise ValueError(f"{self.items[i][0]} is {image.shape[:2]} but its annotation says {label.shape}")
+        return image, label
+
+
+READERS = {"voc": VOCDataset, "cityscapes": CityscapesDataset, "ade20k": ADE20KDataset, "voc_layout": VOCLayoutDataset,
+           "coco": COCODataset}
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -199,17 +283,53 @@ class ArrayDataset(torch.utils.data.Dataset):
         return self.pairs[i]
 
 
+class LabelSpaceDataset(torch.utils.data.Dataset):
+    """A benchmark read in the label space of a run: ``classes`` = background + the params' classes, matched by
+    name. The benchmark's classes the run does not list become 255 (ignored), so a run over ADE20K's 30 most
+    frequent classes is scored on those; a benchmark without a background class (Cityscapes) never shows label 0."""
+
+    def __init__(self, dataset: SegmentationDataset, classes: list[str]):
+        self.dataset, self.classes = dataset, list(classes)
+        self.root, self.split, self.palette = dataset.root, getattr(dataset, "split", ""), dataset.palette
+        missing = [c for c in self.classes[1:] if c not in dataset.classes]
+        if missing:
+            raise ParamsError(f"classes {missing} are not in {type(dataset).__name__}'s label set; name classes as the "
+                              f"benchmark does, e.g. {', '.join(c for c in dataset.classes[:6] if c != 'background')}, ...")
+        self.lut = np.full(256, IGNORE_INDEX, np.uint8)
+        for i, name in enumerate(dataset.classes):
+            self.lut[i] = self.classes.index(name) if name in self.classes else IGNORE_INDEX
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = self.dataset[i]
+        return image, self.lut[label]
+
+
 def open_real(params, split: str) -> SegmentationDataset:
-    """The real dataset of ``params.real`` (toy splits are rendered on first use)."""
+    """The real dataset of ``params.real`` (toy splits are rendered on first use). A benchmark (VOC, Cityscapes,
+    ADE20K, COCO) is read in the run's label space, background + ``params.classes`` (:class:`LabelSpaceDataset`),
+    the label space of its synthetic datasets, unless the two are the same already."""
     real = params.real
     root = params.resolve_path(real.root)
     if real.kind == "toy":
         if not (root / "dataset.json").is_file():
+            from dmutils.errors import ensure_writable_dir
             from dmutils.toyworld import write_real_splits
 
+            ensure_writable_dir(root, "real.root")
             write_real_splits(root, real.toy_sizes)
         return VOCLayoutDataset(root, split)
-    return READERS[real.kind](root, split)
+    dataset = READERS[real.kind](root, split)
+    classes = ["background"] + params.class_names
+    if real.kind == "voc_layout" or list(dataset.classes) == classes:
+        return dataset
+    return LabelSpaceDataset(dataset, classes)
 
 
 def check_same_classes(datasets: list[SegmentationDataset]) -> list[str]:
@@ -217,7 +337,7 @@ def check_same_classes(datasets: list[SegmentationDataset]) -> list[str]:
     first = list(datasets[0].classes)
     for ds in datasets[1:]:
         if list(ds.classes) != first:
-            raise ValueError(f"class lists differ: {ds.root} has {list(ds.classes)}, {datasets[0].root} has {first}; "
+            raise DataError(f"class lists differ: {ds.root} has {list(ds.classes)}, {datasets[0].root} has {first}; "
                              "mix only datasets with the same classes in the same order")
     return first
 

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
 from tqdm.auto import tqdm
 
+from dmutils.errors import DataError
+from dmutils.params import ParamsError
 from dmutils.segment.data import IGNORE_INDEX, center_inputs
 from dmutils.segment.models import Segmenter
 
@@ -95,7 +97,7 @@ def split_groups(per_class: pd.Series, seen_classes: list[str]) -> dict[str, flo
     names = list(per_class.index)
     unknown = [c for c in seen_classes if c not in names]
     if unknown:
-        raise ValueError(f"seen classes {unknown} are not in the label set {names}; fix train.seen_classes")
+        raise ParamsError(f"seen classes {unknown} are not in the label set {names}; fix train.seen_classes")
     seen = [c for c in names if c in seen_classes or c == names[0] == "background"]
     unseen = [c for c in names if c not in seen]
     out = {"seen": float(np.nanmean(per_class[seen])) if seen else float("nan"),
@@ -109,7 +111,8 @@ def evaluate(seg: Segmenter, dataset, tta: bool = False, scales: list[float] = (
              seen_classes: list[str] | None = None, batch_size: int = 32, progress: bool = False) -> EvalResult:
     """mIoU, per-class IoU and confusion matrix of ``seg`` on ``dataset`` (labels at native size)."""
     if list(dataset.classes) != list(seg.classes):
-        raise ValueError(f"the segmenter's classes {seg.classes} differ from the dataset's {list(dataset.classes)}")
+        raise DataError(f"the segmenter's classes {seg.classes} differ from the dataset's {list(dataset.classes)}; "
+                        "evaluate on data with the classes it was trained on")
     c = seg.num_classes
     jaccard = MulticlassJaccardIndex(c, average=None, ignore_index=IGNORE_INDEX)
     confmat = MulticlassConfusionMatrix(c, ignore_index=IGNORE_INDEX)

@@ -3,7 +3,9 @@
 SegFormer predicts per-pixel logits at a fraction of the input; Mask2Former predicts masks and
 their classes, so its semantic scores are ``softmax(class) x sigmoid(mask)`` summed over queries
 (what ``Mask2FormerImageProcessor.post_process_semantic_segmentation`` does) and its loss needs
-one binary mask per class present, built here from the semantic label.
+one binary mask per class present, built here from the semantic label. DeepLabV3
+(``dmutils.segment.deeplab``) predicts per-pixel logits like SegFormer. DeepLabV3 and Mask2Former take an
+ImageNet-pretrained backbone through transformers' backbone API (``train.backbone``, ``dmutils.segment.backbones``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dmutils.errors import DataError, DataNotFoundError, one_line
 from dmutils.params import ParamsError
 from dmutils.segment.data import IGNORE_INDEX
 
@@ -30,7 +33,16 @@ DEFAULT_CONFIGS: dict[str, dict] = {
                         backbone_config=dict(model_type="swin", image_size=64, patch_size=4, embed_dim=32,
                                              depths=[1, 1, 1, 1], num_heads=[1, 2, 4, 8], window_size=4,
                                              out_features=["stage1", "stage2", "stage3", "stage4"])),
+    # DeepLabV3 (dmutils.segment.deeplab) on a small basic-block ResNet; with train.backbone the backbone's own
+    # config replaces backbone_config and ASPP keeps the paper's 256 channels unless train.config says otherwise.
+    "deeplabv3": dict(aspp_channels=64, classifier_dropout=0.0,
+                      backbone_config=dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128],
+                                           depths=[1, 1, 1, 1], layer_type="basic", out_features=["stage4"])),
 }
+# Backbone stages each architecture's head reads.
+BACKBONE_STAGES = {"deeplabv3": ["stage4"], "mask2former": ["stage1", "stage2", "stage3", "stage4"]}
+# Architectures with per-pixel logits (``model(pixel_values, labels)`` -> loss, logits); the others predict masks.
+PER_PIXEL = ("segformer", "deeplabv3")
 
 
 def _classes(arch: str):
@@ -41,9 +53,14 @@ def _classes(arch: str):
     if arch == "mask2former":
         return transformers.Mask2FormerConfig, transformers.Mask2FormerForUniversalSegmentation
     if arch == "deeplabv3":
-        raise ParamsError("train.architecture 'deeplabv3' needs torchvision, which has no build for this torch; "
-                          "use 'segformer' or 'mask2former'")
-    raise ParamsError(f"train.architecture {arch!r} unknown; use 'segformer' or 'mask2former'")
+        try:
+            from dmutils.segment.deeplab import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
+        except ImportError as e:
+            raise ParamsError(f"train.architecture 'deeplabv3' needs transformers 5 (installed: {transformers.__version__}; "
+                              f"{e}); upgrade transformers or use 'segformer'") from None
+
+        return DeepLabV3Config, DeepLabV3ForSemanticSegmentation
+    raise ParamsError(f"train.architecture {arch!r} unknown; use 'segformer', 'mask2former' or 'deeplabv3'")
 
 
 class Segmenter(nn.Module):
@@ -59,14 +76,14 @@ class Segmenter(nn.Module):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Training loss of a batch: images (B, 3, H, W), labels (B, H, W) long with 255 = ignore."""
-        if self.architecture == "segformer":
+        if self.architecture in PER_PIXEL:
             return self.model(pixel_values=x, labels=y).loss
         masks, classes = semantic_to_masks(y, self.num_classes)
         return self.model(pixel_values=x, mask_labels=masks, class_labels=classes).loss
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         """Per-class scores (B, C, H, W) at the input's size (probabilities; argmax = prediction)."""
-        if self.architecture == "segformer":
+        if self.architecture in PER_PIXEL:
             logits = self.model(pixel_values=x).logits
             return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False).softmax(1)
         out = self.model(pixel_values=x)
@@ -105,11 +122,32 @@ def build_segmenter(train, classes: list[str]) -> Segmenter:
     id2label = dict(enumerate(classes))
     label2id = {v: k for k, v in id2label.items()}
     if train.pretrained:
-        model = model_cls.from_pretrained(train.pretrained, num_labels=len(classes), id2label=id2label,
-                                          label2id=label2id, ignore_mismatched_sizes=True, **train.config)
+        try:
+            model = model_cls.from_pretrained(train.pretrained, num_labels=len(classes), id2label=id2label,
+                                              label2id=label2id, ignore_mismatched_sizes=True, **train.config)
+        except OSError as e:  # transformers: not a folder, not in the cache, offline
+            name = train.pretrained.rstrip("/").split("/")[-1]
+            raise DataNotFoundError(f"train.pretrained {train.pretrained!r} cannot be loaded ({str(e).strip().splitlines()[0]}); "
+                                    f"download it with `hf download {train.pretrained} --local-dir models/{name}` and set "
+                                    f"train.pretrained=models/{name}, or null for a random init") from None
     else:
         kw = {**DEFAULT_CONFIGS[train.architecture], **train.config}
-        if isinstance(kw.get("backbone_config"), dict):
+        if train.architecture == "deeplabv3":
+            import dataclasses
+
+            known = {f.name for f in dataclasses.fields(config_cls)}
+            unknown = sorted(set(train.config) - known)
+            if unknown:  # a transformers config keeps unknown keys silently; ours is small enough to check
+                raise ParamsError(f"train.config does not fit DeepLabV3Config: unknown keys {unknown}; known: "
+                                  "aspp_channels, atrous_rates, classifier_dropout, output_stride, backbone_config")
+            kw.setdefault("output_stride", train.output_stride)
+        if train.backbone:
+            from dmutils.segment.backbones import backbone_config
+
+            kw["backbone_config"] = backbone_config(train.backbone, BACKBONE_STAGES[train.architecture])
+            if train.architecture == "deeplabv3" and "aspp_channels" not in train.config:
+                kw.pop("aspp_channels")  # the paper's 256
+        elif isinstance(kw.get("backbone_config"), dict):
             from transformers import AutoConfig
 
             bb = dict(kw["backbone_config"])
@@ -117,11 +155,20 @@ def build_segmenter(train, classes: list[str]) -> Segmenter:
         try:
             config = config_cls(num_labels=len(classes), id2label=id2label, label2id=label2id, **kw)
         except (TypeError, ValueError) as e:
-            raise ParamsError(f"train.config does not fit {config_cls.__name__}: {e}") from None
+            raise ParamsError(f"train.config does not fit {config_cls.__name__}: {' '.join(str(e).split())}") from None
         model = model_cls(config)
+        if train.backbone:
+            from dmutils.segment.backbones import load_pretrained_weights
+
+            load_pretrained_weights(backbone_of(model), train.backbone, BACKBONE_STAGES[train.architecture])
     if train.architecture == "segformer":
         model.config.semantic_loss_ignore_index = IGNORE_INDEX
     return Segmenter(model, train.architecture, classes, train.image_size)
+
+
+def backbone_of(model: nn.Module) -> nn.Module:
+    """The backbone module inside a DeepLabV3 or Mask2Former model."""
+    return model.backbone if hasattr(model, "backbone") else model.model.pixel_level_module.encoder
 
 
 def load_segmenter(folder: str | Path) -> Segmenter:
@@ -131,7 +178,14 @@ def load_segmenter(folder: str | Path) -> Segmenter:
         folder = folder / "model"
     meta_path = folder / "segmenter.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found; pass a folder written by 'dmutils train' (its model/ subfolder)")
-    meta = json.loads(meta_path.read_text())
+        raise DataNotFoundError(f"{meta_path} not found; pass a folder written by 'dmutils train' (its model/ subfolder)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as e:
+        raise DataError(f"{meta_path} is not valid JSON ({e}); train again or pass another checkpoint folder") from None
     _, model_cls = _classes(meta["architecture"])
-    return Segmenter(model_cls.from_pretrained(folder), meta["architecture"], meta["classes"], meta["image_size"])
+    try:
+        model = model_cls.from_pretrained(folder)
+    except OSError as e:  # weights missing or unreadable
+        raise DataError(f"{folder}: cannot load the segmenter ({one_line(e)}); pass a folder written by 'dmutils train'") from None
+    return Segmenter(model, meta["architecture"], meta["classes"], meta["image_size"])

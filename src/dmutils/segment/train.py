@@ -4,11 +4,19 @@ Every batch is a function of (seed, step) only (``data.make_batch``) and the glo
 per step, so a run interrupted and resumed from its checkpoint ends with the same weights as an
 uninterrupted one. AdamW with linear warmup then poly or cosine decay; optional EMA of weights;
 mixed precision on CUDA only.
+
+Several processes (``accelerate launch --multi_gpu -m dmutils train ...``, or ``torchrun -m dmutils train``, also
+on CPUs): data-parallel with
+accelerate's DDP. Every process draws the same global batch of ``train.batch_size`` for the step and
+trains on its own slice; DDP averages the gradients, so the run follows the one-process run (up to
+float reduction order and per-process BatchNorm statistics). Only the main process writes; checkpoints
+hold the plain model, so a run resumes under any process count.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +24,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from dmutils.errors import DataError, DataNotFoundError
 from dmutils.params import Params, ParamsError, load_params
 from dmutils.segment.data import SegmentationDataset, TensorCache, check_same_classes, make_batch
-from dmutils.segment.models import Segmenter, build_segmenter
+from dmutils.segment.models import BACKBONE_STAGES, Segmenter, backbone_of, build_segmenter
 from dmutils.voc import atomic_write_bytes
 
 
@@ -38,12 +47,46 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def distributed(train) -> "Accelerator | None":  # noqa: F821
+    """An accelerate ``Accelerator`` when several processes were launched (WORLD_SIZE > 1), else None.
+    CPU processes talk over gloo, GPU ones over NCCL (accelerate's choice)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    cpu = train.device == "cpu" or not torch.cuda.is_available()
+    # Mask2Former's matcher can leave heads without a gradient in a step
+    kwargs = DistributedDataParallelKwargs(find_unused_parameters=train.architecture == "mask2former")
+    return Accelerator(cpu=cpu, kwargs_handlers=[kwargs])
+
+
+class _LossOf(torch.nn.Module):
+    """DDP syncs gradients for what runs through its forward: the segmenter's loss, here."""
+
+    def __init__(self, seg: Segmenter):
+        super().__init__()
+        self.seg = seg
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.seg.loss(x, y)
+
+
 def _scheduler(opt: torch.optim.Optimizer, train) -> torch.optim.lr_scheduler.LRScheduler:
     from transformers import get_scheduler
 
     name, kw = ("polynomial", {"power": 0.9}) if train.schedule == "poly" else ("cosine", {})
     return get_scheduler(name, opt, num_warmup_steps=int(train.warmup_fraction * train.steps),
                          num_training_steps=train.steps, scheduler_specific_kwargs=kw)
+
+
+def param_groups(seg: Segmenter, train) -> list[dict]:
+    """One group, or the backbone at ``train.backbone_lr_mult`` x lr and the rest at lr (the papers' recipes keep
+    an ImageNet backbone at a tenth of the head's rate)."""
+    if train.backbone_lr_mult == 1.0 or train.architecture not in BACKBONE_STAGES:
+        return [{"params": list(seg.parameters())}]
+    backbone = {id(p) for p in backbone_of(seg.model).parameters()}
+    return [{"params": [p for p in seg.parameters() if id(p) in backbone], "lr": train.lr * train.backbone_lr_mult},
+            {"params": [p for p in seg.parameters() if id(p) not in backbone]}]
 
 
 def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_dir: str | Path | None = None,
@@ -57,19 +100,26 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
     train, seed = params.train, params.run.seed
     datasets = datasets if isinstance(datasets, (list, tuple)) else [datasets]
     if not datasets or any(len(d) == 0 for d in datasets):
-        raise ValueError("every training dataset must hold at least one sample; check the split files")
+        raise DataError("every training dataset must hold at least one sample; check the split files")
     classes = check_same_classes(datasets)
-    device = pick_device(train.device)
+    acc = distributed(train)
+    rank, world = (acc.process_index, acc.num_processes) if acc else (0, 1)
+    if train.batch_size % world:
+        raise ParamsError(f"train.batch_size={train.batch_size} does not split over {world} processes; "
+                          f"use a multiple of {world} (the global batch is the same whatever the process count)")
+    main = rank == 0
+    device = (acc.device if acc.device.type == "cuda" else torch.device("cpu")) if acc else pick_device(train.device)
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / "checkpoint.pt" if out else None
     if resume and not (ckpt_path and ckpt_path.is_file()):
-        raise FileNotFoundError(f"nothing to resume: {ckpt_path} not found (drop --resume to start afresh)")
+        raise DataNotFoundError(f"nothing to resume: {ckpt_path} not found (drop --resume to start afresh)")
 
     data = torch.utils.data.ConcatDataset([TensorCache(d, train.image_size) if train.cache else d for d in datasets])
     torch.manual_seed(seed)
     seg = build_segmenter(train, classes).to(device)
+    loss_of = acc.prepare_model(_LossOf(seg)) if acc else _LossOf(seg)
     # foreach: one fused update over all parameter tensors (the default only does this on CUDA)
-    opt = torch.optim.AdamW(seg.parameters(), lr=train.lr, weight_decay=train.weight_decay, foreach=True)
+    opt = torch.optim.AdamW(param_groups(seg, train), lr=train.lr, weight_decay=train.weight_decay, foreach=True)
     sched = _scheduler(opt, train)
     ema = (torch.optim.swa_utils.AveragedModel(seg, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(train.ema),
                                                use_buffers=True) if train.ema else None)
@@ -93,7 +143,7 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
         start, losses, seconds = state["step"], state["losses"], state["seconds"]
 
     def checkpoint(step: int) -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or not main:
             return
         import io
 
@@ -106,7 +156,8 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
     seg.train()
     t0 = time.perf_counter()
     bar = tqdm(range(start, train.steps), initial=start, total=train.steps, desc=f"train {train.architecture}",
-               disable=not progress, leave=False)
+               disable=not progress or not main, leave=False)
+    part = slice(rank * train.batch_size // world, (rank + 1) * train.batch_size // world)
     done = start
     try:
         for step in bar:
@@ -114,8 +165,9 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
                               train.photometric)
             torch.manual_seed(seed + step)  # dropout / point sampling: same per step on resume
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                loss = seg.loss(x.to(device), y.to(device))
-            if not torch.isfinite(loss):
+                loss = loss_of(x[part].to(device), y[part].to(device))
+            logged = acc.reduce(loss.detach(), "mean") if acc else loss.detach()  # the global batch's loss
+            if not torch.isfinite(logged):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower train.lr (now {train.lr})")
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -124,7 +176,7 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
             sched.step()
             if ema is not None:
                 ema.update_parameters(seg)
-            losses.append(loss.item())
+            losses.append(logged.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             done = step + 1
             if done % train.checkpoint_every == 0 and done < train.steps:
@@ -135,13 +187,15 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
     seconds += time.perf_counter() - t0
     final = ema.module if ema is not None else seg
     final.eval()
-    if out is not None:
+    if out is not None and main:
         checkpoint(train.steps)
         final.save(out / "model")
         log = {"steps": train.steps, "seconds": seconds, "losses": losses, "seed": seed,
                "datasets": [str(getattr(d, "root", type(d).__name__)) for d in datasets],
                "params": params.model_dump(mode="json")}
-        atomic_write_bytes(out / "train_log.json", json.dumps(log).encode())
+        atomic_write_bytes(out / "train_log.json", json.dumps(log | {"processes": world}).encode())
+    if acc:
+        acc.wait_for_everyone()
     return TrainResult(final, losses, seconds, out)
 
 
@@ -154,7 +208,7 @@ def synthetic_dataset(params: Params, split: str = "train") -> SegmentationDatas
 
     root = params.resolve_path(params.dataset.out_dir)
     if not (root / "dataset.json").is_file():
-        raise FileNotFoundError(f"no synthetic dataset at {root}; run 'dmutils generate' with these params first")
+        raise DataNotFoundError(f"no synthetic dataset at {root}; run 'dmutils generate' with these params first")
     return VOCLayoutDataset(root, split)
 
 
@@ -172,8 +226,22 @@ def main(args: argparse.Namespace) -> int:
     from dmutils.segment.data import open_real
     from dmutils.segment.evaluate import evaluate
 
+    from functools import partial
+
+    from dmutils import preflight as pf
+
     params = load_params(args.params, args.overrides)
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world > 1 and (params.train.noise_learning.enabled or params.train.self_training):
+        raise ParamsError("train.noise_learning and train.self_training run in one process; launch 'dmutils train' "
+                          "without accelerate/torchrun for them, or turn them off")
     out = args.out or params.resolve_path(f"data/{{run}}/segmenter-{args.data}")
+    checks = {"checkpoints": partial(pf.check_checkpoints, oracle=False), "outputs": partial(pf.check_outputs, dirs={"--out": out}),
+              "device": partial(pf.check_device, which=("train",))}
+    splits = ([params.real.train_split] if args.data != "synthetic" else []) + ([] if args.no_eval else [params.real.test_split])
+    if splits:
+        checks["real data"] = partial(pf.check_real_data, splits=splits)
+    pf.preflight(params, checks)
     real_train = open_real(params, params.real.train_split) if args.data in ("real", "both") else None
     synthetic = synthetic_dataset(params) if args.data in ("synthetic", "both") else None
     if synthetic is not None and params.train.noise_learning.enabled:
@@ -184,6 +252,8 @@ def main(args: argparse.Namespace) -> int:
         scores.to_csv(out / "noise_scores.csv", index=False)
     datasets = [d for d in (real_train, synthetic) if d is not None]
     result = train_segmenter(params, datasets, out, resume=args.resume)
+    if rank != 0:
+        return 0  # the main process reports and evaluates
     if synthetic is not None and params.train.self_training:
         from dmutils.segment.selftrain import self_train
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dmutils.errors import ensure_writable_dir
 from dmutils.toymodel import build
 from dmutils.toymodel.train import Log, encode_all, out_of_time, reconstruction_psnr, render_corpus
 from dmutils.toyworld import CLASSES, CLASS_NAMES
@@ -189,7 +190,7 @@ def train_transformer(transformer, text_encoders, tokenizer, scheduler, latents,
 def train_toy_sd3(args: argparse.Namespace) -> Path:
     from diffusers import StableDiffusion3Pipeline
 
-    out = Path(args.out or "models/toy-sd3")
+    out = ensure_writable_dir(Path(args.out or "models/toy-sd3"), "--out")
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dmutils.errors import ensure_writable_dir
 from dmutils.toymodel import build
 from dmutils.toyworld import CLASSES, CLASS_NAMES, make_scene
 
@@ -190,9 +191,9 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args
 
 
 def train_toy_model(args: argparse.Namespace) -> Path:
+    out = ensure_writable_dir(Path(args.out or DEFAULT_OUT["sd"]), "--out")  # before the imports and the corpus: a bad --out costs nothing
     from diffusers import StableDiffusionPipeline
 
-    out = Path(args.out or DEFAULT_OUT["sd"])
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -5,11 +5,12 @@ Order matters: the first adapter whose ``matches(pipe)`` is true serves the pipe
 from __future__ import annotations
 
 from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall, TextSource
+from dmutils.attention.adapters.dit import PixArtAdapter, SanaAdapter
 from dmutils.attention.adapters.flux import FluxAdapter
 from dmutils.attention.adapters.mmdit import MMDiTAdapter
 from dmutils.attention.adapters.unet import UNetAdapter
 
-ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, MMDiTAdapter, FluxAdapter]
+ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, MMDiTAdapter, FluxAdapter, PixArtAdapter, SanaAdapter]
 
 
 def adapter_class(pipe) -> type[DenoiserAdapter]:
@@ -28,4 +29,4 @@ def adapter_for(pipe, spec) -> DenoiserAdapter:
 
 
 __all__ = ["ADAPTERS", "AttentionLayer", "CaptureError", "DenoiserAdapter", "DenoiserCall", "FluxAdapter", "MMDiTAdapter",
-           "TextSource", "UNetAdapter", "adapter_class", "adapter_for"]
+           "PixArtAdapter", "SanaAdapter", "TextSource", "UNetAdapter", "adapter_class", "adapter_for"]

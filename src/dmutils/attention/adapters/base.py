@@ -130,6 +130,11 @@ class DenoiserAdapter:
                 return TextSource(getattr(pipe, encoder), getattr(pipe, tokenizer, None))
         return TextSource(None, getattr(pipe, "tokenizer", None))
 
+    def text_ids(self, ids: torch.Tensor, text_len: int) -> torch.Tensor:
+        """The recorded encoder input ids at the positions of the text keys the denoiser sees (``text_len``
+        of them; 0 = unknown): as recorded, unless the pipeline drops embeddings (SANA)."""
+        return ids
+
     def encode_class_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Embeddings of the class prompts (class-prompt cross-attention mode), in the denoiser's dtype."""
         raise CaptureError(f"class-prompt cross-attention is not supported for the {self.family} family; "

@@ -57,6 +57,9 @@ class UNetAdapter(DenoiserAdapter):
         if self.spec.map_space != "attention":
             raise CaptureError("capture.map_space 'output' (ConceptAttention) needs a joint-attention transformer (SD3, "
                                "FLUX.1); a UNet's maps are attention-space: set capture.map_space: attention")
+        if self.spec.transformer_blocks is not None or tuple(self.spec.depth) != (0.0, 1.0):
+            raise CaptureError("capture.transformer_blocks / capture.depth choose a transformer's blocks; a UNet's layers are "
+                               "chosen by capture.blocks (down/mid/up) and the resolutions: drop those settings")
         layers = [layer for layer in self.attention_layers() if layer.block in self.spec.blocks]
         if not layers:
             raise CaptureError(f"the UNet has no attention layers in blocks {self.spec.blocks}")
