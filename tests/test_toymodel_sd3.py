@@ -106,3 +106,15 @@ def test_bench_protocol_scores_every_map_kind_and_every_block(tiny):
     assert out["attention_miou"] == max(out["attention_miou_by_kind"].values())
     assert out["attention_miou_by_kind"][out["attention_miou_kind"]] == out["attention_miou"]
     assert all(0 <= v <= 1 for v in [*out["attention_miou_by_kind"].values(), *out["attention_miou_by_block"].values(), out["presence_rate"]])
+
+
+def test_shipped_toy_mmdit_is_small_in_safetensors_with_its_logs_and_loads_as_sd3():
+    shipped = Path(__file__).resolve().parents[1] / "models" / "toy-sd3"
+    files = [f for f in shipped.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 40 * 2**20
+    weights = [f for f in files if f.suffix in (".safetensors", ".bin", ".pt")]
+    assert weights and all(f.suffix == ".safetensors" for f in weights)
+    summary = json.loads((shipped / "training_summary.json").read_text())
+    assert summary["family"] == "sd3" and summary["transformer_steps"] >= 1 and (shipped / "training_log.txt").is_file()
+    pipe = _load(shipped)
+    assert pipe.transformer.config.patch_size == 1 and pipe.transformer.config.sample_size == 16
