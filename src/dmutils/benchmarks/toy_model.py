@@ -44,21 +44,24 @@ def attention_masks(maps, i: int, classes: tuple[str, ...], size: int, threshold
 
 
 def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold: float, min_fraction: float = 0.01, progress=True,
-                   window: tuple[float, float] | None = None, guidance: float | None = None):
+                   window: tuple[float, float] | None = None, guidance: float | None = None, spec=None, class_prompts: bool = False):
+    """``spec``: a :class:`CaptureSpec` to use instead of the params' cross maps (transformers: map kind, blocks);
+    ``class_prompts``: maps over the class prompt "circle star" carried beside the caption (ConceptAttention)."""
     from tqdm.auto import tqdm
 
     from dmutils.attention import CaptureSpec, capture
 
-    spec = CaptureSpec.from_params(params.capture)
-    spec = CaptureSpec(cross_resolutions=spec.cross_resolutions, self_resolutions=(), blocks=spec.blocks,
-                       timestep_window=window or spec.timestep_window, head_reduce=spec.head_reduce, token_reduce=spec.token_reduce)
+    if spec is None:
+        spec = CaptureSpec.from_params(params.capture)
+        spec = CaptureSpec(cross_resolutions=spec.cross_resolutions, self_resolutions=(), blocks=spec.blocks,
+                           timestep_window=window or spec.timestep_window, head_reduce=spec.head_reduce, token_reduce=spec.token_reduce)
     items = two_class_prompts(n)
     found = named = 0
     preds, targets, images = [], [], []
     for start in tqdm(range(0, n, batch), desc="bench toy-model", disable=not progress):
         chunk = items[start:start + batch]
         gens = [torch.Generator().manual_seed(start + k) for k in range(len(chunk))]
-        with capture(pipe, spec) as rec:
+        with capture(pipe, spec, class_prompts=[" ".join(c) for _, c in chunk] if class_prompts else None) as rec:
             out = pipe([p for p, _ in chunk], generator=gens, num_inference_steps=steps,
                        guidance_scale=params.model.guidance_scale if guidance is None else guidance, output_type="np")
         maps = rec.maps()
@@ -87,23 +90,22 @@ def run(args: argparse.Namespace) -> dict:
     from dmutils.pipeline import load_pipeline
 
     quick = getattr(args, "quick", False)
-    params = load_params("params/toy.yaml")
+    model = getattr(args, "model", None)
+    # --model: another toy model (e.g. models/toy-sd3), loaded as its model_index.json says, with its own scheduler
+    params = load_params("params/toy.yaml", {"model": {"path": model, "family": "auto", "scheduler": None}} if model else None)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = load_pipeline(params.model, device="cpu")
     orc = oracle_mod.load()
     n, batch = (16, 8) if quick else (120, 12)
     steps = params.model.num_inference_steps
+    if getattr(pipe, "transformer", None) is not None:
+        from dmutils.benchmarks.toy_transformer import run_transformer
+
+        return run_transformer(pipe, params, orc, n, batch, steps, quick, evaluate_model, _common(pipe, orc, params, quick))
     res = evaluate_model(pipe, params, n, batch, steps, orc, params.masks.threshold, guidance=PROTOCOL_GUIDANCE)
     every_step = evaluate_model(pipe, params, n, batch, steps, orc, params.masks.threshold, window=(0.0, 1.0), guidance=PROTOCOL_GUIDANCE)
     at_params = evaluate_model(pipe, params, n, batch, steps, orc, params.masks.threshold)
 
-    prompts = [p for p, _ in two_class_prompts(4)]
-    pipe(prompts[:1], num_inference_steps=2, output_type="np")  # warm-up
-    t0 = time.perf_counter()
-    pipe(prompts, generator=[torch.Generator().manual_seed(k) for k in range(4)], num_inference_steps=10 if quick else 50, output_type="np")
-    spi = (time.perf_counter() - t0) / 4
-
-    real = oracle_mod.render_set(60 if quick else 200, SPLIT_TEST_OFFSET)
     return {
         "presence_rate": round(res["presence_rate"], 4),
         "attention_miou": round(res["attention_miou"], 4),
@@ -112,14 +114,27 @@ def run(args: argparse.Namespace) -> dict:
         "presence_rate_at_params_guidance": round(at_params["presence_rate"], 4),
         "attention_miou_at_params_guidance": round(at_params["attention_miou"], 4),
         "params_guidance_scale": params.model.guidance_scale,
+        "cross_resolutions": list(params.capture.cross_resolutions),
+        "images": n,
+        **_common(pipe, orc, params, quick),
+    }
+
+
+def _common(pipe, orc, params, quick: bool) -> dict:
+    """Speed (50 steps with CFG, batch 4), the oracle on real scenes, and the protocol's settings."""
+    prompts = [p for p, _ in two_class_prompts(4)]
+    pipe(prompts[:1], num_inference_steps=2, output_type="np")  # warm-up
+    t0 = time.perf_counter()
+    pipe(prompts, generator=[torch.Generator().manual_seed(k) for k in range(4)], num_inference_steps=10 if quick else 50, output_type="np")
+    spi = (time.perf_counter() - t0) / 4
+    real = oracle_mod.render_set(60 if quick else 200, SPLIT_TEST_OFFSET)
+    return {
         "timestep_window": list(params.capture.timestep_window),
         "normalize": params.masks.normalize,
         "seconds_per_image": round(spi, 4),
         "seconds_per_image_steps": 10 if quick else 50,
         "oracle_miou_real": round(oracle_mod.miou(orc.predict(real[0]), real[1]), 4),
-        "images": n,
-        "steps": steps,
-        "cross_resolutions": list(params.capture.cross_resolutions),
+        "steps": params.model.num_inference_steps,
         "threshold": params.masks.threshold,
         "threads": torch.get_num_threads(),
     }

@@ -191,7 +191,7 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args
 
 
 def train_toy_model(args: argparse.Namespace) -> Path:
-    out = ensure_writable_dir(Path(args.out), "--out")  # before the imports and the corpus: a bad --out costs nothing
+    out = ensure_writable_dir(Path(args.out or DEFAULT_OUT["sd"]), "--out")  # before the imports and the corpus: a bad --out costs nothing
     from dmutils.pipeline import bind_pil_image_processors
 
     bind_pil_image_processors()
@@ -255,8 +255,13 @@ def train_toy_model(args: argparse.Namespace) -> Path:
     return out
 
 
+DEFAULT_OUT = {"sd": "models/toy-sd", "sd3": "models/toy-sd3"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="models/toy-sd", help="output folder (diffusers format)")
+    parser.add_argument("--family", choices=sorted(DEFAULT_OUT), default="sd",
+                        help="sd: the toy UNet (StableDiffusionPipeline); sd3: the toy MMDiT (StableDiffusion3Pipeline, rectified flow)")
+    parser.add_argument("--out", default=None, help="output folder (diffusers format); default models/toy-sd or models/toy-sd3")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scenes", type=int, default=16000, help="rendered training scenes")
     parser.add_argument("--vae-steps", type=int, default=1500)
@@ -272,8 +277,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", default=None, help="a saved toy model folder to continue training")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    sd3 = parser.add_argument_group("--family sd3 (the toy MMDiT; --steps, --lr, --batch, --max-minutes, --init-from as above)")
+    sd3.add_argument("--vae-from", default="models/toy-sd", help="toy model whose VAE is copied (a new model only)")
+    sd3.add_argument("--layers", type=int, default=8, help="joint transformer blocks")
+    sd3.add_argument("--heads", type=int, default=4)
+    sd3.add_argument("--head-dim", type=int, default=32)
+    sd3.add_argument("--shift", type=float, default=1.0, help="FlowMatchEulerDiscreteScheduler shift (training sigmas and sampling)")
 
 
 def main(args: argparse.Namespace) -> int:
-    train_toy_model(args)
+    args.out = args.out or DEFAULT_OUT[args.family]
+    if args.family == "sd3":
+        from dmutils.toymodel.sd3 import train_toy_sd3
+
+        train_toy_sd3(args)
+    else:
+        train_toy_model(args)
     return 0
