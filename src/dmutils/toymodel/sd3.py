@@ -188,9 +188,12 @@ def train_transformer(transformer, text_encoders, tokenizer, scheduler, latents,
 
 
 def train_toy_sd3(args: argparse.Namespace) -> Path:
+    out = ensure_writable_dir(Path(args.out or "models/toy-sd3"), "--out")  # before the imports: a bad --out costs nothing
+    from dmutils.pipeline import bind_pil_image_processors
+
+    bind_pil_image_processors()
     from diffusers import StableDiffusion3Pipeline
 
-    out = ensure_writable_dir(Path(args.out or "models/toy-sd3"), "--out")
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
