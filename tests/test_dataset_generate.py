@@ -207,3 +207,16 @@ def test_params_diff_names_changed_added_and_removed_keys():
     new = {"capture": {"blocks": ["up"]}, "masks": {"threshold": 0.4, "tau": 0}}
     assert gen.params_diff(old, new) == ["capture.resolution_weights: None -> (absent)", "masks.tau: (absent) -> 0",
                                          "masks.threshold: 0.5 -> 0.4"]
+
+
+def test_resume_removes_the_temp_files_of_killed_writes(setup, tmp_path):
+    """A writer killed between mkstemp and rename (a SIGKILLed actor) leaves '.<name>.<rand>.tmp'; the resumed
+    run deletes it and the dataset equals the uninterrupted one."""
+    out = tmp_path / "stale"
+    params = _with(setup["params"], out_dir=str(out))
+    generate_dataset(params, pipe=setup["pipe"], progress=False)
+    stale = out / "maps" / ".syn_000001.npz.abc123.tmp"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"half a file")
+    generate_dataset(params, pipe=setup["pipe"], progress=False)
+    assert not stale.exists() and _files(out) == _files(setup["ref"])

@@ -56,6 +56,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_partial_writes(root: Path) -> int:
+    """Delete the temp files of :func:`atomic_write_bytes` calls that were killed before their rename (a
+    SIGKILLed process or Ray actor): they are never part of a dataset, and a resumed run rewrites the file."""
+    stale = [p for p in Path(root).rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     import io
 

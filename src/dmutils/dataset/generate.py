@@ -521,6 +521,7 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
     root = output_dir(params, shard)
     meta = dataset_meta(params)
     prepare_output(root, meta, overwrite)
+    voc.remove_partial_writes(root)  # a killed run's half-written files; their samples have no manifest line and are redone
     manifest = Manifest(root / MANIFEST)
     records = manifest.read()
     todo = [i for i in shard_indices(params.dataset.num_samples, shard) if i not in records]
