@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from dmutils.errors import ensure_writable_dir
 from dmutils.toymodel import build
-from dmutils.toymodel.train import Log, encode_all, out_of_time, reconstruction_psnr, render_corpus
+from dmutils.toymodel.train import Log, ema_step, encode_all, out_of_time, reconstruction_psnr, render_corpus
 from dmutils.toyworld import CLASSES, CLASS_NAMES
 
 T5_TOKENS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the zero tokens it appends without a T5
@@ -168,12 +168,7 @@ def train_transformer(transformer, text_encoders, tokenizer, scheduler, latents,
         pred = transformer(hidden_states=xt, timestep=sigma * scheduler.config.num_train_timesteps, encoder_hidden_states=seq,
                            pooled_projections=pooled, return_dict=False)[0]
         loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.step(params)
+        ema_step(loss, params, opt, sched, ema)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 50 == 0:
             log(f"transformer step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} elapsed {time.time() - t0:.0f}s")

@@ -173,12 +173,7 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args
         snr = compute_snr(scheduler, t)
         weight = torch.clamp(snr, max=5.0) / snr
         loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.step(params)
+        ema_step(loss, params, opt, sched, ema)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % 100 == 0:
             log(f"unet step {step} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} elapsed {time.time() - t0:.0f}s")
@@ -188,6 +183,16 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args
     unet.eval()
     text_encoder.eval()
     return step + 1, time.time() - t0
+
+
+def ema_step(loss: torch.Tensor, params, opt, sched, ema) -> None:
+    """One step of the denoiser trainings (UNet, MMDiT): backward, clip at 1, optimizer and schedule, EMA."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    ema.step(params)
 
 
 def train_toy_model(args: argparse.Namespace) -> Path:
