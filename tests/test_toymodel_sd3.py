@@ -1,6 +1,7 @@
 """The toy MMDiT (``train-toy-model --family sd3``) at tiny sizes: trains, saves, loads like SD3, generates, resumes."""
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,16 @@ def test_sequence_embeddings_are_the_unmixed_token_embeddings(tiny):
     assert torch.equal(a[0, circle], b[0, circle]) and not torch.equal(a[0, 2], b[0, 2])
 
 
+def test_pooled_none_leaves_the_caption_only_to_the_tokens_and_caption_keeps_sd3s_pooled_vector(tiny, tmp_path):
+    """--pooled none (the default): the saved pipeline's pooled vector is 0 for every caption, even after training."""
+    silent = _load(tiny).encode_prompt(["a red circle", "a blue star"], None, None, do_classifier_free_guidance=False)[2]
+    assert silent.abs().max() == 0
+    pooled = _load(_train("--out", str(tmp_path / "p"), "--steps", "1", "--pooled", "caption"))
+    own = pooled.encode_prompt(["a red circle", "a blue star"], None, None, do_classifier_free_guidance=False)[2]
+    assert own.abs().max() > 0 and not torch.equal(own[0], own[1])
+    assert json.loads((tmp_path / "p" / "training_summary.json").read_text())["pooled"] == "caption"
+
+
 def test_one_zero_token_with_a_log_bias_computes_what_the_pipeline_does_with_256(tiny):
     pipe = _load(tiny)
     prompts = ["a red circle and a blue square", ""]
@@ -103,6 +114,9 @@ def test_bench_protocol_scores_every_map_kind_and_every_block(tiny):
     out = toy_transformer.run_transformer(pipe, params, oracle.load(), 2, 2, 2, True, toy_model.evaluate_model, {})
     assert set(out["attention_miou_by_kind"]) == {"joint_slice", "text_softmax", "output"}
     assert set(out["attention_miou_by_block"]) == {"0", "1"} and out["map_grid"] == 16
+    routes = out["presence_rate_by_route"]
+    assert set(routes) == {"both", "tokens_only", "pooled_only"} and all(0 <= v <= 1 for v in routes.values())
+    assert routes["tokens_only"] == routes["both"]  # --pooled none: the empty caption's pooled vector is the same 0
     assert out["attention_miou"] == max(out["attention_miou_by_kind"].values())
     assert out["attention_miou_by_kind"][out["attention_miou_kind"]] == out["attention_miou"]
     assert all(0 <= v <= 1 for v in [*out["attention_miou_by_kind"].values(), *out["attention_miou_by_block"].values(), out["presence_rate"]])
@@ -118,3 +132,84 @@ def test_shipped_toy_mmdit_is_small_in_safetensors_with_its_logs_and_loads_as_sd
     assert summary["family"] == "sd3" and summary["transformer_steps"] >= 1 and (shipped / "training_log.txt").is_file()
     pipe = _load(shipped)
     assert pipe.transformer.config.patch_size == 1 and pipe.transformer.config.sample_size == 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Study 06 and `bench segmenter --model` on the tiny MMDiT beside the shipped toy UNet
+# ---------------------------------------------------------------------------------------------
+def _family_params(tiny: Path):
+    from dmutils.params import load_params
+
+    return load_params("params/toy.yaml", {"model": {"num_inference_steps": 2},
+                                           "study": {"family_models": ["models/toy-sd", str(tiny)], "family_images": 2, "family_windows": 2}})
+
+
+@pytest.mark.slow
+def test_study06_scores_every_view_of_both_families_and_reads_them_back_from_its_cache(tiny, tmp_path):
+    from dmutils.studies import model_families as study
+
+    params = _family_params(tiny)
+    results = study.run_study(params, tmp_path / "cache")
+    table = study.scores_table(results)
+    unet, mmdit = table[table.model == "toy-sd"], table[table.model == tiny.name]
+    assert set(unet.family) == {"UNet2DConditionModel"} and set(mmdit.family) == {"SD3Transformer2DModel"}
+    assert list(unet.groupby("view", sort=False).size().items()) == [("map kind", 1), ("depth", 2), ("timestep window", 2)]
+    assert list(mmdit.groupby("view", sort=False).size().items()) == [("map kind", 3), ("depth", 2), ("timestep window", 2), ("caption route", 3)]
+    assert table.miou.dropna().between(0, 1).all() and table.presence.between(0, 1).all() and not table.cached.any()
+    head = study.headline(results, {"models/toy-sd": 0.9})
+    assert list(head.segmenter_ratio.fillna(-1)) == [0.9, -1] and set(head.best_map_kind) <= {"cross", "joint_slice", "text_softmax", "output"}
+    again = study.run_study(params, tmp_path / "cache")
+    assert all(r["cached"] for r in again.values())
+    assert study.scores_table(again).drop(columns="cached").equals(table.drop(columns="cached"))
+    # a changed model file is a new key: its scores are not read from the cache
+    copy = shutil.copytree(tiny, tmp_path / "copy")
+    before = study.model_key(params, str(copy), 2, 2)
+    (copy / "transformer" / "config.json").write_text((copy / "transformer" / "config.json").read_text() + "\n")
+    assert study.model_key(params, str(copy), 2, 2) != before
+
+
+@pytest.mark.slow
+def test_notebook06_writes_the_tables_dmutils_computes(tiny, tmp_path, monkeypatch):
+    import pandas as pd
+    import papermill as pm
+
+    from dmutils import nb
+    from dmutils.params import REPO_ROOT
+    from dmutils.runner import choose_kernel, kernel_options
+    from dmutils.studies import model_families as study
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    overrides = ["model.num_inference_steps=2", f"study.family_models=['models/toy-sd', '{tiny}']", "study.family_images=2",
+                 "study.family_windows=2"]
+    out = tmp_path / "report"
+    pm.execute_notebook(str(REPO_ROOT / "notebooks" / "06_model_families.ipynb"), str(tmp_path / "06.ipynb"), kernel_name=choose_kernel(),
+                        parameters={"params_file": "params/toy.yaml", "overrides": overrides, "run_dir": str(out)},
+                        cwd=str(REPO_ROOT / "notebooks"), progress_bar=False, execution_timeout=600, **kernel_options())
+    written = pd.read_csv(out / nb.TABLES / "model_families_scores.csv")
+    computed = study.scores_table(study.run_study(_family_params(tiny), out / "model_families_cache"))  # from the notebook's cache
+    pd.testing.assert_frame_equal(written.drop(columns="cached"), computed.drop(columns="cached"), check_dtype=False)
+    assert set(pd.read_csv(out / nb.TABLES / "model_families_headline.csv").model) == {"toy-sd", tiny.name}
+    assert {"model_families_scores", "model_families_examples"} <= {a["name"] for a in nb.read_artifacts(out) if a["kind"] == "figure"}
+
+
+def test_bench_segmenter_model_generates_with_that_model(tiny, monkeypatch, capsys):
+    """`bench segmenter --model DIR`: the synthetic set comes from DIR, loaded as its model_index.json says (the
+    trainings are the quick test's in test_benchmarks.py; here they are replaced to keep this test short)."""
+    from types import SimpleNamespace
+
+    from dmutils import bench
+    from dmutils.benchmarks import segmenter
+    from dmutils.dataset import generate
+
+    used, real_generate = [], generate.generate_dataset
+
+    def spy(params, **kw):
+        used.append((params.model.path, params.model.family, params.model.scheduler))
+        return real_generate(params, **kw)
+
+    monkeypatch.setattr(generate, "generate_dataset", spy)
+    fake = SimpleNamespace(miou=0.5, to_dict=lambda: {"per_class": {}})
+    monkeypatch.setattr(segmenter, "_train_and_test", lambda params, sets, test: (fake, 1.0, 1.0))
+    assert bench.main(argparse.Namespace(name="segmenter", json=True, quick=True, model=str(tiny), seed=0)) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert used == [(str(tiny), "auto", None)] and out["model"] == str(tiny) and out["ratio"] == 1.0

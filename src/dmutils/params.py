@@ -287,6 +287,10 @@ class StudyParams(_Strict):
     taus: list[int] = Field(default_factory=lambda: [0, 1, 2, 4])
     ablation_grid: str | None = Field("params/ablations/toy_small.yaml", description="YAML of variants")
     ablation_samples: int = Field(24, ge=1)
+    family_models: list[str] = Field(default_factory=lambda: ["models/toy-sd", "models/toy-sd3"],
+                                     description="study 06: model folders compared (any family; each read as its model_index.json says)")
+    family_images: int = Field(8, ge=1, description="study 06: two-class prompts per score (bench toy-model's protocol)")
+    family_windows: int = Field(2, ge=1, le=50, description="study 06: disjoint timestep windows scored")
 
 
 class OracleParams(_Strict):
@@ -303,7 +307,8 @@ class RunParams(_Strict):
     name: str = Field("toy", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="report folder name: letters, digits, . _ -")
     seed: int = 0
     notebooks: list[str] = Field(
-        default_factory=lambda: ["01_attention_analysis", "02_threshold_vs_iou", "03_generate_dataset", "04_train_segmenter", "05_ablations"],
+        default_factory=lambda: ["01_attention_analysis", "02_threshold_vs_iou", "03_generate_dataset", "04_train_segmenter", "05_ablations",
+                                 "06_model_families"],
         description="names in notebooks_dir ('.ipynb' optional) or paths; run in this order",
     )
     notebooks_dir: str = Field("notebooks", description="where notebook names are looked up")

@@ -9,10 +9,18 @@ maps lie on the patch grid (16x16 at 64 px, the UNet's best level). Joint attent
 ``attention_miou`` is the best kind's (named in ``attention_miou_kind``), ``attention_miou_by_kind`` all of them over
 every block, ``attention_miou_by_block`` the best kind block by block (block i of n at depth (i + 0.5) / n).
 Capture leaves images unchanged, so every kind and block is scored on the same images; ``presence_rate`` is theirs.
+``presence_rate_by_route``: which route the caption takes into the image. SD3 conditions on the caption twice: its
+tokens in joint attention, and a pooled vector in every block's AdaLN. ``tokens_only`` gives the pooled vector of the
+empty caption, ``pooled_only`` the token sequence of the empty caption; a model whose presence survives
+``pooled_only`` reads the caption from the pooled vector, and its attention maps need not localise anything.
 """
 from __future__ import annotations
 
-from dmutils.benchmarks.toy_model import PROTOCOL_GUIDANCE
+import numpy as np
+import torch
+
+from dmutils.benchmarks.toy_model import PROTOCOL_GUIDANCE, two_class_prompts
+from dmutils.toyworld import CLASS_NAMES
 
 KINDS = {"joint_slice": ("joint_slice", "attention"), "text_softmax": ("text_softmax", "attention"), "output": ("text_softmax", "output")}
 
@@ -24,6 +32,24 @@ def _spec(params, grid: int, kind: str, blocks: tuple[int, ...] | None):
     c = params.capture
     return CaptureSpec(cross_resolutions=(grid,), self_resolutions=(), timestep_window=tuple(c.timestep_window), head_reduce=c.head_reduce,
                        token_reduce=c.token_reduce, transformer_blocks=blocks, joint_norm=joint_norm, map_space=space)
+
+
+def presence_by_route(pipe, orc, n: int, steps: int, min_fraction: float = 0.01) -> dict:
+    """Presence of the named objects with the caption in both routes, in the tokens only, in the pooled vector only."""
+    items = two_class_prompts(n)
+    prompts, empty = [p for p, _ in items], [""] * n
+    tokens, empty_tokens, pooled, empty_pooled = pipe.encode_prompt(
+        prompts, prompts, None, do_classifier_free_guidance=True, negative_prompt=empty, negative_prompt_2=empty)
+    negative = {"negative_prompt_embeds": empty_tokens, "negative_pooled_prompt_embeds": empty_pooled}
+
+    def presence(seq, vec) -> float:
+        out = pipe(prompt_embeds=seq, pooled_prompt_embeds=vec, **negative, generator=[torch.Generator().manual_seed(k) for k in range(n)],
+                   num_inference_steps=steps, guidance_scale=PROTOCOL_GUIDANCE, output_type="np")
+        truth = orc.predict((out.images * 255).round().astype(np.uint8))
+        found = [(truth[k] == CLASS_NAMES.index(c) + 1).mean() >= min_fraction for k, (_, classes) in enumerate(items) for c in classes]
+        return round(float(np.mean(found)), 4)
+
+    return {"both": presence(tokens, pooled), "tokens_only": presence(tokens, empty_pooled), "pooled_only": presence(empty_tokens, pooled)}
 
 
 def run_transformer(pipe, params, orc, n: int, batch: int, steps: int, quick: bool, evaluate_model, common: dict) -> dict:
@@ -45,6 +71,7 @@ def run_transformer(pipe, params, orc, n: int, batch: int, steps: int, quick: bo
         "attention_miou_kind": best,
         "attention_miou_by_kind": {k: round(v["attention_miou"], 4) for k, v in by_kind.items()},
         "attention_miou_by_block": by_block,
+        "presence_rate_by_route": presence_by_route(pipe, orc, n, steps),
         "map_grid": grid,
         "blocks": blocks,
         "guidance_scale": PROTOCOL_GUIDANCE,

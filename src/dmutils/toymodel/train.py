@@ -287,6 +287,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sd3.add_argument("--layers", type=int, default=8, help="joint transformer blocks")
     sd3.add_argument("--heads", type=int, default=4)
     sd3.add_argument("--head-dim", type=int, default=32)
+    sd3.add_argument("--pooled", choices=("none", "caption"), default="none",
+                     help="the pooled text vector: none (zero, so the caption reaches the image only through joint attention) "
+                          "or caption (SD3's own, which the toy learns to read instead of the tokens)")
     sd3.add_argument("--shift", type=float, default=1.0, help="FlowMatchEulerDiscreteScheduler shift (training sigmas and sampling)")
 
 

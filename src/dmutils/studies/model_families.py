@@ -1,0 +1,168 @@
+"""Study 06: the toy UNet and the toy MMDiT side by side -- does joint attention localise as cross-attention does?
+
+Both models draw the same two-class prompts with the same seeds (``bench toy-model``'s protocol: guidance 7.5,
+plain masks, the params' threshold), and each map is scored against the oracle's labels of its own image:
+- per map kind: the UNet's cross-attention; the MMDiT's joint-softmax slice, text-only softmax and ConceptAttention's
+  output space (:data:`dmutils.benchmarks.toy_transformer.KINDS`);
+- per depth: the UNet's down and up blocks at the captured resolution; each of the MMDiT's blocks (best kind);
+- per timestep window (best kind);
+- which route the MMDiT's caption takes (tokens, pooled vector: ``presence_by_route``).
+Every score is a generation of ``study.family_images`` images; results are cached under
+``<run_dir>/model_families_cache/`` by a hash of the settings and of the model files, so a re-run costs nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dmutils.params import Params
+from dmutils.voc import atomic_write_bytes
+
+UNET_DEPTHS = ("down", "up")  # the toy UNet's blocks that hold maps at its 16x16 level (mid is coarser)
+
+
+def model_params(params: Params, path: str) -> Params:
+    """``params`` with another model, loaded as its model_index.json says, with its own scheduler."""
+    return params.model_copy(update={"model": params.model.model_copy(update={"path": path, "family": "auto", "scheduler": None})})
+
+
+def model_key(params: Params, path: str, images: int, windows: int) -> str:
+    """Hash of what decides the scores: the settings, and the model's config and weight files."""
+    h = hashlib.sha256(json.dumps([params.capture.model_dump(mode="json"), params.masks.threshold, params.masks.normalize,
+                                   params.model.num_inference_steps, images, windows], sort_keys=True).encode())
+    folder = params.resolve_path(path)
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".txt"):
+            h.update(f.relative_to(folder).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _settings(pipe, params: Params, windows: int):
+    """The map kinds ({kind: CaptureSpec over every block and the params' window}), the depths ((label, blocks)) and the
+    timestep windows of one model; a depth or window is read with :func:`dataclasses.replace` of its kind's spec."""
+    from dmutils.attention import CaptureSpec
+    from dmutils.benchmarks.toy_transformer import KINDS, _spec
+    from dmutils.studies.attention import equal_windows
+
+    c = params.capture
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is None:
+        kinds = {"cross": CaptureSpec(cross_resolutions=tuple(c.cross_resolutions), self_resolutions=(), blocks=tuple(c.blocks),
+                                      timestep_window=tuple(c.timestep_window), head_reduce=c.head_reduce, token_reduce=c.token_reduce)}
+        depths = [(b, {"blocks": (b,)}) for b in UNET_DEPTHS]
+    else:
+        grid = transformer.config.sample_size // transformer.config.patch_size
+        kinds = {kind: _spec(params, grid, kind, None) for kind in KINDS}
+        n = len(transformer.transformer_blocks)
+        depths = [(f"block {b} ({(b + 0.5) / n:.2f})", {"transformer_blocks": (b,)}) for b in range(n)]
+    return kinds, depths, [{"timestep_window": w} for w in equal_windows(windows)]
+
+
+def score_model(params: Params, path: str, images: int, windows: int, orc=None, progress: bool = False) -> dict:
+    """Scores of one model: rows (view, setting, miou, presence) and the best kind's examples."""
+    from dmutils import oracle as oracle_mod
+    from dmutils.benchmarks.toy_model import PROTOCOL_GUIDANCE, evaluate_model
+    from dmutils.pipeline import load_pipeline
+
+    mp = model_params(params, path)
+    pipe = load_pipeline(mp.model, device="cpu")
+    orc = orc or oracle_mod.load()
+    kinds, depths, window_list = _settings(pipe, mp, windows)
+    steps = mp.model.num_inference_steps
+
+    def score(spec, class_prompts: bool) -> dict:
+        return evaluate_model(pipe, mp, images, images, steps, orc, mp.masks.threshold, progress=progress, guidance=PROTOCOL_GUIDANCE,
+                              spec=spec, class_prompts=class_prompts)
+
+    rows, results = [], {}
+    for kind, spec in kinds.items():
+        results[kind] = score(spec, kind == "output")
+        rows.append({"view": "map kind", "setting": kind, "miou": results[kind]["attention_miou"], "presence": results[kind]["presence_rate"]})
+    best = max(results, key=lambda k: results[k]["attention_miou"])
+    views = [("depth", label, change) for label, change in depths]
+    views += [("timestep window", "{:.2f}-{:.2f}".format(*w["timestep_window"]), w) for w in window_list]
+    for view, label, change in views:
+        r = score(dataclasses.replace(kinds[best], **change), best == "output")
+        rows.append({"view": view, "setting": label, "miou": r["attention_miou"], "presence": r["presence_rate"]})
+    if getattr(pipe, "transformer", None) is not None:
+        from dmutils.benchmarks.toy_transformer import presence_by_route
+
+        rows += [{"view": "caption route", "setting": route, "miou": None, "presence": v}
+                 for route, v in presence_by_route(pipe, orc, images, steps).items()]
+    family = type(getattr(pipe, "transformer", None) or pipe.unet).__name__
+    examples = {k: results[best][k][:4].tolist() for k in ("images", "preds", "targets")}
+    return {"model": path, "family": family, "best_kind": best, "rows": rows, "examples": examples}
+
+
+def run_study(params: Params, cache_dir: str | Path, progress: bool = False) -> dict[str, dict]:
+    """:func:`score_model` of every model in ``study.family_models``, read from ``cache_dir`` when scored before."""
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    s = params.study
+    out = {}
+    for path in s.family_models:
+        f = cache / f"{Path(path).name}-{model_key(params, path, s.family_images, s.family_windows)}.json"
+        if f.is_file():
+            out[path] = {**json.loads(f.read_text()), "cached": True}
+            continue
+        res = score_model(params, path, s.family_images, s.family_windows, progress=progress)
+        atomic_write_bytes(f, json.dumps(res).encode())
+        out[path] = {**res, "cached": False}
+    return out
+
+
+def scores_table(results: dict[str, dict]) -> pd.DataFrame:
+    """One row per model and setting: mask mIoU against the oracle and the presence of the named objects."""
+    rows = [{"model": Path(m).name, "family": r["family"], **row, "cached": r["cached"]} for m, r in results.items() for row in r["rows"]]
+    return pd.DataFrame(rows)
+
+
+def headline(results: dict[str, dict], segmenter_ratios: dict[str, float | None]) -> pd.DataFrame:
+    """Per model: the best map kind's mIoU and presence, and the synthetic/real segmenter ratio where one was measured."""
+    rows = []
+    for m, r in results.items():
+        best = next(row for row in r["rows"] if row["view"] == "map kind" and row["setting"] == r["best_kind"])
+        rows.append({"model": Path(m).name, "family": r["family"], "best_map_kind": r["best_kind"], "attention_miou": best["miou"],
+                     "presence_rate": best["presence"], "segmenter_ratio": segmenter_ratios.get(m)})
+    return pd.DataFrame(rows)
+
+
+def measured_segmenter_ratio(params: Params, path: str) -> float | None:
+    """The ``ratio`` of ``dmutils bench segmenter --model PATH --json`` saved beside the model as bench_segmenter.json."""
+    f = params.resolve_path(path) / "bench_segmenter.json"
+    return json.loads(f.read_text()).get("ratio") if f.is_file() else None
+
+
+def example_grid(results: dict[str, dict]):
+    """Per model, four images with the oracle's labels and the best kind's attention masks."""
+    from dmutils import figures
+
+    images, labels, titles = [], [], []
+    for m, r in results.items():
+        ex = r["examples"]
+        for img, pred, target in zip(ex["images"], ex["preds"], ex["targets"]):
+            images += [np.asarray(img, dtype=np.uint8)] * 2
+            labels += [np.asarray(target), np.asarray(pred)]
+            titles += [f"{Path(m).name}: oracle", f"{Path(m).name}: {r['best_kind']}"]
+    return figures.image_grid(images, labels, titles, ncols=8)
+
+
+def scores_figure(table: pd.DataFrame):
+    """Mask mIoU against the oracle per map kind, depth and timestep window, one panel each, a bar per model."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    views = ["map kind", "depth", "timestep window"]
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.2), gridspec_kw={"width_ratios": [2, 3, 1.5]}, sharey=True)
+    for ax, view in zip(axes, views):
+        part = table[table.view == view]
+        sns.barplot(part, x="setting", y="miou", hue="model", ax=ax, legend=ax is axes[-1])
+        ax.set(title=view, xlabel="", ylabel="mask mIoU vs oracle" if ax is axes[0] else "")
+        ax.tick_params(axis="x", labelrotation=45, labelsize="x-small")
+    return fig
