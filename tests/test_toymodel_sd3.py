@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmutils.params import ParamsError
+from dmutils.params import ParamsError, load_params
 from dmutils.toymodel import sd3, train
 
 TOY_SD = Path(__file__).resolve().parents[1] / "models" / "toy-sd"
@@ -106,7 +106,6 @@ def test_bench_protocol_scores_every_map_kind_and_every_block(tiny):
     """`bench toy-model --model` on a transformer: the UNet's protocol per map kind, and the best kind per block."""
     from dmutils import oracle
     from dmutils.benchmarks import toy_model, toy_transformer
-    from dmutils.params import load_params
     from dmutils.pipeline import load_pipeline
 
     params = load_params("params/toy.yaml", {"model": {"path": str(tiny), "family": "auto", "scheduler": None}})
@@ -137,39 +136,10 @@ def test_shipped_toy_mmdit_is_small_in_safetensors_with_its_logs_and_loads_as_sd
 # ---------------------------------------------------------------------------------------------
 # Study 06 and `bench segmenter --model` on the tiny MMDiT beside the shipped toy UNet
 # ---------------------------------------------------------------------------------------------
-def _family_params(tiny: Path):
-    from dmutils.params import load_params
-
-    return load_params("params/toy.yaml", {"model": {"num_inference_steps": 2},
-                                           "study": {"family_models": ["models/toy-sd", str(tiny)], "family_images": 2, "family_windows": 2}})
-
-
 @pytest.mark.slow
-def test_study06_scores_every_view_of_both_families_and_reads_them_back_from_its_cache(tiny, tmp_path):
-    from dmutils.studies import model_families as study
-
-    params = _family_params(tiny)
-    results = study.run_study(params, tmp_path / "cache")
-    table = study.scores_table(results)
-    unet, mmdit = table[table.model == "toy-sd"], table[table.model == tiny.name]
-    assert set(unet.family) == {"UNet2DConditionModel"} and set(mmdit.family) == {"SD3Transformer2DModel"}
-    assert list(unet.groupby("view", sort=False).size().items()) == [("map kind", 1), ("depth", 2), ("timestep window", 2)]
-    assert list(mmdit.groupby("view", sort=False).size().items()) == [("map kind", 3), ("depth", 2), ("timestep window", 2), ("caption route", 3)]
-    assert table.miou.dropna().between(0, 1).all() and table.presence.between(0, 1).all() and not table.cached.any()
-    head = study.headline(results, {"models/toy-sd": 0.9})
-    assert list(head.segmenter_ratio.fillna(-1)) == [0.9, -1] and set(head.best_map_kind) <= {"cross", "joint_slice", "text_softmax", "output"}
-    again = study.run_study(params, tmp_path / "cache")
-    assert all(r["cached"] for r in again.values())
-    assert study.scores_table(again).drop(columns="cached").equals(table.drop(columns="cached"))
-    # a changed model file is a new key: its scores are not read from the cache
-    copy = shutil.copytree(tiny, tmp_path / "copy")
-    before = study.model_key(params, str(copy), 2, 2)
-    (copy / "transformer" / "config.json").write_text((copy / "transformer" / "config.json").read_text() + "\n")
-    assert study.model_key(params, str(copy), 2, 2) != before
-
-
-@pytest.mark.slow
-def test_notebook06_writes_the_tables_dmutils_computes(tiny, tmp_path, monkeypatch):
+def test_notebook06_scores_every_view_of_both_families_and_its_cache_is_what_dmutils_reads(tiny, tmp_path, monkeypatch):
+    """Notebook 06 at tiny sizes (the shipped toy UNet, the tiny MMDiT): its table has every view of each family and
+    equals what dmutils reads back from the cache the notebook wrote; a changed model file is a new cache key."""
     import pandas as pd
     import papermill as pm
 
@@ -185,11 +155,25 @@ def test_notebook06_writes_the_tables_dmutils_computes(tiny, tmp_path, monkeypat
     pm.execute_notebook(str(REPO_ROOT / "notebooks" / "06_model_families.ipynb"), str(tmp_path / "06.ipynb"), kernel_name=choose_kernel(),
                         parameters={"params_file": "params/toy.yaml", "overrides": overrides, "run_dir": str(out)},
                         cwd=str(REPO_ROOT / "notebooks"), progress_bar=False, execution_timeout=600, **kernel_options())
-    written = pd.read_csv(out / nb.TABLES / "model_families_scores.csv")
-    computed = study.scores_table(study.run_study(_family_params(tiny), out / "model_families_cache"))  # from the notebook's cache
-    pd.testing.assert_frame_equal(written.drop(columns="cached"), computed.drop(columns="cached"), check_dtype=False)
+    table = pd.read_csv(out / nb.TABLES / "model_families_scores.csv")
+    unet, mmdit = table[table.model == "toy-sd"], table[table.model == tiny.name]
+    assert set(unet.family) == {"UNet2DConditionModel"} and set(mmdit.family) == {"SD3Transformer2DModel"}
+    assert list(unet.groupby("view", sort=False).size().items()) == [("map kind", 1), ("depth", 2), ("timestep window", 2)]
+    assert list(mmdit.groupby("view", sort=False).size().items()) == [("map kind", 3), ("depth", 2), ("timestep window", 2), ("caption route", 3)]
+    assert table.miou.dropna().between(0, 1).all() and table.presence.between(0, 1).all() and not table.cached.any()
+
+    params = load_params("params/toy.yaml", overrides)
+    again = study.run_study(params, out / "model_families_cache")  # every score read from the notebook's cache
+    assert all(r["cached"] for r in again.values())
+    pd.testing.assert_frame_equal(table.drop(columns="cached"), study.scores_table(again).drop(columns="cached"), check_dtype=False)
+    head = study.headline(again, {"models/toy-sd": 0.9})
+    assert list(head.segmenter_ratio.fillna(-1)) == [0.9, -1] and set(head.best_map_kind) <= {"cross", "joint_slice", "text_softmax", "output"}
     assert set(pd.read_csv(out / nb.TABLES / "model_families_headline.csv").model) == {"toy-sd", tiny.name}
     assert {"model_families_scores", "model_families_examples"} <= {a["name"] for a in nb.read_artifacts(out) if a["kind"] == "figure"}
+    copy = shutil.copytree(tiny, tmp_path / "copy")
+    before = study.model_key(params, str(copy), 2, 2)
+    (copy / "transformer" / "config.json").write_text((copy / "transformer" / "config.json").read_text() + "\n")
+    assert study.model_key(params, str(copy), 2, 2) != before
 
 
 def test_bench_segmenter_model_generates_with_that_model(tiny, monkeypatch, capsys):
