@@ -91,5 +91,8 @@ def test_bench_generate_quick_reports_paired_ratios_with_spread_and_the_parts(ca
         assert out[f"throughput_ratio{suffix}_parallel_est"] == pytest.approx(parts[0] / max(parts[1:]), rel=1e-2)
         assert out[f"throughput_ratio{suffix}_shared_est"] == pytest.approx(parts[0] / sum(parts[1:]), rel=1e-2)
         assert out[f"generation_only_ratio{suffix}"] == pytest.approx(parts[0] / parts[1], rel=1e-2)
-        assert out[f"parts{suffix}_postprocess_ms_per_sample"] == pytest.approx(1000 * parts[2] / out["samples"], rel=1e-2)
+        # postprocess_s is printed to the ms (round(.., 3)): compare within that rounding, not a relative 1%, which a
+        # ~40 ms total on 4 samples can exceed (a fresh-clone CI run got 9.88 against 10.0)
+        n = out["samples"]
+        assert out[f"parts{suffix}_postprocess_ms_per_sample"] == pytest.approx(1000 * parts[2] / n, abs=1000 * 5e-4 / n + 5e-3)
     assert out["samples"] == out["batch_size"] == 4 and out["threads"] >= 1

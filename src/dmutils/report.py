@@ -148,8 +148,9 @@ def write_index(run: dict[str, Any], run_dir: Path) -> Path:
     return path
 
 
-EXAMPLE_FIGURES = ("attention_images", "attention_per_resolution_0", "iou_vs_threshold", "dataset_samples", "segmenter_per_class_iou", "ablations")
-EXAMPLE_TABLES = ("segmenter_headline", "ablations")
+EXAMPLE_FIGURES = ("attention_images", "attention_per_resolution_0", "iou_vs_threshold", "dataset_samples", "segmenter_per_class_iou", "ablations",
+                   "model_families_scores", "model_families_examples")
+EXAMPLE_TABLES = ("segmenter_headline", "ablations", "model_families_headline")
 
 
 def export_example(run_dir: str | Path, out_dir: str | Path, figures: tuple[str, ...] = EXAMPLE_FIGURES,
