@@ -11,10 +11,9 @@ Parts (the classes of ``StableDiffusion3Pipeline``, scaled down):
   lesson: a jointly trained mixing encoder let the second class word absorb the first). The layer only feeds the
   pooled vector (EOS token, projected), SD3's global conditioning. With ``--pooled none`` (the default) that projection
   is zero and frozen, so the pooled vector is always 0 and the caption reaches the image only through joint attention,
-  as in the UNet only through cross-attention. Why: the first toy MMDiT (pooled from the caption, 4,500 steps) drew
-  the same objects when its token sequence was the empty caption's (presence 0.79 either way, against 0.33 with the
-  empty caption's pooled vector: ``bench toy-model``'s ``presence_rate_*`` routes); it read the whole caption from
-  the pooled AdaLN vector and its attention maps localised nothing (mIoU 0.115). No T5 (``text_encoder_3=None``): the pipeline
+  as in the UNet only through cross-attention. Why: the first toy MMDiT (pooled from the caption) drew the same
+  objects when its token sequence was the empty caption's (``bench toy-model``'s ``presence_rate_by_route``; README,
+  "The toy MMDiT"): it read the whole caption from the pooled AdaLN vector, and its attention maps localised nothing. No T5 (``text_encoder_3=None``): the pipeline
   appends ``max_sequence_length`` (256 by default) zero tokens.
   MMDiT mixes text tokens anyway: in every block they attend to each other and to the image (joint attention), so
   word separation is left to the transformer; this is what the toy MMDiT measures against the toy UNet;
