@@ -165,4 +165,5 @@ def scores_figure(table: pd.DataFrame):
         sns.barplot(part, x="setting", y="miou", hue="model", ax=ax, legend=ax is axes[-1])
         ax.set(title=view, xlabel="", ylabel="mask mIoU vs oracle" if ax is axes[0] else "")
         ax.tick_params(axis="x", labelrotation=45, labelsize="x-small")
+    sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return fig
