@@ -74,8 +74,10 @@ def run(args: argparse.Namespace) -> dict:
     seed, model = getattr(args, "seed", 0), getattr(args, "model", None)
     out_dir = "data/bench-segmenter/" + (f"{Path(model).name}/" if model else "") + "synthetic" + (f"-seed{seed}" if seed else "")
     over = {"train": TrainParams().model_dump(mode="json"), "run": {"seed": seed}, "dataset": {"out_dir": out_dir}}
-    if model:  # as `bench toy-model --model`: loaded as its model_index.json says, with its own scheduler
-        over["model"] = {"path": model, "family": "auto", "scheduler": None}
+    if model:  # as `bench toy-model --model`
+        from dmutils.benchmarks.toy_model import other_model
+
+        over["model"] = other_model(model)
     if quick:
         over |= {"real": {"root": tmp.name, "toy_sizes": {"train": 48, "val": 8, "test": 32}},
                  "train": {**over["train"], "steps": 20}, "dataset": {"out_dir": f"{tmp.name}/synthetic"}}

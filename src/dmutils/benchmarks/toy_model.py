@@ -43,18 +43,35 @@ def attention_masks(maps, i: int, classes: tuple[str, ...], size: int, threshold
     return label_map(scores, [CLASS_NAMES.index(c) + 1 for c in classes], threshold, None)
 
 
+def other_model(path: str) -> dict:
+    """``model`` overrides for another toy model: loaded as its model_index.json says, with its own scheduler."""
+    return {"path": path, "family": "auto", "scheduler": None}
+
+
+def protocol_spec(params, window: tuple[float, float] | None = None):
+    """The protocol's capture: the params' cross-attention maps only (no self-attention), over ``window`` if given."""
+    from dmutils.attention import CaptureSpec
+
+    c = params.capture
+    return CaptureSpec(cross_resolutions=tuple(c.cross_resolutions), self_resolutions=(), blocks=tuple(c.blocks),
+                       timestep_window=tuple(window or c.timestep_window), head_reduce=c.head_reduce, token_reduce=c.token_reduce)
+
+
+def found_named(truth: np.ndarray, classes, min_fraction: float = 0.01) -> list[bool]:
+    """Per named class: does the oracle's label map ``truth`` give it at least ``min_fraction`` of the image?"""
+    return [bool((truth == CLASS_NAMES.index(c) + 1).mean() >= min_fraction) for c in classes]
+
+
 def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold: float, min_fraction: float = 0.01, progress=True,
                    window: tuple[float, float] | None = None, guidance: float | None = None, spec=None, class_prompts: bool = False):
     """``spec``: a :class:`CaptureSpec` to use instead of the params' cross maps (transformers: map kind, blocks);
     ``class_prompts``: maps over the class prompt "circle star" carried beside the caption (ConceptAttention)."""
     from tqdm.auto import tqdm
 
-    from dmutils.attention import CaptureSpec, capture
+    from dmutils.attention import capture
 
     if spec is None:
-        spec = CaptureSpec.from_params(params.capture)
-        spec = CaptureSpec(cross_resolutions=spec.cross_resolutions, self_resolutions=(), blocks=spec.blocks,
-                           timestep_window=window or spec.timestep_window, head_reduce=spec.head_reduce, token_reduce=spec.token_reduce)
+        spec = protocol_spec(params, window)
     items = two_class_prompts(n)
     found = named = 0
     preds, targets, images = [], [], []
@@ -70,9 +87,8 @@ def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold:
         for k, (_, classes) in enumerate(chunk):
             size = imgs.shape[1]
             preds.append(attention_masks(maps, k, classes, size, threshold, params.masks.normalize))
-            for c in classes:
-                named += 1
-                found += (truth[k] == CLASS_NAMES.index(c) + 1).mean() >= min_fraction
+            hits = found_named(truth[k], classes, min_fraction)
+            named, found = named + len(hits), found + sum(hits)
             # the oracle's labels of classes the prompt did not name count as background
             t = truth[k].copy()
             t[~np.isin(t, [0] + [CLASS_NAMES.index(c) + 1 for c in classes])] = 0
@@ -92,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     quick = getattr(args, "quick", False)
     model = getattr(args, "model", None)
     # --model: another toy model (e.g. models/toy-sd3), loaded as its model_index.json says, with its own scheduler
-    params = load_params("params/toy.yaml", {"model": {"path": model, "family": "auto", "scheduler": None}} if model else None)
+    params = load_params("params/toy.yaml", {"model": other_model(model)} if model else None)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = load_pipeline(params.model, device="cpu")
     orc = oracle_mod.load()

@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dmutils.benchmarks.toy_model import PROTOCOL_GUIDANCE, two_class_prompts
-from dmutils.toyworld import CLASS_NAMES
+from dmutils.benchmarks.toy_model import PROTOCOL_GUIDANCE, found_named, two_class_prompts
 
 KINDS = {"joint_slice": ("joint_slice", "attention"), "text_softmax": ("text_softmax", "attention"), "output": ("text_softmax", "output")}
 
@@ -46,7 +45,7 @@ def presence_by_route(pipe, orc, n: int, steps: int, min_fraction: float = 0.01)
         out = pipe(prompt_embeds=seq, pooled_prompt_embeds=vec, **negative, generator=[torch.Generator().manual_seed(k) for k in range(n)],
                    num_inference_steps=steps, guidance_scale=PROTOCOL_GUIDANCE, output_type="np")
         truth = orc.predict((out.images * 255).round().astype(np.uint8))
-        found = [(truth[k] == CLASS_NAMES.index(c) + 1).mean() >= min_fraction for k, (_, classes) in enumerate(items) for c in classes]
+        found = [hit for k, (_, classes) in enumerate(items) for hit in found_named(truth[k], classes, min_fraction)]
         return round(float(np.mean(found)), 4)
 
     return {"both": presence(tokens, pooled), "tokens_only": presence(tokens, empty_pooled), "pooled_only": presence(empty_tokens, pooled)}

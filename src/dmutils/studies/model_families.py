@@ -28,7 +28,9 @@ UNET_DEPTHS = ("down", "up")  # the toy UNet's blocks that hold maps at its 16x1
 
 def model_params(params: Params, path: str) -> Params:
     """``params`` with another model, loaded as its model_index.json says, with its own scheduler."""
-    return params.model_copy(update={"model": params.model.model_copy(update={"path": path, "family": "auto", "scheduler": None})})
+    from dmutils.benchmarks.toy_model import other_model
+
+    return params.model_copy(update={"model": params.model.model_copy(update=other_model(path))})
 
 
 def model_key(params: Params, path: str, images: int, windows: int) -> str:
@@ -46,15 +48,13 @@ def model_key(params: Params, path: str, images: int, windows: int) -> str:
 def _settings(pipe, params: Params, windows: int):
     """The map kinds ({kind: CaptureSpec over every block and the params' window}), the depths ((label, blocks)) and the
     timestep windows of one model; a depth or window is read with :func:`dataclasses.replace` of its kind's spec."""
-    from dmutils.attention import CaptureSpec
+    from dmutils.benchmarks.toy_model import protocol_spec
     from dmutils.benchmarks.toy_transformer import KINDS, _spec
     from dmutils.studies.attention import equal_windows
 
-    c = params.capture
     transformer = getattr(pipe, "transformer", None)
     if transformer is None:
-        kinds = {"cross": CaptureSpec(cross_resolutions=tuple(c.cross_resolutions), self_resolutions=(), blocks=tuple(c.blocks),
-                                      timestep_window=tuple(c.timestep_window), head_reduce=c.head_reduce, token_reduce=c.token_reduce)}
+        kinds = {"cross": protocol_spec(params)}
         depths = [(b, {"blocks": (b,)}) for b in UNET_DEPTHS]
     else:
         grid = transformer.config.sample_size // transformer.config.patch_size
