@@ -101,6 +101,55 @@ def test_chunked_heads_equal_unchunked(pipe, monkeypatch):
     torch.testing.assert_close(chunked.self_attention(1, GRID), whole.self_attention(1, GRID), atol=1e-6, rtol=1e-5)
 
 
+def _joint_inputs(pipe, block: int):
+    """One joint layer's inputs (image and text tokens) at the first step of a generation."""
+    attn = pipe.transformer.transformer_blocks[block].attn
+    seen = {}
+    hook = attn.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    try:
+        generate(pipe, steps=1)
+    finally:
+        hook.remove()
+    return attn, seen["hidden_states"], seen["encoder_hidden_states"]
+
+
+def test_text_isolated_cuts_text_to_text_attention_only():
+    """Under the ablation a text token's output does not move when another text token changes; the image's does."""
+    from dmutils.attention.ablations import TextIsolatedJointProcessor
+
+    pipe = tiny_sd3_pipeline()
+    attn, x, c = _joint_inputs(pipe, 0)
+    bumped = c.clone()
+    bumped[:, 3] += 1.0
+    others = [i for i in range(c.shape[1]) if i != 3]
+    with torch.no_grad():
+        plain = [attn(hidden_states=x, encoder_hidden_states=e) for e in (c, bumped)]
+        attn.set_processor(TextIsolatedJointProcessor())
+        cut = [attn(hidden_states=x, encoder_hidden_states=e) for e in (c, bumped)]
+    assert not torch.allclose(plain[0][1][:, others], plain[1][1][:, others], atol=1e-4)  # text mixes by default
+    torch.testing.assert_close(cut[0][1][:, others], cut[1][1][:, others])  # not under the ablation
+    assert not torch.allclose(cut[0][1][:, 3], cut[1][1][:, 3], atol=1e-4)  # the token itself still moves
+    assert not torch.allclose(cut[0][0], cut[1][0], atol=1e-4)  # and the image still reads the text
+    assert not torch.allclose(cut[0][1], plain[0][1], atol=1e-4)
+
+
+def test_capture_inside_text_isolated_keeps_its_images_and_both_restore(pipe):
+    from dmutils.attention.ablations import text_isolated
+
+    before = dict(pipe.transformer.attn_processors)
+    plain = generate(pipe)
+    with text_isolated(pipe.transformer):
+        cut = generate(pipe)
+        with capture(pipe, spec()) as rec:
+            captured = generate(pipe)
+        assert type(pipe.transformer.transformer_blocks[0].attn.processor).__name__ == "TextIsolatedJointProcessor"
+    assert np.abs(cut - plain).max() > 1e-3  # the ablation changes the images
+    np.testing.assert_allclose(captured, cut, atol=1e-5)  # capture honours it, as it leaves images unchanged
+    assert rec.state.counts[("cross", GRID)] == 8
+    assert dict(pipe.transformer.attn_processors) == before
+    np.testing.assert_allclose(generate(pipe), plain, atol=1e-5)
+
+
 def test_layer_selection_by_depth_and_index_and_clear_errors(pipe):
     with capture(pipe, spec(depth=(1 / 3, 2 / 3))) as rec:  # the middle third of 4 blocks: depths 0.375, 0.625
         generate(pipe)

@@ -82,6 +82,20 @@ def test_miou_counts_background_and_ignores_absent_classes():
     assert oracle.miou(p, t) == pytest.approx((7 / 8 + 8 / 9) / 2)
 
 
+def test_iou_by_word_scores_the_first_and_the_second_named_class_apart():
+    from dmutils.benchmarks.toy_model import iou_by_word
+    from dmutils.toyworld import CLASS_NAMES
+
+    circle, star = CLASS_NAMES.index("circle") + 1, CLASS_NAMES.index("star") + 1
+    t = np.zeros((2, 4, 4), np.uint8)
+    t[:, :2, :2], t[:, 2:, 2:] = circle, star
+    p = t.copy()
+    p[0, 2:, 2:] = circle  # image 0 ("a circle and a star"): the circle's mask takes the star's place too
+    got = iou_by_word(p, t, [("circle", "star"), ("star", "circle")])
+    # first words: circle in image 0 (4 / 8), star in image 1 (4 / 4); second: star (0 / 4), circle (4 / 4)
+    assert got == {"first": round(8 / 12, 4), "second": round(4 / 8, 4)}
+
+
 def test_decoder_stage_leaves_the_latent_space_alone(tmp_path):
     """The decoder stage may change only the decoder: a UNet trained on the old latents stays valid."""
     from dmutils.toymodel.train import Log, encode_all, finetune_decoder, render_corpus

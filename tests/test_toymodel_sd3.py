@@ -111,7 +111,7 @@ def test_bench_protocol_scores_every_map_kind_and_every_block(tiny):
     params = load_params("params/toy.yaml", {"model": {"path": str(tiny), "family": "auto", "scheduler": None}})
     pipe = load_pipeline(params.model, device="cpu")
     out = toy_transformer.run_transformer(pipe, params, oracle.load(), 2, 2, 2, True, toy_model.evaluate_model, {})
-    assert set(out["attention_miou_by_kind"]) == {"joint_slice", "text_softmax", "output"}
+    assert set(out["attention_miou_by_kind"]) == {"joint_slice", "text_softmax", "concept_attention", "output"}
     assert set(out["attention_miou_by_block"]) == {"0", "1"} and out["map_grid"] == 16
     routes = out["presence_rate_by_route"]
     assert set(routes) == {"both", "tokens_only", "pooled_only"} and all(0 <= v <= 1 for v in routes.values())
@@ -119,6 +119,10 @@ def test_bench_protocol_scores_every_map_kind_and_every_block(tiny):
     assert out["attention_miou"] == max(out["attention_miou_by_kind"].values())
     assert out["attention_miou_by_kind"][out["attention_miou_kind"]] == out["attention_miou"]
     assert all(0 <= v <= 1 for v in [*out["attention_miou_by_kind"].values(), *out["attention_miou_by_block"].values(), out["presence_rate"]])
+    cut = out["text_isolated"]  # the ablation: the best kind again, text-to-text attention cut
+    assert set(cut) == {"attention_miou", "presence_rate", "attention_iou_by_word", "attention_miou_by_block"}
+    assert set(cut["attention_miou_by_block"]) == {"0", "1"} and 0 <= cut["attention_miou"] <= 1
+    assert set(out["attention_iou_by_word"]) == {"first", "second"}
 
 
 def test_shipped_toy_mmdit_is_small_in_safetensors_with_its_logs_and_loads_as_sd3():
@@ -158,16 +162,17 @@ def test_notebook06_scores_every_view_of_both_families_and_its_cache_is_what_dmu
     table = pd.read_csv(out / nb.TABLES / "model_families_scores.csv")
     unet, mmdit = table[table.model == "toy-sd"], table[table.model == tiny.name]
     assert set(unet.family) == {"UNet2DConditionModel"} and set(mmdit.family) == {"SD3Transformer2DModel"}
-    assert list(unet.groupby("view", sort=False).size().items()) == [("map kind", 1), ("depth", 2), ("timestep window", 2)]
-    assert list(mmdit.groupby("view", sort=False).size().items()) == [("map kind", 3), ("depth", 2), ("timestep window", 2), ("caption route", 3)]
-    assert table.miou.dropna().between(0, 1).all() and table.presence.between(0, 1).all() and not table.cached.any()
+    assert list(unet.groupby("view", sort=False).size().items()) == [("map kind", 1), ("depth", 2), ("timestep window", 2), ("named word", 2)]
+    assert list(mmdit.groupby("view", sort=False).size().items()) == [("map kind", 4), ("depth", 2), ("timestep window", 2), ("named word", 2),
+                                                                     ("text-to-text attention", 1), ("caption route", 3)]
+    assert table.miou.dropna().between(0, 1).all() and table.presence.dropna().between(0, 1).all() and not table.cached.any()
 
     params = load_params("params/toy.yaml", overrides)
     again = study.run_study(params, out / "model_families_cache")  # every score read from the notebook's cache
     assert all(r["cached"] for r in again.values())
     pd.testing.assert_frame_equal(table.drop(columns="cached"), study.scores_table(again).drop(columns="cached"), check_dtype=False)
     head = study.headline(again, {"models/toy-sd": 0.9})
-    assert list(head.segmenter_ratio.fillna(-1)) == [0.9, -1] and set(head.best_map_kind) <= {"cross", "joint_slice", "text_softmax", "output"}
+    assert list(head.segmenter_ratio.fillna(-1)) == [0.9, -1] and set(head.best_map_kind) <= {"cross", "joint_slice", "text_softmax", "concept_attention", "output"}
     assert set(pd.read_csv(out / nb.TABLES / "model_families_headline.csv").model) == {"toy-sd", tiny.name}
     assert {"model_families_scores", "model_families_examples"} <= {a["name"] for a in nb.read_artifacts(out) if a["kind"] == "figure"}
     copy = shutil.copytree(tiny, tmp_path / "copy")
@@ -188,7 +193,7 @@ def test_bench_segmenter_model_generates_with_that_model(tiny, monkeypatch, caps
     used, real_generate = [], generate.generate_dataset
 
     def spy(params, **kw):
-        used.append((params.model.path, params.model.family, params.model.scheduler))
+        used.append((params.model.path, params.model.family, params.model.scheduler, params.capture.joint_norm))
         return real_generate(params, **kw)
 
     monkeypatch.setattr(generate, "generate_dataset", spy)
@@ -196,4 +201,17 @@ def test_bench_segmenter_model_generates_with_that_model(tiny, monkeypatch, caps
     monkeypatch.setattr(segmenter, "_train_and_test", lambda params, sets, test: (fake, 1.0, 1.0))
     assert bench.main(argparse.Namespace(name="segmenter", json=True, quick=True, model=str(tiny), seed=0)) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert used == [(str(tiny), "auto", None)] and out["model"] == str(tiny) and out["ratio"] == 1.0
+    assert used == [(str(tiny), "auto", None, "text_softmax")] and out["model"] == str(tiny) and out["ratio"] == 1.0
+    # --params: the toy MMDiT's set-up (its best map kind), here with the tiny model in its place
+    assert bench.main(argparse.Namespace(name="segmenter", json=True, quick=True, model=str(tiny), seed=0, params="params/toy_sd3.yaml")) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert used[1] == (str(tiny), "auto", None, "joint_slice") and out["params"] == "params/toy_sd3.yaml"
+
+
+def test_toy_sd3_params_name_the_shipped_mmdit_and_its_best_map_kind():
+    params = load_params("params/toy_sd3.yaml")
+    toy = load_params("params/toy.yaml")
+    assert params.model.path == "models/toy-sd3" and params.model.scheduler is None and params.capture.joint_norm == "joint_slice"
+    assert (params.resolve_path(params.model.path) / "model_index.json").is_file()
+    # everything else is the embedded default's: generation, masks and training compare like with like
+    assert (params.masks, params.train, params.prompts, params.model.guidance_scale) == (toy.masks, toy.train, toy.prompts, toy.model.guidance_scale)

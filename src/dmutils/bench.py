@@ -21,10 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke test of the benchmark itself)")
-    parser.add_argument("--model", default=None, help="toy-model: a toy model folder to measure instead of params/toy.yaml's "
-                        "(e.g. models/toy-sd3; its family is read from model_index.json)")
+    parser.add_argument("--model", default=None, help="toy-model, segmenter: a toy model folder to measure or generate "
+                        "with instead of the params' (e.g. models/toy-sd3; its family is read from model_index.json)")
     parser.add_argument("--ray", type=int, default=None, metavar="N", help="generate: N single-thread Ray actors against "
                         "one single-thread process (ray_parallel_efficiency, ray_identical)")
+    parser.add_argument("--params", default=None, metavar="FILE", help="segmenter: the set-up to generate and train with "
+                        "instead of params/toy.yaml (e.g. params/toy_sd3.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="segmenter: run.seed (prompts, sample seeds, training), to see "
                         "how much its figures move between seeds")
 

@@ -13,7 +13,8 @@
 Modules: ``spec`` (what to capture), ``capture`` (the context manager and hooks), ``adapters`` (one
 per model family: its layers, map grid, text layout and recording processors), ``processors``
 (the UNet's recording attention processor), ``state`` (running sums, flat in steps), ``maps`` (results and
-look-up by word), ``prompts`` (class-prompt appending / class-prompt cross-attention).
+look-up by word), ``prompts`` (class-prompt appending / class-prompt cross-attention), ``ablations``
+(interventions for studies: ``text_isolated`` cuts MMDiT's text-to-text attention).
 """
 from dmutils.attention.adapters import CaptureError
 from dmutils.attention.capture import AttentionCapture, AttentionLayer, attention_layers, capture

@@ -30,12 +30,15 @@ MAX_CHUNK_BYTES = 256 * 2**20  # float32 scores computed at once; more heads are
 
 def attend_and_record(state: CaptureState, kinds: tuple[str, ...], resolution: int, query: torch.Tensor, key: torch.Tensor,
                       value: torch.Tensor, image: slice, text: slice | None, text_part: slice | None = None,
-                      joint_norm: str = "text_softmax", max_chunk_bytes: int | None = None) -> torch.Tensor:
+                      joint_norm: str = "text_softmax", max_chunk_bytes: int | None = None,
+                      attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """SDPA over (batch, heads, seq, d) tensors, recording ``kinds`` of the conditional rows' image
     queries into ``state`` under ``resolution``. ``image`` / ``text`` are the token slices of the
     sequence (``text`` None: no text in this attention); ``text_part`` a slice within the text.
-    At most ``max_chunk_bytes`` (default: the module's ``MAX_CHUNK_BYTES``) of scores exist at once."""
-    out = F.scaled_dot_product_attention(query, key, value)  # the layer's output, exactly as its processor computes it
+    At most ``max_chunk_bytes`` (default: the module's ``MAX_CHUNK_BYTES``) of scores exist at once.
+    ``attn_mask``: SDPA's mask of an ablation; it must leave the image queries' rows whole, as the maps
+    are computed from their unmasked scores."""
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)  # the layer's output, as its processor computes it
     if kinds:
         record_joint(state, kinds, resolution, query, key, image, text, text_part, joint_norm, max_chunk_bytes)
     return out

@@ -62,10 +62,22 @@ def found_named(truth: np.ndarray, classes, min_fraction: float = 0.01) -> list[
     return [bool((truth == CLASS_NAMES.index(c) + 1).mean() >= min_fraction) for c in classes]
 
 
+def iou_by_word(preds, targets, classes: list[tuple[str, str]]) -> dict[str, float]:
+    """IoU of the first and of the second class each prompt names, intersections and unions summed over the images."""
+    overlap = np.zeros((2, 2))
+    for pred, target, names in zip(preds, targets, classes):
+        for j, c in enumerate(names):
+            p, t = pred == CLASS_NAMES.index(c) + 1, target == CLASS_NAMES.index(c) + 1
+            overlap[j] += (p & t).sum(), (p | t).sum()
+    return {word: round(float(i / max(u, 1)), 4) for word, (i, u) in zip(("first", "second"), overlap)}
+
+
 def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold: float, min_fraction: float = 0.01, progress=True,
                    window: tuple[float, float] | None = None, guidance: float | None = None, spec=None, class_prompts: bool = False):
     """``spec``: a :class:`CaptureSpec` to use instead of the params' cross maps (transformers: map kind, blocks);
-    ``class_prompts``: maps over the class prompt "circle star" carried beside the caption (ConceptAttention)."""
+    ``class_prompts``: maps over the class prompt "circle star" carried beside the caption (ConceptAttention).
+    ``iou_by_word``: the IoU of the first and of the second class the prompt names (pooled over the images): a word
+    whose key takes in its neighbour's meaning ("a circle and a star": star absorbing circle) scores low."""
     from tqdm.auto import tqdm
 
     from dmutils.attention import capture
@@ -95,6 +107,7 @@ def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold:
             targets.append(t)
         images.append(imgs)
     return {"presence_rate": found / named, "attention_miou": oracle_mod.miou(np.stack(preds), np.stack(targets)),
+            "iou_by_word": iou_by_word(preds, targets, [c for _, c in items]),
             "images": np.concatenate(images), "preds": np.stack(preds), "targets": np.stack(targets)}
 
 
@@ -126,6 +139,7 @@ def run(args: argparse.Namespace) -> dict:
         "presence_rate": round(res["presence_rate"], 4),
         "attention_miou": round(res["attention_miou"], 4),
         "attention_miou_all_steps": round(every_step["attention_miou"], 4),
+        "attention_iou_by_word": res["iou_by_word"],
         "guidance_scale": PROTOCOL_GUIDANCE,
         "presence_rate_at_params_guidance": round(at_params["presence_rate"], 4),
         "attention_miou_at_params_guidance": round(at_params["attention_miou"], 4),

@@ -2,10 +2,13 @@
 
 Both models draw the same two-class prompts with the same seeds (``bench toy-model``'s protocol: guidance 7.5,
 plain masks, the params' threshold), and each map is scored against the oracle's labels of its own image:
-- per map kind: the UNet's cross-attention; the MMDiT's joint-softmax slice, text-only softmax and ConceptAttention's
-  output space (:data:`dmutils.benchmarks.toy_transformer.KINDS`);
+- per map kind: the UNet's cross-attention; the MMDiT's joint-softmax slice, text-only softmax, and concept tokens
+  read in attention and in output space (ConceptAttention; :data:`dmutils.benchmarks.toy_transformer.KINDS`);
 - per depth: the UNet's down and up blocks at the captured resolution; each of the MMDiT's blocks (best kind);
 - per timestep window (best kind);
+- per named word: the IoU of the first and of the second class the prompt names (best kind; a word absorbing its
+  neighbour shows here);
+- the MMDiT with text-to-text attention cut (:func:`dmutils.attention.ablations.text_isolated`; best kind);
 - which route the MMDiT's caption takes (tokens, pooled vector: ``presence_by_route``).
 Every score is a generation of ``study.family_images`` images; results are cached under
 ``<run_dir>/model_families_cache/`` by a hash of the settings and of the model files, so a re-run costs nothing.
@@ -23,6 +26,7 @@ import pandas as pd
 from dmutils.params import Params
 from dmutils.voc import atomic_write_bytes
 
+SCORES_VERSION = 2  # part of the cache key: raise it when score_model scores something new
 UNET_DEPTHS = ("down", "up")  # the toy UNet's blocks that hold maps at its 16x16 level (mid is coarser)
 
 
@@ -35,7 +39,7 @@ def model_params(params: Params, path: str) -> Params:
 
 def model_key(params: Params, path: str, images: int, windows: int) -> str:
     """Hash of what decides the scores: the settings, and the model's config and weight files."""
-    h = hashlib.sha256(json.dumps([params.capture.model_dump(mode="json"), params.masks.threshold, params.masks.normalize,
+    h = hashlib.sha256(json.dumps([SCORES_VERSION, params.capture.model_dump(mode="json"), params.masks.threshold, params.masks.normalize,
                                    params.model.num_inference_steps, images, windows], sort_keys=True).encode())
     folder = params.resolve_path(path)
     for f in sorted(folder.rglob("*")):
@@ -67,7 +71,10 @@ def _settings(pipe, params: Params, windows: int):
 def score_model(params: Params, path: str, images: int, windows: int, orc=None, progress: bool = False) -> dict:
     """Scores of one model: rows (view, setting, miou, presence) and the best kind's examples."""
     from dmutils import oracle as oracle_mod
+    from dmutils.attention.ablations import text_isolated
+    from dmutils.attention.adapters import MMDiTAdapter
     from dmutils.benchmarks.toy_model import PROTOCOL_GUIDANCE, evaluate_model
+    from dmutils.benchmarks.toy_transformer import uses_concepts
     from dmutils.pipeline import load_pipeline
 
     mp = model_params(params, path)
@@ -82,14 +89,19 @@ def score_model(params: Params, path: str, images: int, windows: int, orc=None, 
 
     rows, results = [], {}
     for kind, spec in kinds.items():
-        results[kind] = score(spec, kind == "output")
+        results[kind] = score(spec, uses_concepts(kind))
         rows.append({"view": "map kind", "setting": kind, "miou": results[kind]["attention_miou"], "presence": results[kind]["presence_rate"]})
     best = max(results, key=lambda k: results[k]["attention_miou"])
     views = [("depth", label, change) for label, change in depths]
     views += [("timestep window", "{:.2f}-{:.2f}".format(*w["timestep_window"]), w) for w in window_list]
     for view, label, change in views:
-        r = score(dataclasses.replace(kinds[best], **change), best == "output")
+        r = score(dataclasses.replace(kinds[best], **change), uses_concepts(best))
         rows.append({"view": view, "setting": label, "miou": r["attention_miou"], "presence": r["presence_rate"]})
+    rows += [{"view": "named word", "setting": word, "miou": iou, "presence": None} for word, iou in results[best]["iou_by_word"].items()]
+    if MMDiTAdapter.matches(pipe):  # the ablation: text tokens attend to the image and themselves, not to each other
+        with text_isolated(pipe.transformer):
+            r = score(kinds[best], uses_concepts(best))
+        rows.append({"view": "text-to-text attention", "setting": "cut", "miou": r["attention_miou"], "presence": r["presence_rate"]})
     if getattr(pipe, "transformer", None) is not None:
         from dmutils.benchmarks.toy_transformer import presence_by_route
 

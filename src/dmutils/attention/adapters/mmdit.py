@@ -36,37 +36,51 @@ class JointCaptureProcessor:
                  attention_mask: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
         if not self.state.recording or attention_mask is not None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-        batch, n_img = hidden_states.shape[:2]
-        query, key, value = (_heads(attn, p(hidden_states)) for p in (attn.to_q, attn.to_k, attn.to_v))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        text = None
-        if encoder_hidden_states is not None:
-            eq, ek, ev = (_heads(attn, p(encoder_hidden_states)) for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-            if attn.norm_added_q is not None:
-                eq = attn.norm_added_q(eq)
-            if attn.norm_added_k is not None:
-                ek = attn.norm_added_k(ek)
-            query, key, value = torch.cat([query, eq], 2), torch.cat([key, ek], 2), torch.cat([value, ev], 2)
-            text = slice(n_img, query.shape[2])
+        n_img = hidden_states.shape[1]
+        query, key, value, text = joint_qkv(attn, hidden_states, encoder_hidden_states)
+        joint_mask = getattr(self.original, "joint_mask", None)  # an ablation's mask (dmutils.attention.ablations), honoured
+        mask = joint_mask(n_img, query.shape[2], query.device) if joint_mask is not None and text is not None else None
         concepts = self.stream is not None and self.stream.active and text is not None
         kinds = self.kinds if text is not None and not concepts else tuple(k for k in self.kinds if k == "self")
         out = attend_and_record(self.state, kinds, self.resolution, query, key, value, slice(0, n_img), text, self.text_part,
-                                self.joint_norm)
+                                self.joint_norm, attn_mask=mask)
         if concepts:  # class/concept tokens read the image through this block's text-stream weights
             c, img = self.state.cond, slice(0, n_img)
             self.stream.attend(attn, query[c, :, img], key[c, :, img], value[c, :, img], out[c, :, img],
                                self.resolution if "cross" in self.kinds else None)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * query.shape[-1]).to(query.dtype)
-        image_out = attn.to_out[1](attn.to_out[0](out[:, :n_img]))
-        if encoder_hidden_states is None:
-            return image_out
-        text_out = out[:, n_img:]
-        if not attn.context_pre_only:
-            text_out = attn.to_add_out(text_out)
-        return image_out, text_out
+        return joint_outputs(attn, out, n_img, encoder_hidden_states is not None)
+
+
+def joint_qkv(attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None):
+    """Query, key and value (batch, heads, seq, d) of SD3's joint attention over [image, text], as
+    ``JointAttnProcessor2_0`` makes them, and the text's slice of the sequence (None without text)."""
+    query, key, value = (_heads(attn, p(hidden_states)) for p in (attn.to_q, attn.to_k, attn.to_v))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    if encoder_hidden_states is None:
+        return query, key, value, None
+    eq, ek, ev = (_heads(attn, p(encoder_hidden_states)) for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+    if attn.norm_added_q is not None:
+        eq = attn.norm_added_q(eq)
+    if attn.norm_added_k is not None:
+        ek = attn.norm_added_k(ek)
+    n_img = query.shape[2]
+    query, key, value = torch.cat([query, eq], 2), torch.cat([key, ek], 2), torch.cat([value, ev], 2)
+    return query, key, value, slice(n_img, query.shape[2])
+
+
+def joint_outputs(attn: Attention, out: torch.Tensor, n_img: int, has_text: bool):
+    """The layer's outputs from the attention ``out`` (batch, heads, seq, d): the image's, and the text's when it had text."""
+    out = out.transpose(1, 2).reshape(out.shape[0], -1, attn.heads * out.shape[-1])
+    image_out = attn.to_out[1](attn.to_out[0](out[:, :n_img]))
+    if not has_text:
+        return image_out
+    text_out = out[:, n_img:]
+    if not attn.context_pre_only:
+        text_out = attn.to_add_out(text_out)
+    return image_out, text_out
 
 
 def _heads(attn: Attention, x: torch.Tensor) -> torch.Tensor:
