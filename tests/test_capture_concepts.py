@@ -54,7 +54,7 @@ def test_concepts_equal_to_the_caption_reproduce_its_text_stream(family, monkeyp
     """With the caption itself as the concepts (encoded alike), the concept stream is the text stream: the
     attention-space concept maps are the caption's own text_softmax maps (of the blocks with a text stream)."""
     name, pipe, adapter, kw = family
-    with capture(pipe, spec(self_resolutions=(), flux_streams="dual")) as rec:
+    with capture(pipe, spec(self_resolutions=(), flux_streams="dual", joint_norm="text_softmax")) as rec:
         generate(pipe, kw)
     caption = rec.maps().cross(1, GRID)
 

@@ -197,7 +197,7 @@ def test_generate_end_to_end_with_voc_sd35_from_a_saved_pipeline(tmp_path):
 
 def test_text_part_t5_reads_the_t5_tokens_with_the_t5_tokenizer():
     pipe = tiny_sd3_pipeline(t5=True)
-    with capture(pipe, spec(self_resolutions=(), text_part="t5")) as rec:
+    with capture(pipe, spec(self_resolutions=(), text_part="t5", joint_norm="text_softmax")) as rec:
         generate(pipe)
     maps = rec.maps()
     assert maps.cross(0, GRID).shape == (8, GRID, GRID)  # max_sequence_length T5 positions after CLIP's 77

@@ -179,6 +179,9 @@ def test_notebook06_scores_every_view_of_both_families_and_its_cache_is_what_dmu
     before = study.model_key(params, str(copy), 2, 2)
     (copy / "transformer" / "config.json").write_text((copy / "transformer" / "config.json").read_text() + "\n")
     assert study.model_key(params, str(copy), 2, 2) != before
+    before = study.model_key(params, str(copy), 2, 2)
+    (copy / "bench_segmenter.json").write_text('{"ratio": 0.9}')  # a result kept beside the model is not the model
+    assert study.model_key(params, str(copy), 2, 2) == before
 
 
 def test_bench_segmenter_model_generates_with_that_model(tiny, monkeypatch, capsys):
@@ -193,7 +196,7 @@ def test_bench_segmenter_model_generates_with_that_model(tiny, monkeypatch, caps
     used, real_generate = [], generate.generate_dataset
 
     def spy(params, **kw):
-        used.append((params.model.path, params.model.family, params.model.scheduler, params.capture.joint_norm))
+        used.append((params.model.path, params.model.family, params.model.scheduler, params.run.name))
         return real_generate(params, **kw)
 
     monkeypatch.setattr(generate, "generate_dataset", spy)
@@ -201,11 +204,11 @@ def test_bench_segmenter_model_generates_with_that_model(tiny, monkeypatch, caps
     monkeypatch.setattr(segmenter, "_train_and_test", lambda params, sets, test: (fake, 1.0, 1.0))
     assert bench.main(argparse.Namespace(name="segmenter", json=True, quick=True, model=str(tiny), seed=0)) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert used == [(str(tiny), "auto", None, "text_softmax")] and out["model"] == str(tiny) and out["ratio"] == 1.0
-    # --params: the toy MMDiT's set-up (its best map kind), here with the tiny model in its place
+    assert used == [(str(tiny), "auto", None, "toy")] and out["model"] == str(tiny) and out["ratio"] == 1.0
+    # --params: the toy MMDiT's set-up, here with the tiny model in its place
     assert bench.main(argparse.Namespace(name="segmenter", json=True, quick=True, model=str(tiny), seed=0, params="params/toy_sd3.yaml")) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert used[1] == (str(tiny), "auto", None, "joint_slice") and out["params"] == "params/toy_sd3.yaml"
+    assert used[1] == (str(tiny), "auto", None, "toy_sd3") and out["params"] == "params/toy_sd3.yaml"
 
 
 def test_toy_sd3_params_name_the_shipped_mmdit_and_its_best_map_kind():

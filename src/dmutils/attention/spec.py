@@ -37,7 +37,7 @@ class CaptureSpec:
     depth: tuple[float, float] = (0.0, 1.0)
     flux_streams: str = "both"
     text_part: str = "clip"
-    joint_norm: str = "text_softmax"
+    joint_norm: str = "joint_slice"
     map_space: str = "attention"
 
     def __post_init__(self) -> None:

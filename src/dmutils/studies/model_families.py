@@ -38,12 +38,14 @@ def model_params(params: Params, path: str) -> Params:
 
 
 def model_key(params: Params, path: str, images: int, windows: int) -> str:
-    """Hash of what decides the scores: the settings, and the model's config and weight files."""
+    """Hash of what decides the scores: the settings, and the model's config and weight files (model_index.json and
+    its components' folders; not the training logs and bench results kept beside them)."""
     h = hashlib.sha256(json.dumps([SCORES_VERSION, params.capture.model_dump(mode="json"), params.masks.threshold, params.masks.normalize,
                                    params.model.num_inference_steps, images, windows], sort_keys=True).encode())
     folder = params.resolve_path(path)
     for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.suffix in (".json", ".safetensors", ".txt"):
+        model_file = f.name == "model_index.json" or len(f.relative_to(folder).parts) > 1
+        if f.is_file() and model_file and f.suffix in (".json", ".safetensors", ".txt"):
             h.update(f.relative_to(folder).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:12]
