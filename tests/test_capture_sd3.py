@@ -48,8 +48,8 @@ def test_images_unchanged_processors_restored_also_on_error(pipe):
     assert dict(pipe.transformer.attn_processors) == before
 
 
-def _reference(pipe, block: int, joint_norm: str):
-    """Head-averaged maps of one joint layer at one step, computed directly from the layer's inputs."""
+def _joint_inputs(pipe, block: int):
+    """One joint layer's inputs (image and text tokens) at the first step of a generation."""
     attn = pipe.transformer.transformer_blocks[block].attn
     seen = {}
     hook = attn.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
@@ -57,7 +57,12 @@ def _reference(pipe, block: int, joint_norm: str):
         generate(pipe, steps=1)
     finally:
         hook.remove()
-    x, c = seen["hidden_states"], seen["encoder_hidden_states"]
+    return attn, seen["hidden_states"], seen["encoder_hidden_states"]
+
+
+def _reference(pipe, block: int, joint_norm: str):
+    """Head-averaged maps of one joint layer at one step, computed directly from the layer's inputs."""
+    attn, x, c = _joint_inputs(pipe, block)
     n = x.shape[0] // 2  # the conditional half of the CFG batch
     heads = lambda t: t.view(t.shape[0], -1, attn.heads, t.shape[-1] // attn.heads).transpose(1, 2)
     with torch.no_grad():
@@ -99,18 +104,6 @@ def test_chunked_heads_equal_unchunked(pipe, monkeypatch):
     chunked = rec.maps()
     torch.testing.assert_close(chunked.cross(1, GRID), whole.cross(1, GRID), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(chunked.self_attention(1, GRID), whole.self_attention(1, GRID), atol=1e-6, rtol=1e-5)
-
-
-def _joint_inputs(pipe, block: int):
-    """One joint layer's inputs (image and text tokens) at the first step of a generation."""
-    attn = pipe.transformer.transformer_blocks[block].attn
-    seen = {}
-    hook = attn.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
-    try:
-        generate(pipe, steps=1)
-    finally:
-        hook.remove()
-    return attn, seen["hidden_states"], seen["encoder_hidden_states"]
 
 
 def test_text_isolated_cuts_text_to_text_attention_only():
