@@ -30,7 +30,7 @@ MAX_CHUNK_BYTES = 256 * 2**20  # float32 scores computed at once; more heads are
 
 def attend_and_record(state: CaptureState, kinds: tuple[str, ...], resolution: int, query: torch.Tensor, key: torch.Tensor,
                       value: torch.Tensor, image: slice, text: slice | None, text_part: slice | None = None,
-                      joint_norm: str = "text_softmax", max_chunk_bytes: int | None = None,
+                      joint_norm: str = "joint_slice", max_chunk_bytes: int | None = None,
                       attn_mask: torch.Tensor | None = None) -> torch.Tensor:
     """SDPA over (batch, heads, seq, d) tensors, recording ``kinds`` of the conditional rows' image
     queries into ``state`` under ``resolution``. ``image`` / ``text`` are the token slices of the
@@ -45,7 +45,7 @@ def attend_and_record(state: CaptureState, kinds: tuple[str, ...], resolution: i
 
 
 def record_joint(state: CaptureState, kinds: tuple[str, ...], resolution: int, query: torch.Tensor, key: torch.Tensor,
-                 image: slice, text: slice | None, text_part: slice | None = None, joint_norm: str = "text_softmax",
+                 image: slice, text: slice | None, text_part: slice | None = None, joint_norm: str = "joint_slice",
                  max_chunk_bytes: int | None = None) -> None:
     """Add the probabilities ``kinds`` of the conditional rows' image queries to ``state``.
 
