@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from dmutils import voc
+from dmutils.data import voc
 from dmutils.segment.data import COCO_CATEGORIES
 
 DOG, CAT, PERSON = 18, 17, 1  # COCO category ids; labels 17, 16, 1 (ids 12 and 26 are unused, so ids shift)

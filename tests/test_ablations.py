@@ -9,11 +9,12 @@ import pytest
 import torch
 import yaml
 
-from dmutils.masks import make_mask
+from dmutils.masks.refine import make_mask
 from dmutils.oracles import get_oracle
-from dmutils.params import ParamsError, load_params
+from dmutils.errors import ParamsError
+from dmutils.config import load_params
 from dmutils.studies import ablations
-from dmutils.tiny_models import tiny_sd15_pipeline
+from dmutils.testing.sd import tiny_sd15_pipeline
 
 SMALL = ["model.num_inference_steps=2", "study.ablation_samples=3", "dataset.batch_size=3"]
 GRID = {"groups": {
@@ -175,7 +176,7 @@ def test_segmenter_variants_are_named_in_the_grid_or_only_change_training(tmp_pa
 
 
 def test_run_grid_trains_segmenters_for_flagged_variants_and_caches_them(tmp_path, pipe, monkeypatch):
-    from dmutils import toyworld
+    from dmutils.data import toyworld
     from dmutils.segment.data import ArrayDataset
 
     params = load_params(None, SMALL + TINY_TRAIN + ["study.ablation_samples=4", "dataset.batch_size=4",

@@ -9,12 +9,12 @@ import yaml
 from diffusers import DiffusionPipeline
 from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
 
-from dmutils import voc
+from dmutils.data import voc
 from dmutils.attention import CaptureSpec, capture
 from dmutils.attention.adapters import CaptureError, PixArtAdapter, SanaAdapter, adapter_class
 from dmutils.attention.adapters.dit import LinearAttentionRecorder, _SideRecorder
 from dmutils.attention.processors import CaptureAttnProcessor
-from dmutils.tiny_transformers import save_tiny_pixart_sigma, save_tiny_sana
+from dmutils.testing.dits import save_tiny_pixart_sigma, save_tiny_sana
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,7 +72,7 @@ def test_tiny_pipelines_load_from_disk_and_generate_deterministically(saved):
     kinds = {name.split(".")[-2]: proc for name, proc in processor_names(pipe).items()}
     assert kinds == {"pixart": {"attn1": "AttnProcessor2_0", "attn2": "AttnProcessor2_0"},
                      "sana": {"attn1": "SanaLinearAttnProcessor2_0", "attn2": "SanaAttnProcessor2_0"}}[family]
-    from dmutils.params import ModelParams
+    from dmutils.config import ModelParams
     from dmutils.pipeline import load_pipeline
 
     assert type(load_pipeline(ModelParams(path=str(folder), family="auto", device="cpu"))) is type(pipe)
@@ -254,7 +254,7 @@ def test_sana_instruction_prefix_is_not_in_the_words(saved):
 
 
 def test_dmutils_generate_end_to_end(saved, tmp_path):
-    from dmutils.cli import main
+    from dmutils.commands import main
 
     family, folder, _ = saved
     raw = {"model": {"path": str(folder), "family": family, "num_inference_steps": 2, "device": "cpu", "height": 64, "width": 64,
@@ -278,7 +278,7 @@ def test_dmutils_generate_end_to_end(saved, tmp_path):
 def test_capture_bench_reports_flat_state_bytes():
     """The benchmark's figures on the tiny pipeline (its timing is printed by the benchmark, not tested)."""
     from dmutils.benchmarks import capture_dit
-    from dmutils.tiny_transformers import tiny_pixart_sigma_pipeline
+    from dmutils.testing.dits import tiny_pixart_sigma_pipeline
 
     out = capture_dit.measure("pixart", tiny_pixart_sigma_pipeline(), steps=1, repeats=1)
     assert out["grid_pixart"] == GRID and out["captured_blocks_pixart"] == [1, 2]  # the middle third of 4 blocks

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from dmutils import bench
-from dmutils.toyworld import CLASS_NAMES
+from dmutils.commands import bench
+from dmutils.data.toyworld import CLASS_NAMES
 
 
 @pytest.mark.slow

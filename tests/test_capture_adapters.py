@@ -4,9 +4,10 @@ import torch
 
 from dmutils.attention import CaptureError, CaptureSpec, capture
 from dmutils.attention.adapters import ADAPTERS, UNetAdapter, adapter_class
-from dmutils.params import ModelParams, ParamsError
+from dmutils.config import ModelParams
+from dmutils.errors import ParamsError
 from dmutils.pipeline import load_pipeline, pipeline_class
-from dmutils.tiny_models import save_tiny_sd15, tiny_sd15_pipeline
+from dmutils.testing.sd import save_tiny_sd15, tiny_sd15_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from dmutils.attention import CaptureSpec, capture, joint
 from dmutils.attention.adapters import CaptureError, FluxAdapter, adapter_class
-from dmutils.tiny_transformers import save_tiny_flux, tiny_flux_pipeline
+from dmutils.testing.dits import save_tiny_flux, tiny_flux_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a dog on the grass", "an aeroplane in the sky"]
@@ -144,8 +144,8 @@ def test_word_lookup_with_the_t5_tokenizer(pipe):
 
 def test_generate_end_to_end_with_voc_flux1_from_a_saved_schnell_shaped_pipeline(tmp_path):
     """``dmutils generate params/voc_flux1.yaml`` (its classes, prompts, capture settings) on a saved tiny FLUX.1-schnell."""
-    from dmutils.cli import main
-    from dmutils.params import REPO_ROOT
+    from dmutils.commands import main
+    from dmutils.paths import REPO_ROOT
 
     model = save_tiny_flux(tmp_path / "tiny-flux", guidance_embeds=False)  # FLUX.1-schnell: no guidance embedding
     assert json.loads((model / "model_index.json").read_text())["_class_name"] == "FluxPipeline"

@@ -7,7 +7,7 @@ import torch
 
 from dmutils.attention import CaptureSpec, capture, joint
 from dmutils.attention.adapters import CaptureError, MMDiTAdapter, adapter_class
-from dmutils.tiny_transformers import save_tiny_sd3, tiny_sd3_pipeline
+from dmutils.testing.dits import save_tiny_sd3, tiny_sd3_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a dog on the grass", "an aeroplane in the sky"]
@@ -170,8 +170,8 @@ def test_word_lookup_with_the_clip_tokenizer(pipe):
 
 def test_generate_end_to_end_with_voc_sd35_from_a_saved_pipeline(tmp_path):
     """``dmutils generate params/voc_sd35.yaml`` (its classes, prompts, capture settings) on a saved tiny SD3.5."""
-    from dmutils.cli import main
-    from dmutils.params import REPO_ROOT
+    from dmutils.commands import main
+    from dmutils.paths import REPO_ROOT
 
     model = save_tiny_sd3(tmp_path / "tiny-sd3")
     assert json.loads((model / "model_index.json").read_text())["_class_name"] == "StableDiffusion3Pipeline"

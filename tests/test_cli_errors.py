@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dmutils import cli, voc
-from dmutils.params import load_params
-from dmutils.toyworld import write_real_splits
+from dmutils import commands as cli
+
+from dmutils.data import voc
+from dmutils.config import load_params
+from dmutils.data.toyworld import write_real_splits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -157,7 +159,7 @@ def test_run_with_an_unwritable_reports_folder(capsys, params_file, a_file):
 
 def test_os_errors_no_check_foresaw_are_one_line(capsys, monkeypatch, tmp_path):
     """The last resort in cli.main: an OSError with a file name (a disk filling up mid-run) is one line."""
-    from dmutils import toyworld
+    from dmutils.data import toyworld
 
     def full(*a, **k):
         raise OSError(28, "No space left on device", "/data/x.png")

@@ -6,7 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from dmutils.params import REPO_ROOT, ParamsError, load_params
+from dmutils.paths import REPO_ROOT
+
+from dmutils.errors import ParamsError
+
+from dmutils.config import load_params
 from dmutils.segment.data import COCO_CLASSES, COCODataset, open_real
 
 from coco_maker import write_tiny_coco

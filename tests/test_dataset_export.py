@@ -4,10 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from dmutils import voc
+from dmutils.data import voc
+from dmutils.paths import atomic_write_bytes
 from dmutils.dataset.export import export_hf
 from dmutils.dataset.generate import MANIFEST, META, Manifest, dataset_meta, write_splits
-from dmutils.params import Params, ParamsError
+from dmutils.config import Params
+from dmutils.errors import ParamsError
 
 
 def _fake_dataset(root, n=5):
@@ -15,7 +17,7 @@ def _fake_dataset(root, n=5):
     params = Params()
     meta = dataset_meta(params)
     root.mkdir(parents=True)
-    voc.atomic_write_bytes(root / META, json.dumps(meta).encode())
+    atomic_write_bytes(root / META, json.dumps(meta).encode())
     rng = np.random.default_rng(0)
     manifest = Manifest(root / MANIFEST)
     names = meta["classes"]

@@ -15,12 +15,13 @@ import pytest
 import torch
 import yaml
 
-from dmutils import voc
+from dmutils.data import voc
 from dmutils.dataset import generate as gen
 from dmutils.dataset.generate import generate_dataset, label_sample
 from dmutils.dataset.remask import _overrides, remask_dataset
 from dmutils.dataset.shards import merge_shards
-from dmutils.params import MaskParams, ParamsError, load_params
+from dmutils.config import MaskParams, load_params
+from dmutils.errors import ParamsError
 
 N = 4
 
@@ -34,7 +35,7 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from dmutils.pipeline import load_pipeline
-    from dmutils.tiny_models import save_tiny_sd15
+    from dmutils.testing.sd import save_tiny_sd15
 
     # float sums (the saved maps) depend on the thread count: the reference, the killed subprocess and
     # the resume all run on one thread (other test modules change torch's count in this process)

@@ -5,7 +5,9 @@ import re
 import pytest
 
 from dmutils.dataset.prompts import PromptPlan, parse_class_prompt, sample_seed
-from dmutils.params import REPO_ROOT, ClassSpec, ParamsError, load_params
+from dmutils.paths import REPO_ROOT
+from dmutils.config import ClassSpec, load_params
+from dmutils.errors import ParamsError
 
 VOC_LIKE = [{"name": "person", "synonyms": ["man", "woman"]}, {"name": "horse"},
             {"name": "tv monitor", "synonyms": ["television"]}, {"name": "dining table", "synonyms": ["table"]}]

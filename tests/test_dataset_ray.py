@@ -14,8 +14,9 @@ import yaml
 ray = pytest.importorskip("ray")
 
 from dmutils.dataset.generate import generate_dataset  # noqa: E402
-from dmutils.dataset.ray_generate import init_ray  # noqa: E402
-from dmutils.params import ParamsError, load_params  # noqa: E402
+from dmutils.dataset.ray_backend import init_ray  # noqa: E402
+from dmutils.errors import ParamsError
+from dmutils.config import load_params  # noqa: E402
 
 pytestmark = pytest.mark.slow
 N = 6
@@ -23,7 +24,7 @@ N = 6
 
 def _tiny_params(tmp: Path):
     """A tiny model and params for it (also used by the cluster tests): N samples at batch 2, 2 actors."""
-    from dmutils.tiny_models import save_tiny_sd15
+    from dmutils.testing.sd import save_tiny_sd15
 
     model = save_tiny_sd15(tmp / "tiny-sd")
     raw = {"model": {"path": str(model), "num_inference_steps": 2, "device": "cpu"},
@@ -92,7 +93,7 @@ def test_gpu_cluster_path_generation_then_postprocessing_stage_gives_the_same_re
     import numpy as np
 
     from dmutils.dataset.generate import dataset_meta
-    from dmutils.dataset.ray_generate import GenerateBatch, finish_jobs
+    from dmutils.dataset.ray_backend import GenerateBatch, finish_jobs
 
     params = _at(setup["params"], tmp_path / "ds")
     meta = dataset_meta(params)

@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("ray")
 
-from dmutils import voc  # noqa: E402
+from dmutils.data import voc  # noqa: E402
 from dmutils.dataset.generate import generate_dataset  # noqa: E402
 from test_dataset_ray import N, _tiny_params, files_of  # noqa: E402
 

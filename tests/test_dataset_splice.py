@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from dmutils import voc
+from dmutils.data import voc
 from dmutils.dataset.splice import photometric, splice, splice_dataset
-from dmutils.params import ParamsError, SpliceParams
+from dmutils.errors import ParamsError
+from dmutils.config import SpliceParams
 
 PAL = voc.PALETTE.astype(int)
 

@@ -8,8 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmutils import nb, voc
-from dmutils.params import REPO_ROOT, load_params
+from dmutils import nb
+
+from dmutils.data import voc
+from dmutils.paths import REPO_ROOT
+from dmutils.config import load_params
 
 N = 8
 
@@ -21,7 +24,7 @@ def run(tmp_path_factory, pytestconfig):
     import papermill as pm
 
     from dmutils.runner import choose_kernel, kernel_options
-    from dmutils.tiny_models import save_tiny_sd15
+    from dmutils.testing.sd import save_tiny_sd15
 
     tmp = tmp_path_factory.mktemp("nb0304")
     old = os.environ.get("OMP_NUM_THREADS")

@@ -5,8 +5,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dmutils.params import REPO_ROOT, ParamsError, load_params, parse_overrides
-from dmutils.toyworld import CLASS_NAMES
+from dmutils.paths import REPO_ROOT
+
+from dmutils.errors import ParamsError
+
+from dmutils.config import load_params, parse_overrides
+from dmutils.data.toyworld import CLASS_NAMES
 
 
 def write(path: Path, data: dict | str) -> Path:

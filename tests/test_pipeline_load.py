@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from dmutils.params import REPO_ROOT
+from dmutils.paths import REPO_ROOT
 
 # Hides torchvision from this interpreter, as on a fresh `make setup` (nothing in pyproject.toml pulls it in).
 HIDE_TORCHVISION = '''

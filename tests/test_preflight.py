@@ -7,8 +7,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from dmutils import preflight as pf
-from dmutils import voc
-from dmutils.params import load_params
+from dmutils.data import voc
+from dmutils.config import load_params
 from dmutils.segment.data import VOC_CLASSES
 
 # A Flux-shaped pipeline index: nothing in the model check may depend on the family.
@@ -176,7 +176,7 @@ def test_class_list_against_the_data_is_a_warning_naming_the_first_difference(tm
 
 
 def test_voc_layout_and_toy_real_data(tmp_path):
-    from dmutils.toyworld import write_real_splits
+    from dmutils.data.toyworld import write_real_splits
 
     root = write_real_splits(tmp_path / "toy", {"train": 2, "val": 1, "test": 1}, image_size=16)
     o = pf.check_real_data(params_for(tmp_path, real={"kind": "voc_layout", "root": str(root)}))
@@ -292,7 +292,7 @@ def test_toy_oracle_must_be_there_for_the_studies_only(tmp_path, monkeypatch):
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
 def test_pipelines_saved_by_diffusers_pass(tmp_path, family):
     """What save_pretrained writes for SD 1.5 and SDXL (two text encoders and tokenizers) is what the check expects."""
-    from dmutils import tiny_models
+    from dmutils.testing import sd as tiny_models
 
     pipe = tiny_models.tiny_sdxl_pipeline() if family == "sdxl" else tiny_models.tiny_sd15_pipeline()
     pipe.save_pretrained(tmp_path / "m")

@@ -16,14 +16,15 @@ from transformers import ResNetBackbone, ResNetConfig
 
 from dmutils import runner
 from dmutils.dataset.generate import generate_dataset
-from dmutils.params import REPO_ROOT, load_params
+from dmutils.paths import REPO_ROOT
+from dmutils.config import load_params
 from dmutils.pipeline import load_pipeline
 from dmutils.segment.data import open_real
 from dmutils.segment.models import load_segmenter
 from dmutils.segment.train import main as train_main
-from dmutils.tiny_models import save_tiny_sd15
-from dmutils.toyworld import make_scene
-from dmutils import voc
+from dmutils.testing.sd import save_tiny_sd15
+from dmutils.data.toyworld import make_scene
+from dmutils.data import voc
 
 from coco_maker import write_tiny_coco
 

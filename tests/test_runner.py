@@ -16,8 +16,16 @@ import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from PIL import Image
 
-from dmutils import cli, nb, report, runner
-from dmutils.params import REPO_ROOT, ParamsError, load_params
+from dmutils import commands as cli
+
+from dmutils import nb
+
+from dmutils import report
+
+from dmutils import runner
+from dmutils.paths import REPO_ROOT
+from dmutils.errors import ParamsError
+from dmutils.config import load_params
 
 REMOTE_RESOURCE = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.I)
 PARAMETERS = 'params_file = "../params/toy.yaml"\noverrides = []\nrun_dir = ""'

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dmutils import voc
+from dmutils.data import voc
 from dmutils.segment.data import (MEAN, STD, ADE20KDataset, CityscapesDataset, VOCDataset, VOCLayoutDataset, augment,
                                   check_same_classes, make_batch, photometric, photometric_normalized, to_tensors)
-from dmutils.toyworld import CLASS_NAMES, make_scene
+from dmutils.data.toyworld import CLASS_NAMES, make_scene
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,15 @@ import pytest
 import torch
 import yaml
 
-from dmutils import voc
-from dmutils.params import ParamsError, load_params
+from dmutils.data import voc
+from dmutils.errors import ParamsError
+from dmutils.config import load_params
 from dmutils.segment import data as seg_data
 from dmutils.segment.data import VOCLayoutDataset
 from dmutils.segment.models import build_segmenter, load_segmenter, semantic_to_masks
 from dmutils.segment.noise import drop_noisy, noise_learning
 from dmutils.segment.train import train_segmenter
-from dmutils.toyworld import CLASS_NAMES, make_scene
+from dmutils.data.toyworld import CLASS_NAMES, make_scene
 
 CLASSES = ["background", *CLASS_NAMES]
 TINY_SEGFORMER = {"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1],
@@ -142,7 +143,7 @@ def test_drop_noisy_drops_lowest_scores_first():
 
 
 def test_train_and_evaluate_commands(toy, tmp_path, capsys):
-    from dmutils.cli import main
+    from dmutils.commands import main
 
     params = {"real": {"kind": "voc_layout", "root": str(toy), "train_split": "train", "test_split": "test"},
               "train": {"config": TINY_SEGFORMER, "image_size": 32, "steps": 4, "batch_size": 2}}

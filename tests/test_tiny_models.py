@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BUILD = "import sys; from dmutils.tiny_models import save_tiny_sd15; save_tiny_sd15(sys.argv[1])"
+BUILD = "import sys; from dmutils.testing.sd import save_tiny_sd15; save_tiny_sd15(sys.argv[1])"
 
 
 def _digests(folder: Path) -> dict[str, str]:

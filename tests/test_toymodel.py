@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from dmutils import oracle
-from dmutils.toymodel import build
-from dmutils.toyworld import vocabulary
+from dmutils.oracles import toy_unet as oracle
+from dmutils.toy import build
+from dmutils.data.toyworld import vocabulary
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "toy-sd"
 
@@ -69,7 +69,7 @@ def test_oracle_reaches_its_bar_on_real_test_scenes():
 def test_oracle_rejects_wrong_shapes_and_missing_weights(tmp_path):
     with pytest.raises(ValueError, match="expects"):
         oracle.load().predict(np.zeros((64, 64), np.uint8))
-    with pytest.raises(FileNotFoundError, match="python -m dmutils.oracle"):
+    with pytest.raises(FileNotFoundError, match="python -m dmutils.oracles.toy_unet"):
         oracle.load(tmp_path)
 
 
@@ -84,7 +84,7 @@ def test_miou_counts_background_and_ignores_absent_classes():
 
 def test_iou_by_word_scores_the_first_and_the_second_named_class_apart():
     from dmutils.benchmarks.toy_model import iou_by_word
-    from dmutils.toyworld import CLASS_NAMES
+    from dmutils.data.toyworld import CLASS_NAMES
 
     circle, star = CLASS_NAMES.index("circle") + 1, CLASS_NAMES.index("star") + 1
     t = np.zeros((2, 4, 4), np.uint8)
@@ -98,7 +98,7 @@ def test_iou_by_word_scores_the_first_and_the_second_named_class_apart():
 
 def test_decoder_stage_leaves_the_latent_space_alone(tmp_path):
     """The decoder stage may change only the decoder: a UNet trained on the old latents stays valid."""
-    from dmutils.toymodel.train import Log, encode_all, finetune_decoder, render_corpus
+    from dmutils.toy.unet import Log, encode_all, finetune_decoder, render_corpus
 
     torch.manual_seed(0)
     vae = build.make_vae().eval()
@@ -124,7 +124,7 @@ def test_decoder_only_stage_from_the_command_line_keeps_unet_and_encoder(tmp_pat
 
     from diffusers import StableDiffusionPipeline
 
-    from dmutils.toymodel import train
+    from dmutils.toy import unet as train
 
     def run(*argv):
         parser = argparse.ArgumentParser()

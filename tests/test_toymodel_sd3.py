@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dmutils.params import ParamsError, load_params
-from dmutils.toymodel import sd3, train
+from dmutils.errors import ParamsError
+
+from dmutils.config import load_params
+from dmutils.toy import mmdit as sd3, unet as train
 
 TOY_SD = Path(__file__).resolve().parents[1] / "models" / "toy-sd"
 TINY = ["--scenes", "6", "--batch", "2", "--threads", "1", "--layers", "2", "--heads", "2", "--head-dim", "8", "--vae-from", str(TOY_SD)]
@@ -104,7 +106,7 @@ def test_a_missing_vae_folder_is_a_one_line_params_error(tmp_path):
 
 def test_bench_protocol_scores_every_map_kind_and_every_block(tiny):
     """`bench toy-model --model` on a transformer: the UNet's protocol per map kind, and the best kind per block."""
-    from dmutils import oracle
+    from dmutils.oracles import toy_unet as oracle
     from dmutils.benchmarks import toy_model, toy_transformer
     from dmutils.pipeline import load_pipeline
 
@@ -148,7 +150,7 @@ def test_notebook06_scores_every_view_of_both_families_and_its_cache_is_what_dmu
     import papermill as pm
 
     from dmutils import nb
-    from dmutils.params import REPO_ROOT
+    from dmutils.paths import REPO_ROOT
     from dmutils.runner import choose_kernel, kernel_options
     from dmutils.studies import model_families as study
 
@@ -189,7 +191,7 @@ def test_bench_segmenter_model_generates_with_that_model(tiny, monkeypatch, caps
     trainings are the quick test's in test_benchmarks.py; here they are replaced to keep this test short)."""
     from types import SimpleNamespace
 
-    from dmutils import bench
+    from dmutils.commands import bench
     from dmutils.benchmarks import segmenter
     from dmutils.dataset import generate
 

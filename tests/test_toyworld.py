@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from dmutils import toyworld, voc
-from dmutils.toyworld import CLASS_NAMES, CLASSES, ToyObject, make_scene
+from dmutils.data import toyworld
+
+from dmutils.data import voc
+from dmutils.data.toyworld import CLASS_NAMES, CLASSES, ToyObject, make_scene
 
 
 def test_same_seed_same_scene_and_different_seed_differs():

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dmutils.attention import AttentionMaps, WordLookupError
-from dmutils.tiny_models import tiny_tokenizer
-from dmutils.tiny_tokenizers import tiny_gemma_tokenizer, tiny_t5_tokenizer
+from dmutils.testing.sd import tiny_tokenizer
+from dmutils.testing.tokenizers import tiny_gemma_tokenizer, tiny_t5_tokenizer
 
 TOKENIZERS = {"clip": tiny_tokenizer, "t5": tiny_t5_tokenizer, "gemma": tiny_gemma_tokenizer}
 PROMPTS = ["an aeroplane, and a potted plant near a tv monitor", "A dog by the horse"]

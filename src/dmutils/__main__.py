@@ -1,5 +1,5 @@
 import sys
 
-from dmutils.cli import main
+from dmutils.commands import main
 
 sys.exit(main())

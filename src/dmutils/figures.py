@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from dmutils.nb import FIGSIZE
-from dmutils.voc import PALETTE
+from dmutils.data.voc import PALETTE
 
 PANEL = 1.35  # inches per image/map panel
 IGNORE = 255

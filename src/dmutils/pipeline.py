@@ -16,7 +16,11 @@ from pathlib import Path
 
 import torch
 
-from dmutils.params import REPO_ROOT, ModelParams, ParamsError
+from dmutils.paths import REPO_ROOT
+
+from dmutils.config import ModelParams
+
+from dmutils.errors import ParamsError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FAMILIES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline",

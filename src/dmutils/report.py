@@ -11,7 +11,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from dmutils.voc import atomic_write_bytes
+from dmutils.paths import atomic_write_bytes
 
 TABLE_MAX_ROWS = 40
 

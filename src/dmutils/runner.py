@@ -15,11 +15,9 @@ run leaves a report of what it did. The first failing notebook stops the run.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -28,34 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from dmutils import nb
-from dmutils.cli import add_params_arguments
-from dmutils.params import REPO_ROOT, Params, ParamsError, load_params
+from dmutils.config import Params, load_params
+from dmutils.errors import ParamsError
+from dmutils.paths import REPO_ROOT, atomic_write_bytes
 from dmutils.preflight import preflight
-from dmutils.voc import atomic_write_bytes
 
 KERNEL = "dmutils"
 FALLBACK_KERNEL = "python3"  # ipykernel's own spec: always this interpreter
 VERSIONS = ["dmutils", "torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "pandas",
             "pydantic", "pydensecrf2", "torchmetrics", "papermill", "nbconvert", "ipykernel"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_params_arguments(parser)
-    parser.add_argument("--only", default=None, metavar="PREFIXES",
-                        help="run only the notebooks whose names start with these comma-separated prefixes, e.g. 01,03")
-    parser.add_argument("--kernel", default=None,
-                        help=f"Jupyter kernel (default: '{KERNEL}' when installed, else this interpreter's '{FALLBACK_KERNEL}')")
-
-
-def main(args: argparse.Namespace) -> int:
-    command = shlex.join(["dmutils", "run", *([args.params] if args.params else []), *(["--only", args.only] if args.only else []),
-                          *(x for o in args.overrides for x in ("--set", o))])
-    record = run(args.params, args.overrides, only=args.only, kernel=args.kernel, command=command)
-    if record["status"] != "ok":
-        print(f"dmutils run: error: {record['message']}", file=sys.stderr)
-        return 1
-    print(f"report: {Path(record['run_dir']) / 'index.html'}")
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ class AttentionCapture:
 
     def __init__(self, pipe, spec: CaptureSpec | None = None, class_prompts: list[str] | None = None) -> None:
         if spec is None:
-            from dmutils.params import CaptureParams
+            from dmutils.config import CaptureParams
 
             spec = CaptureSpec.from_params(CaptureParams())
         self.pipe, self.spec = pipe, spec

@@ -32,7 +32,7 @@ class CaptureSpec:
     head_reduce: str = "mean"
     token_reduce: str = "mean"
     resolution_weights: dict[int, float] | None = None
-    # transformers only (see dmutils.params.CaptureParams)
+    # transformers only (see dmutils.config.CaptureParams)
     transformer_blocks: tuple[int, ...] | None = None
     depth: tuple[float, float] = (0.0, 1.0)
     flux_streams: str = "both"
@@ -80,7 +80,7 @@ class CaptureSpec:
 
     @classmethod
     def from_params(cls, capture: Any, resolution_weights: dict[int, float] | None = None) -> "CaptureSpec":
-        """From ``params.capture`` (a :class:`dmutils.params.CaptureParams`); ``resolution_weights``
+        """From ``params.capture`` (a :class:`dmutils.config.CaptureParams`); ``resolution_weights``
         (``params.masks.resolution_weights``) weight the aggregated maps."""
         return cls(cross_resolutions=tuple(capture.cross_resolutions), self_resolutions=tuple(capture.self_resolutions),
                    blocks=tuple(capture.blocks), timestep_window=tuple(capture.timestep_window),

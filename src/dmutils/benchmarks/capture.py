@@ -34,7 +34,7 @@ from diffusers.models.attention_processor import AttnProcessor
 
 from dmutils.attention import CaptureSpec, capture
 from dmutils.benchmarks.timing import fixed_threads, paired_ratio, ratio_entries
-from dmutils.params import REPO_ROOT
+from dmutils.paths import REPO_ROOT
 
 TOY_PATH = REPO_ROOT / "models" / "toy-sd"
 
@@ -89,11 +89,11 @@ def state_bytes(pipe, prompts: list[str], spec: CaptureSpec, steps: int) -> int:
 def toy_pipeline():
     """models/toy-sd when present, else a random SD 1.5-shaped pipeline of the toy's size."""
     if (TOY_PATH / "model_index.json").is_file():
-        from dmutils.params import ModelParams
+        from dmutils.config import ModelParams
         from dmutils.pipeline import load_pipeline
 
         return load_pipeline(ModelParams(path=str(TOY_PATH), device="cpu", dtype="float32")), "models/toy-sd"
-    from dmutils.tiny_models import tiny_sd15_pipeline
+    from dmutils.testing.sd import tiny_sd15_pipeline
 
     return tiny_sd15_pipeline(seed=0, sample_size=32), "random SD 1.5-shaped stand-in (64 px, latent 32; models/toy-sd not found)"
 
@@ -137,7 +137,7 @@ def run(args) -> dict:
     del toy
     _log("building the SD 1.5-shaped UNet (860M random parameters, bf16)")
 
-    from dmutils.tiny_models import sd15_bench_pipeline
+    from dmutils.testing.sd import sd15_bench_pipeline
 
     sd = sd15_bench_pipeline(dtype=torch.bfloat16)
     sd.set_progress_bar_config(disable=True)
@@ -194,7 +194,7 @@ def sd3_bench(quick: bool = False, blocks: int = 3) -> dict:
     """SD3.5-medium's transformer config at real width (1536, 24 heads), ``blocks`` of its 24 joint blocks (the
     CPU cannot run 24 in reasonable time: 2.5B parameters), the middle third captured (block 1 of 3: a
     dual-attention block, as blocks 8-12 of the real middle third 8-15), CFG batch (guidance 4.5), 333 text tokens."""
-    from dmutils.tiny_transformers import sd35_bench_pipeline
+    from dmutils.testing.dits import sd35_bench_pipeline
 
     embeds = torch.randn(1, 77 + 256, 4096, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     pooled = torch.randn(1, 2048, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
@@ -211,7 +211,7 @@ def flux_bench(quick: bool = False, dual_blocks: int = 1, single_blocks: int = 2
     """FLUX.1-dev's transformer config at real width (3072, 24 heads), ``dual_blocks`` + ``single_blocks`` of its
     19 + 38 (12B parameters do not fit this machine's time or memory), the same 1:2 ratio; the middle third
     captured (single block 0, as the real middle third is single blocks 0-18); no CFG batch, 512 T5 tokens."""
-    from dmutils.tiny_transformers import flux_bench_pipeline
+    from dmutils.testing.dits import flux_bench_pipeline
 
     embeds = torch.randn(1, 512, 4096, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     pooled = torch.randn(1, 768, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)

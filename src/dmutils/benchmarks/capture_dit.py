@@ -27,7 +27,7 @@ SIZE = 512
 
 def pixart_sigma_wide(blocks: int = 3, seed: int = 0) -> PixArtSigmaPipeline:
     """PixArt-Σ's block width (16 x 72, cross dim 1152), ``blocks`` blocks, 512 px bin (sample_size 64)."""
-    from dmutils.tiny_transformers import TEXT_HIDDEN, tiny_pixart_sigma_pipeline
+    from dmutils.testing.dits import TEXT_HIDDEN, tiny_pixart_sigma_pipeline
 
     pipe = tiny_pixart_sigma_pipeline(seed)
     torch.manual_seed(seed)
@@ -39,7 +39,7 @@ def pixart_sigma_wide(blocks: int = 3, seed: int = 0) -> PixArtSigmaPipeline:
 
 def sana_wide(blocks: int = 3, seed: int = 0) -> SanaPipeline:
     """SANA 1600M's block width (70 x 32 linear heads, 20 x 112 cross heads), ``blocks`` blocks, 512 px bin."""
-    from dmutils.tiny_transformers import TEXT_HIDDEN, tiny_sana_pipeline
+    from dmutils.testing.dits import TEXT_HIDDEN, tiny_sana_pipeline
 
     pipe = tiny_sana_pipeline(seed)
     torch.manual_seed(seed)

@@ -17,7 +17,7 @@ import torch
 from dmutils.attention import capture
 from dmutils.benchmarks.capture import middle_third_spec
 from dmutils.benchmarks.timing import paired_ratio
-from dmutils.tiny_transformers import sd35_bench_pipeline
+from dmutils.testing.dits import sd35_bench_pipeline
 
 
 def main() -> None:

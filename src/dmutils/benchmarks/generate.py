@@ -38,7 +38,8 @@ import tempfile
 import time
 
 from dmutils.benchmarks.timing import fixed_threads, paired_ratio, ratio_entries
-from dmutils.params import REPO_ROOT, load_params
+from dmutils.paths import REPO_ROOT
+from dmutils.config import load_params
 
 
 class _Runs:
@@ -135,7 +136,7 @@ def run_ray(args: argparse.Namespace, params) -> dict:
     import torch
 
     from dmutils.dataset.generate import generate_dataset
-    from dmutils.dataset.ray_generate import init_ray
+    from dmutils.dataset.ray_backend import init_ray
     from dmutils.pipeline import load_pipeline
 
     n = int(args.ray)

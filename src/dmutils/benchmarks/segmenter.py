@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dmutils.params import load_params
+from dmutils.config import load_params
 
 
 def _train_and_test(params, datasets, test):
@@ -67,7 +67,8 @@ def _colour_gap(real, synthetic, limit: int = 200) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from dmutils.params import REPO_ROOT, TrainParams
+    from dmutils.paths import REPO_ROOT
+    from dmutils.config import TrainParams
     from dmutils.segment.data import open_real
     from dmutils.studies.segmenter_study import first_n, synthetic_all
 

@@ -21,9 +21,9 @@ import time
 import numpy as np
 import torch
 
-from dmutils import oracle as oracle_mod
-from dmutils.params import load_params
-from dmutils.toyworld import CLASS_NAMES
+from dmutils.oracles import toy_unet as oracle_mod
+from dmutils.config import load_params
+from dmutils.data.toyworld import CLASS_NAMES
 
 PROTOCOL_GUIDANCE = 7.5  # SD's default: the model's figures do not move when the params' guidance does
 
@@ -37,7 +37,7 @@ def two_class_prompts(n: int) -> list[tuple[str, tuple[str, str]]]:
 
 def attention_masks(maps, i: int, classes: tuple[str, ...], size: int, threshold: float, norm: str) -> np.ndarray:
     """Plain masks: each class word's map normalised (``norm``), argmax, background below ``threshold``."""
-    from dmutils.masks import label_map, normalize
+    from dmutils.masks.refine import label_map, normalize
 
     scores = normalize(maps.class_maps(i, {c: c for c in classes}, size=size), norm)
     return label_map(scores, [CLASS_NAMES.index(c) + 1 for c in classes], threshold, None)

@@ -15,7 +15,6 @@ and label bytes are the dataset's files unchanged (JPEG, palette PNG: 0 = backgr
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import shutil
@@ -24,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from dmutils import voc
+from dmutils.data import voc
 from dmutils.dataset.generate import MANIFEST, META, Manifest
-from dmutils.params import ParamsError
+from dmutils.errors import ParamsError
+from dmutils.paths import atomic_write_bytes
 
 SPLITS = {"train": "train", "val": "validation"}  # our split name -> the Hub's
 ROWS_PER_SHARD = 1000
@@ -47,7 +47,7 @@ TOY_MODEL_NOTE = "this project's toy model, trained from scratch on its syntheti
 
 def model_licence(model_path: str, root: Path | None = None) -> str:
     """The generator's licence id: a local model card's 'license:' header, a known hub id, else 'unknown'."""
-    from dmutils.params import REPO_ROOT
+    from dmutils.paths import REPO_ROOT
 
     for base in (root, REPO_ROOT, Path.cwd()):
         card = Path(base or ".") / model_path / "README.md"
@@ -217,21 +217,7 @@ def export_hf(dataset_dir: str | Path, out: str | Path, overwrite: bool = False,
     per_class = {c: sum(c in r["classes"] for r in ok) for c in class_names[1:]}
     shares = pixel_shares(root, ok, class_names)
     licence = licence or model_licence(meta["params"]["model"]["path"])
-    voc.atomic_write_bytes(out / FIGURE, sample_figure(root, ok))
+    atomic_write_bytes(out / FIGURE, sample_figure(root, ok))
     card = dataset_card(meta, counts, len(records) - len(ok), per_class, shares, licence, features)
-    voc.atomic_write_bytes(out / "README.md", card.encode())
+    atomic_write_bytes(out / "README.md", card.encode())
     return {"out_dir": str(out), "splits": counts, "rejected": len(records) - len(ok), "licence": licence, "pixel_share": shares}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", type=Path, help="a dataset folder 'dmutils generate' wrote")
-    parser.add_argument("--format", choices=["hf"], default="hf", help="hf: parquet shards + dataset card, for datasets.load_dataset")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: DATASET-hf beside DATASET)")
-    parser.add_argument("--license", dest="licence", default=None, help="licence id for the card (default: the generator's)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-
-
-def main(args: argparse.Namespace) -> int:
-    out = args.out or args.dataset.parent / f"{args.dataset.name}-hf"
-    print(json.dumps(export_hf(args.dataset, out, overwrite=args.overwrite, licence=args.licence), indent=2))
-    return 0

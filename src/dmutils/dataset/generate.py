@@ -1,7 +1,7 @@
 """``dmutils generate params.yaml [--set ...] [--shard i/n] [--overwrite]``: the dataset factory.
 
 Prompts (:mod:`dmutils.dataset.prompts`) -> images + attention maps (:mod:`dmutils.attention`)
--> masks (:func:`dmutils.masks.make_mask`) -> a PASCAL VOC 2012 folder (:mod:`dmutils.voc`)::
+-> masks (:func:`dmutils.masks.refine.make_mask`) -> a PASCAL VOC 2012 folder (:mod:`dmutils.data.voc`)::
 
     out/JPEGImages/syn_000000.jpg   out/SegmentationClass/syn_000000.png   (palette PNG, 255 = ignore)
     out/ImageSets/Segmentation/{train,val}.txt
@@ -34,7 +34,6 @@ Why it is built this way:
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -50,10 +49,11 @@ from typing import Any
 
 import numpy as np
 
-from dmutils import voc
+from dmutils.config import MaskParams, Params
+from dmutils.data import voc
 from dmutils.dataset.prompts import PromptPlan, SampleSpec, sample_uniform
-from dmutils.errors import DataError, DataNotFoundError, ensure_writable_dir
-from dmutils.params import MaskParams, Params, ParamsError, load_params
+from dmutils.errors import DataError, DataNotFoundError, ParamsError
+from dmutils.paths import atomic_write_bytes, ensure_writable_dir, remove_partial_writes
 
 MANIFEST = "manifest.jsonl"
 META = "dataset.json"
@@ -124,14 +124,15 @@ def dataset_meta(params: Params) -> dict[str, Any]:
 
 def params_from_meta(meta: dict, overrides: dict | None = None) -> Params:
     """The Params a dataset was made with (from its dataset.json), with optional overrides."""
-    from dmutils.params import _explain, deep_merge
     from pydantic import ValidationError
+
+    from dmutils.config import deep_merge, explain
 
     data = deep_merge(meta["params"], overrides or {})
     try:
         return Params.model_validate(data)
     except ValidationError as e:
-        raise _explain(e, "dataset.json params with overrides") from None
+        raise explain(e, "dataset.json params with overrides") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ class Manifest:
             os.fsync(f.fileno())
 
     def rewrite(self, records: list[dict]) -> None:
-        voc.atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+        atomic_write_bytes(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
 
 
 def write_splits(root: Path, records: dict[int, dict] | list[dict]) -> dict[str, list[str]]:
@@ -245,7 +246,7 @@ def one_thread():
 def label_sample(image: np.ndarray, cross: dict[int, np.ndarray], self_attn: dict[int, np.ndarray] | None,
                  classes: list[str], class_ids: list[int], mask_params: MaskParams, min_area: float) -> tuple[np.ndarray | None, dict, str | None]:
     """Labels of one sample, the pixel fraction of each named class, and a reject reason (None = fine)."""
-    from dmutils.masks import MaskInputError, make_mask
+    from dmutils.masks.refine import MaskInputError, make_mask
 
     for res, m in cross.items():
         if not np.isfinite(m).all():
@@ -285,8 +286,8 @@ def finish_sample(job: dict) -> dict:
     if job["save_maps"]:
         arrays = {f"cross_{r}": m for r, m in job["cross"].items()}
         arrays.update({f"self_{r}": m for r, m in (job["self_attn"] or {}).items()})
-        voc.atomic_write_bytes(root / MAPS / f"{sid}.npz", npz_bytes(arrays))
-    voc.atomic_write_bytes(root / voc.IMAGES / f"{sid}.jpg", data)
+        atomic_write_bytes(root / MAPS / f"{sid}.npz", npz_bytes(arrays))
+    atomic_write_bytes(root / voc.IMAGES / f"{sid}.jpg", data)
     voc.write_label(root / voc.LABELS / f"{sid}.png", labels)
     return {**record, "fractions": fractions, "status": "ok", "reason": None}
 
@@ -299,7 +300,7 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
-    import dmutils.masks  # noqa: F401  (import cost paid at start-up, while the first batch generates)
+    import dmutils.masks.refine  # noqa: F401  (import cost paid at start-up, while the first batch generates)
 
 
 class _Done:
@@ -330,7 +331,7 @@ def make_pool(workers: int) -> ProcessPoolExecutor | None:
 
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["dmutils.masks", "dmutils.dataset.generate"])
+        context.set_forkserver_preload(["dmutils.masks.refine", "dmutils.dataset.generate"])
     else:
         context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
@@ -351,7 +352,7 @@ def generate_batch(pipe, specs: list[SampleSpec], params: Params, batch_size: in
 
     Returns per sample: image (H, W, 3) uint8, cross {res: (C, r, r) float16}, self_attn
     {res: (N, N) float16} when the masks need it, and a reject reason or None. Self-attention is
-    captured only when the masks read it (:func:`dmutils.masks.uses_self_attention`)."""
+    captured only when the masks read it (:func:`dmutils.masks.refine.uses_self_attention`)."""
     import dataclasses
 
     import torch
@@ -359,7 +360,7 @@ def generate_batch(pipe, specs: list[SampleSpec], params: Params, batch_size: in
     from dmutils.attention.capture import capture
     from dmutils.attention.maps import WordLookupError
     from dmutils.attention.spec import CaptureSpec
-    from dmutils.masks import uses_self_attention
+    from dmutils.masks.refine import uses_self_attention
 
     rows = specs + [specs[-1]] * (batch_size - len(specs))
     m = params.model
@@ -419,9 +420,9 @@ def _check_before_compute(params: Params) -> None:
     if m.refine == "affinity":
         raise ParamsError("masks.refine='affinity' needs a learned affinity fitted on pseudo-masks and cannot run inside "
                           "'dmutils generate'; generate with masks.refine='self_attention' or 'none' (maps are saved), "
-                          "then refine with dmutils.affinity")
+                          "then refine with dmutils.masks.affinity")
     if m.threshold_mode == "per_class":
-        from dmutils.masks import class_thresholds, read_threshold_table
+        from dmutils.masks.refine import class_thresholds, read_threshold_table
 
         if not m.threshold_table:
             raise ParamsError("masks.threshold_mode='per_class' needs masks.threshold_table (the CSV study 02 writes)")
@@ -473,7 +474,7 @@ def prepare_output(root: Path, meta: dict, overwrite: bool = False) -> None:
                               "choose an empty dataset.out_dir, or pass --overwrite")
         clear_output(root)
     ensure_writable_dir(root, "dataset.out_dir")
-    voc.atomic_write_bytes(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
 
 
 def clear_output(root: Path) -> None:
@@ -512,7 +513,7 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
     :func:`dmutils.dataset.shards.merge_shards`). ``pipe``: an already loaded pipeline (default:
     ``load_pipeline(params.model)``, loaded only if something is left to do). ``ray``: a Ray cluster's
     address, or ``"local"`` (RAY_ADDRESS, else a cluster started here), generates on its actors
-    (:mod:`dmutils.dataset.ray_generate`; ``_die_at``: its fault injection for tests)."""
+    (:mod:`dmutils.dataset.ray_backend`; ``_die_at``: its fault injection for tests)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -521,7 +522,7 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
     root = output_dir(params, shard)
     meta = dataset_meta(params)
     prepare_output(root, meta, overwrite)
-    voc.remove_partial_writes(root)  # a killed run's half-written files; their samples have no manifest line and are redone
+    remove_partial_writes(root)  # a killed run's half-written files; their samples have no manifest line and are redone
     manifest = Manifest(root / MANIFEST)
     records = manifest.read()
     todo = [i for i in shard_indices(params.dataset.num_samples, shard) if i not in records]
@@ -529,7 +530,7 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
     if ray is not None:
         info = {}
         if todo:
-            from dmutils.dataset.ray_generate import generate_with_ray
+            from dmutils.dataset.ray_backend import generate_with_ray
 
             info = generate_with_ray(params, root, meta, todo, records, manifest, ray, progress, _die_at)
         write_splits(root, records)
@@ -577,38 +578,3 @@ def format_summary(summary: dict) -> str:
     return (f"{summary['out_dir']}: {summary['written']} written, {summary['rejected']} rejected ({reasons}); "
             f"generated now {summary['generated_now']} in {summary['seconds']} s ({summary['samples_per_s']} samples/s), "
             f"{summary['skipped_done']} already done\nper class: {per_class}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dmutils.cli import add_params_arguments
-
-    add_params_arguments(parser)
-    parser.add_argument("--shard", default=None, metavar="I/N", help="write shard I of N (0-based) to <out_dir>/shards/I-of-N")
-    parser.add_argument("--overwrite", action="store_true", help="replace a dataset made with other params")
-    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                        help="generate on a Ray cluster's actors: ADDRESS (e.g. ray://head:10001 or auto), or alone for "
-                             "RAY_ADDRESS / a local cluster (default: the params' ray.address); settings in the params' ray section")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def preflight_checks(params: Params, shard: tuple[int, int] | None = None) -> dict:
-    """What ``dmutils generate`` needs: the model's files, a writable output folder with room, the device."""
-    from functools import partial
-
-    from dmutils import preflight as pf
-
-    outputs = partial(pf.check_outputs, dirs={"dataset.out_dir": output_dir(params, shard)},
-                      samples=len(shard_indices(params.dataset.num_samples, shard)))
-    return {"model": pf.check_model, "outputs": outputs, "device": partial(pf.check_device, which=("model",))}
-
-
-def main(args: argparse.Namespace) -> int:
-    from dmutils.preflight import preflight
-
-    params = load_params(args.params, args.overrides)
-    shard = parse_shard(args.shard)
-    preflight(params, preflight_checks(params, shard))
-    summary = generate_dataset(params, shard, progress=not args.no_progress, overwrite=args.overwrite,
-                               ray=args.ray if args.ray is not None else params.ray.address)
-    print(format_summary(summary))
-    return 0

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dmutils.params import ClassSpec, Params, ParamsError, PromptParams
+from dmutils.config import ClassSpec, Params, PromptParams
+from dmutils.errors import ParamsError
 
 
 @dataclass(frozen=True)

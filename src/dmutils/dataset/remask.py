@@ -13,15 +13,31 @@ sample now rejected keeps its image and maps but loses its label); if interrupte
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from dmutils import voc
-from dmutils.dataset.generate import (MANIFEST, MAPS, META, Manifest, _Done, dataset_meta, decode_jpeg, label_sample, make_pool,
-                                      params_from_meta, prepare_output, read_maps, read_meta, summarize, write_splits)
-from dmutils.masks import uses_self_attention
-from dmutils.params import MaskParams, ParamsError, deep_merge, load_params, parse_overrides
+from dmutils.config import MaskParams, deep_merge, load_params, parse_overrides
+from dmutils.data import voc
+from dmutils.dataset.generate import (
+    MANIFEST,
+    MAPS,
+    META,
+    Manifest,
+    _Done,
+    dataset_meta,
+    decode_jpeg,
+    label_sample,
+    make_pool,
+    params_from_meta,
+    prepare_output,
+    read_maps,
+    read_meta,
+    summarize,
+    write_splits,
+)
+from dmutils.errors import ParamsError
+from dmutils.masks.refine import uses_self_attention
+from dmutils.paths import atomic_write_bytes
 
 
 def remask_sample(job: dict) -> dict:
@@ -32,8 +48,8 @@ def remask_sample(job: dict) -> dict:
     labels, fractions, reason = label_sample(decode_jpeg(image_bytes), cross, self_attn, rec["classes"], job["class_ids"],
                                              MaskParams.model_validate(job["mask_params"]), job["min_area"])
     if out != src:
-        voc.atomic_write_bytes(out / voc.IMAGES / f"{sid}.jpg", image_bytes)
-        voc.atomic_write_bytes(out / MAPS / f"{sid}.npz", (src / MAPS / f"{sid}.npz").read_bytes())
+        atomic_write_bytes(out / voc.IMAGES / f"{sid}.jpg", image_bytes)
+        atomic_write_bytes(out / MAPS / f"{sid}.npz", (src / MAPS / f"{sid}.npz").read_bytes())
     label_path = out / voc.LABELS / f"{sid}.png"
     if reason:
         label_path.unlink(missing_ok=True)
@@ -43,7 +59,8 @@ def remask_sample(job: dict) -> dict:
             "params_hash": job["params_hash"]}
 
 
-def _overrides(params_file: str | None, sets: list[str]) -> dict:
+def mask_overrides(params_file: str | None, sets: list[str]) -> dict:
+    """The ``masks`` (and ``dataset.min_area``) overrides a remask may apply, from a params file and ``--set`` items."""
     over: dict = {}
     if params_file:
         p = load_params(params_file)
@@ -91,22 +108,5 @@ def remask_dataset(src: str | Path, overrides: dict | None = None, out: str | Pa
     merged = {i: new.get(i, {**r, "params_hash": new_meta["params_hash"]}) for i, r in records.items()}
     Manifest(out / MANIFEST).rewrite([merged[i] for i in sorted(merged)])
     write_splits(out, merged)
-    voc.atomic_write_bytes(out / META, json.dumps(new_meta, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(out / META, json.dumps(new_meta, indent=2, sort_keys=True).encode())
     return {"out_dir": str(out), "remasked": len(new), **summarize(merged, params.class_names)}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", type=Path, help="dataset folder with saved maps (dataset.save_maps=true)")
-    parser.add_argument("params", nargs="?", default=None, help="params YAML whose 'masks' section to use (optional)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="mask override, e.g. --set masks.threshold=0.4 (repeatable)")
-    parser.add_argument("--out", type=Path, default=None, help="write a new dataset here (default: update in place)")
-    parser.add_argument("--workers", type=int, default=None, help="post-processing processes (default: dataset.workers)")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def main(args: argparse.Namespace) -> int:
-    summary = remask_dataset(args.dataset, _overrides(args.params, args.overrides), args.out, args.workers,
-                             progress=not args.no_progress)
-    print(json.dumps(summary, indent=2))
-    return 0

@@ -7,14 +7,22 @@ manifest in index order and the splits: the result is byte for byte what one uns
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from pathlib import Path
 
-from dmutils import voc
-from dmutils.dataset.generate import MANIFEST, MAPS, META, Manifest, prepare_output, read_meta, summarize, write_splits
-from dmutils.params import ParamsError
+from dmutils.data import voc
+from dmutils.dataset.generate import (
+    MANIFEST,
+    MAPS,
+    META,
+    Manifest,
+    prepare_output,
+    read_meta,
+    summarize,
+    write_splits,
+)
+from dmutils.errors import ParamsError
+from dmutils.paths import atomic_write_bytes
 
 SHARD_NAME = re.compile(r"^(\d+)-of-(\d+)$")
 
@@ -61,7 +69,7 @@ def merge_shards(out: str | Path, shards: list[str | Path] | None = None, partia
             for sub, ext in ((voc.IMAGES, "jpg"), (voc.LABELS, "png"), (MAPS, "npz")):
                 src = s / sub / f"{rec['id']}.{ext}"
                 if src.is_file():
-                    voc.atomic_write_bytes(out / sub / src.name, src.read_bytes())
+                    atomic_write_bytes(out / sub / src.name, src.read_bytes())
                 elif ext != "npz":
                     raise ParamsError(f"{src} is missing although the shard's manifest lists {rec['id']} as written; "
                                       "re-run that shard's 'dmutils generate' to repair it")
@@ -69,14 +77,3 @@ def merge_shards(out: str | Path, shards: list[str | Path] | None = None, partia
     write_splits(out, records)
     classes = next(iter(metas.values()))["classes"][1:]
     return {"out_dir": str(out), "shards": len(shards), **summarize(records, classes)}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", type=Path, help="merged dataset folder (the params' dataset.out_dir)")
-    parser.add_argument("shards", type=Path, nargs="*", help="shard folders (default: OUT/shards/*-of-*)")
-    parser.add_argument("--partial", action="store_true", help="merge even when some shards of i-of-n are missing")
-
-
-def main(args: argparse.Namespace) -> int:
-    print(json.dumps(merge_shards(args.out, args.shards, args.partial), indent=2))
-    return 0

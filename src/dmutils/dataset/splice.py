@@ -17,7 +17,6 @@ mosaics) and written as a new VOC-layout dataset whose ``train`` split lists the
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -25,10 +24,11 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 from tqdm.auto import tqdm
 
-from dmutils import voc
+from dmutils.config import SpliceParams
+from dmutils.data import voc
 from dmutils.dataset.prompts import _hash_int
-from dmutils.errors import ensure_writable_dir
-from dmutils.params import Params, ParamsError, SpliceParams, load_params
+from dmutils.errors import ParamsError
+from dmutils.paths import atomic_write_bytes, ensure_writable_dir
 
 
 def _edges(n: int, parts: int) -> list[int]:
@@ -145,30 +145,13 @@ def splice_dataset(src: str | Path, out: str | Path, splice_params: SpliceParams
         manifest.append({"id": sid, "grid": list(grid), "sources": picks, "labels": present})
         written.append(sid)
     voc.write_split(out, "train", written)
-    voc.atomic_write_bytes(out / "manifest.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in manifest).encode())
+    atomic_write_bytes(out / "manifest.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in manifest).encode())
     new_meta = {k: v for k, v in meta.items() if k in ("classes", "palette", "image_size")}
     new_meta.update(name=f"{meta.get('name', src.name)}-spliced", source=str(src), seed=seed,
                     splice=splice_params.model_dump(mode="json"))
-    voc.atomic_write_bytes(out / "dataset.json", json.dumps(new_meta, indent=2, sort_keys=True).encode())
+    atomic_write_bytes(out / "dataset.json", json.dumps(new_meta, indent=2, sort_keys=True).encode())
     grid_counts: dict[str, int] = {}
     for m in manifest:
         key = "x".join(map(str, m["grid"]))
         grid_counts[key] = grid_counts.get(key, 0) + 1
     return {"out_dir": str(out), "written": len(written), "grids": grid_counts}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dmutils.cli import add_params_arguments
-
-    parser.add_argument("dataset", type=Path, help="source dataset folder (what 'dmutils generate' wrote)")
-    add_params_arguments(parser)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <dataset>-spliced)")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def main(args: argparse.Namespace) -> int:
-    params: Params = load_params(args.params, args.overrides)
-    out = args.out or args.dataset.with_name(args.dataset.name + "-spliced")
-    summary = splice_dataset(args.dataset, out, params.dataset.splice, params.run.seed, progress=not args.no_progress)
-    print(json.dumps(summary, indent=2))
-    return 0

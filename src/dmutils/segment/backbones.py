@@ -19,7 +19,8 @@ from pathlib import Path
 
 from torch import nn
 
-from dmutils.params import REPO_ROOT, ParamsError
+from dmutils.errors import ParamsError
+from dmutils.paths import REPO_ROOT
 
 
 def resolve(name: str) -> str:

@@ -10,7 +10,7 @@ and plots never need to know where the data came from. Layouts:
 - ``ADE20KDataset``: ``ADEChallengeData2016/{images,annotations}/{training,validation}``; the file's
   0 ("other") becomes 255 and classes shift by -1, so label 0 = wall (the mmseg ``reduce_zero_label``
   convention)
-- ``VOCLayoutDataset``: what this project writes (``dmutils.voc``), class names from ``dataset.json``
+- ``VOCLayoutDataset``: what this project writes (``dmutils.data.voc``), class names from ``dataset.json``
 - ``COCODataset``: COCO 2017 ``{train,val}2017/<id>.jpg`` and ``annotations/instances_{train,val}2017.json``; the
   80 thing classes as a semantic label made from the instance masks with pycocotools (category ids -> 1..80,
   0 = background; crowd regions and pixels claimed by instances of two different classes are 255, as Dataset
@@ -27,11 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from dmutils import voc
-from dmutils.errors import DataError, DataNotFoundError, one_line
-from dmutils.params import ParamsError
+from dmutils.data import voc
+from dmutils.errors import DataError, DataNotFoundError, ParamsError, one_line
 
 IGNORE_INDEX = voc.IGNORE_INDEX
 
@@ -269,6 +267,14 @@ READERS = {"voc": VOCDataset, "cityscapes": CityscapesDataset, "ade20k": ADE20KD
            "coco": COCODataset}
 
 
+def synthetic_dataset(params: Params, split: str = "train") -> SegmentationDataset:
+    """The synthetic set that ``dmutils generate`` wrote for these params (``dataset.out_dir``)."""
+    root = params.resolve_path(params.dataset.out_dir)
+    if not (root / "dataset.json").is_file():
+        raise DataNotFoundError(f"no synthetic dataset at {root}; run 'dmutils generate' with these params first")
+    return VOCLayoutDataset(root, split)
+
+
 class ArrayDataset(torch.utils.data.Dataset):
     """Samples held in memory as (image uint8 HWC, label uint8 HW) pairs, e.g. masks made on the fly
     by the ablation study; reads like the folder datasets (``classes``, ``root`` for logs)."""
@@ -319,8 +325,8 @@ def open_real(params, split: str) -> SegmentationDataset:
     root = params.resolve_path(real.root)
     if real.kind == "toy":
         if not (root / "dataset.json").is_file():
-            from dmutils.errors import ensure_writable_dir
-            from dmutils.toyworld import write_real_splits
+            from dmutils.data.toyworld import write_real_splits
+            from dmutils.paths import ensure_writable_dir
 
             ensure_writable_dir(root, "real.root")
             write_real_splits(root, real.toy_sizes)

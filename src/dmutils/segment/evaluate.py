@@ -7,20 +7,19 @@ per-class IoU comes from ``MulticlassJaccardIndex(average=None)`` and the confus
 """
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassConfusionMatrix, MulticlassJaccardIndex
+from torchmetrics.classification import (
+    MulticlassConfusionMatrix,
+    MulticlassJaccardIndex,
+)
 from tqdm.auto import tqdm
 
-from dmutils.errors import DataError
-from dmutils.params import ParamsError
+from dmutils.errors import DataError, ParamsError
 from dmutils.segment.data import IGNORE_INDEX, center_inputs
 from dmutils.segment.models import Segmenter
 
@@ -129,30 +128,3 @@ def evaluate(seg: Segmenter, dataset, tta: bool = False, scales: list[float] = (
     per_class = pd.Series(iou, index=seg.classes, name="iou")
     groups = split_groups(per_class, seen_classes) if seen_classes is not None else {}
     return EvalResult(float(np.nanmean(iou)), per_class, cm, groups)
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dmutils.cli import add_params_arguments
-
-    parser.add_argument("checkpoint", type=Path, help="a folder written by 'dmutils train' (or its model/)")
-    add_params_arguments(parser)
-    parser.add_argument("--split", default=None, help="real split to evaluate (default real.test_split)")
-    parser.add_argument("--tta", action="store_true", help="flip + multi-scale test-time augmentation")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def main(args: argparse.Namespace) -> int:
-    from dmutils.params import load_params
-    from dmutils.segment.data import open_real
-    from dmutils.segment.models import load_segmenter
-
-    params = load_params(args.params, args.overrides)
-    seg = load_segmenter(args.checkpoint)
-    dataset = open_real(params, args.split or params.real.test_split)
-    result = evaluate(seg, dataset, tta=args.tta or params.train.tta, scales=params.train.tta_scales,
-                      seen_classes=params.train.seen_classes, batch_size=params.train.eval_batch_size, progress=True)
-    print(json.dumps(result.to_dict()) if args.json else result.summary())
-    return 0

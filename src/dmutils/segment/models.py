@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmutils.errors import DataError, DataNotFoundError, one_line
-from dmutils.params import ParamsError
+from dmutils.errors import DataError, DataNotFoundError, ParamsError, one_line
 from dmutils.segment.data import IGNORE_INDEX
 
 # Small random-init configs for the 64-px toy world; TrainParams.config overrides keys of these.
@@ -54,7 +53,10 @@ def _classes(arch: str):
         return transformers.Mask2FormerConfig, transformers.Mask2FormerForUniversalSegmentation
     if arch == "deeplabv3":
         try:
-            from dmutils.segment.deeplab import DeepLabV3Config, DeepLabV3ForSemanticSegmentation
+            from dmutils.segment.deeplab import (
+                DeepLabV3Config,
+                DeepLabV3ForSemanticSegmentation,
+            )
         except ImportError as e:
             raise ParamsError(f"train.architecture 'deeplabv3' needs transformers 5 (installed: {transformers.__version__}; "
                               f"{e}); upgrade transformers or use 'segformer'") from None

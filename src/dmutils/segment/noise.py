@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from dmutils.params import Params
+from dmutils.config import Params
 from dmutils.segment.data import IGNORE_INDEX
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmutils.params import Params
+from dmutils.config import Params
 from dmutils.segment.data import IGNORE_INDEX
 from dmutils.segment.models import Segmenter
 

@@ -14,7 +14,6 @@ hold the plain model, so a run resumes under any process count.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -24,11 +23,21 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dmutils.errors import DataError, DataNotFoundError
-from dmutils.params import Params, ParamsError, load_params
-from dmutils.segment.data import SegmentationDataset, TensorCache, check_same_classes, make_batch
-from dmutils.segment.models import BACKBONE_STAGES, Segmenter, backbone_of, build_segmenter
-from dmutils.voc import atomic_write_bytes
+from dmutils.config import Params
+from dmutils.errors import DataError, DataNotFoundError, ParamsError
+from dmutils.paths import atomic_write_bytes
+from dmutils.segment.data import (
+    SegmentationDataset,
+    TensorCache,
+    check_same_classes,
+    make_batch,
+)
+from dmutils.segment.models import (
+    BACKBONE_STAGES,
+    Segmenter,
+    backbone_of,
+    build_segmenter,
+)
 
 
 @dataclass
@@ -197,72 +206,3 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
     if acc:
         acc.wait_for_everyone()
     return TrainResult(final, losses, seconds, out)
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
-# ---------------------------------------------------------------------------------------------
-def synthetic_dataset(params: Params, split: str = "train") -> SegmentationDataset:
-    """The synthetic set that ``dmutils generate`` wrote for these params (``dataset.out_dir``)."""
-    from dmutils.segment.data import VOCLayoutDataset
-
-    root = params.resolve_path(params.dataset.out_dir)
-    if not (root / "dataset.json").is_file():
-        raise DataNotFoundError(f"no synthetic dataset at {root}; run 'dmutils generate' with these params first")
-    return VOCLayoutDataset(root, split)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dmutils.cli import add_params_arguments
-
-    add_params_arguments(parser)
-    parser.add_argument("--data", choices=["real", "synthetic", "both"], default="real", help="training data")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default data/<run>/segmenter-<data>)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation on the real test split")
-
-
-def main(args: argparse.Namespace) -> int:
-    from dmutils.segment.data import open_real
-    from dmutils.segment.evaluate import evaluate
-
-    from functools import partial
-
-    from dmutils import preflight as pf
-
-    params = load_params(args.params, args.overrides)
-    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if world > 1 and (params.train.noise_learning.enabled or params.train.self_training):
-        raise ParamsError("train.noise_learning and train.self_training run in one process; launch 'dmutils train' "
-                          "without accelerate/torchrun for them, or turn them off")
-    out = args.out or params.resolve_path(f"data/{{run}}/segmenter-{args.data}")
-    checks = {"checkpoints": partial(pf.check_checkpoints, oracle=False), "outputs": partial(pf.check_outputs, dirs={"--out": out}),
-              "device": partial(pf.check_device, which=("train",))}
-    splits = ([params.real.train_split] if args.data != "synthetic" else []) + ([] if args.no_eval else [params.real.test_split])
-    if splits:
-        checks["real data"] = partial(pf.check_real_data, splits=splits)
-    pf.preflight(params, checks)
-    real_train = open_real(params, params.real.train_split) if args.data in ("real", "both") else None
-    synthetic = synthetic_dataset(params) if args.data in ("synthetic", "both") else None
-    if synthetic is not None and params.train.noise_learning.enabled:
-        from dmutils.segment.noise import noise_learning
-
-        synthetic, scores = noise_learning(params, synthetic, progress=True)
-        out.mkdir(parents=True, exist_ok=True)
-        scores.to_csv(out / "noise_scores.csv", index=False)
-    datasets = [d for d in (real_train, synthetic) if d is not None]
-    result = train_segmenter(params, datasets, out, resume=args.resume)
-    if rank != 0:
-        return 0  # the main process reports and evaluates
-    if synthetic is not None and params.train.self_training:
-        from dmutils.segment.selftrain import self_train
-
-        result = self_train(params, result.segmenter, synthetic, extra=[real_train] if real_train else [], out_dir=out / "self_trained")
-    print(f"trained in {result.seconds:.1f}s, final loss {result.losses[-1]:.4f}; model in {result.out_dir / 'model'}")
-    if not args.no_eval:
-        test = open_real(params, params.real.test_split)
-        metrics = evaluate(result.segmenter, test, tta=params.train.tta, scales=params.train.tta_scales,
-                           seen_classes=params.train.seen_classes, batch_size=params.train.eval_batch_size)
-        atomic_write_bytes(result.out_dir / "metrics.json", json.dumps(metrics.to_dict(), indent=2).encode())
-        print(metrics.summary())
-    return 0

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dmutils.params import Params
+from dmutils.config import Params
 
 TRAINING_ONLY = ("train.", "dataset.splice.")
 

@@ -34,7 +34,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dmutils.params import Params, ParamsError, deep_merge, _explain
+from dmutils.config import Params, deep_merge, explain
+
+from dmutils.errors import ParamsError
 from dmutils.studies.thresholds import Sample, one_thread, study_specs
 
 BASELINE = ("baseline", "params")
@@ -78,7 +80,7 @@ def apply(params: Params, overrides: dict[str, Any], where: str = "variant") -> 
     try:
         return Params.model_validate(deep_merge(params.model_dump(mode="json"), _nest(overrides)))
     except ValidationError as e:
-        raise _explain(e, where) from None
+        raise explain(e, where) from None
 
 
 def load_grid(params: Params, path: str | Path | None = None) -> list[Variant]:
@@ -226,7 +228,7 @@ def variant_maps(sample: Sample, params: Params) -> tuple[dict, dict | None]:
 def score(samples: Sequence[Sample], params: Params) -> dict[str, Any]:
     """mIoU of the masks ``params`` make from ``samples`` against the oracle (pooled over images),
     with the fraction of pixels the masks leave as 255 (the uncertain band's cost)."""
-    from dmutils.masks import make_mask
+    from dmutils.masks.refine import make_mask
 
     k = len(params.classes) + 1
     conf, ignored = np.zeros((k, k), dtype=np.int64), []
@@ -253,7 +255,7 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
     from tqdm.auto import tqdm
 
     from dmutils.studies import ablation_segmenter as seg
-    from dmutils.voc import atomic_write_bytes
+    from dmutils.paths import atomic_write_bytes
 
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)

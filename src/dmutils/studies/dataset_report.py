@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmutils import voc
+from dmutils.data import voc
 from dmutils.dataset.generate import MANIFEST, Manifest
 
 IGNORE = 255

@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from dmutils import figures
-from dmutils.masks import combine_resolutions, make_mask, self_attention_refine, upsample
-from dmutils.params import Params
+from dmutils.masks.refine import combine_resolutions, make_mask, self_attention_refine, upsample
+from dmutils.config import Params
 from dmutils.studies import attention as study
 
 

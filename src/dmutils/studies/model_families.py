@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmutils.params import Params
-from dmutils.voc import atomic_write_bytes
+from dmutils.config import Params
+from dmutils.paths import atomic_write_bytes
 
 SCORES_VERSION = 2  # part of the cache key: raise it when score_model scores something new
 UNET_DEPTHS = ("down", "up")  # the toy UNet's blocks that hold maps at its 16x16 level (mid is coarser)
@@ -72,7 +72,7 @@ def _settings(pipe, params: Params, windows: int):
 
 def score_model(params: Params, path: str, images: int, windows: int, orc=None, progress: bool = False) -> dict:
     """Scores of one model: rows (view, setting, miou, presence) and the best kind's examples."""
-    from dmutils import oracle as oracle_mod
+    from dmutils.oracles import toy_unet as oracle_mod
     from dmutils.attention.ablations import text_isolated
     from dmutils.attention.adapters import MMDiTAdapter
     from dmutils.benchmarks.toy_model import PROTOCOL_GUIDANCE, evaluate_model

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dmutils.params import Params
-from dmutils.voc import atomic_write_bytes
+from dmutils.config import Params
+from dmutils.paths import atomic_write_bytes
 
 RUNS = {"a": "real", "b": "synthetic", "c": "real+synthetic", "d": "synthetic+noise learning"}
 
@@ -48,7 +48,7 @@ def first_n(dataset, n: int, tag: str):
 
 def synthetic_all(params: Params):
     """Every written synthetic sample (train and val splits together: the real val split stays for tuning)."""
-    from dmutils.segment.train import synthetic_dataset
+    from dmutils.segment.data import synthetic_dataset
 
     syn = synthetic_dataset(params, "train")
     syn.items = syn.items + synthetic_dataset(params, "val").items

@@ -14,7 +14,7 @@ reads. The steps, each a function of the one before::
 IoU of a class in one image is the binary IoU of ``mask == class`` and ``oracle == class``, pixels
 that either marks 255 (ignore) left out. An image whose oracle labels have no pixel of a class (the
 model did not draw it: a generation failure, not a mask failure) has no IoU for that class at any
-threshold, so every point of a curve averages the same images (``n``). Masks come from :func:`dmutils.masks.make_mask` with
+threshold, so every point of a curve averages the same images (``n``). Masks come from :func:`dmutils.masks.refine.make_mask` with
 the params' mask settings, except that the threshold mode is ``fixed`` at the swept value, there is
 no uncertain band (it would hide the pixels the threshold decides), and tau / CRF are the swept ones
 (DenseCRF is slow: CRF-on masks are swept at the coarser ``study.crf_thresholds``).
@@ -33,8 +33,9 @@ import pandas as pd
 
 from dmutils.dataset.generate import one_thread
 from dmutils.dataset.prompts import SampleSpec, TemplateSource, template_words
-from dmutils.masks import label_map, make_mask, remove_small_regions
-from dmutils.params import MaskParams, Params, ParamsError
+from dmutils.masks.refine import label_map, make_mask, remove_small_regions
+from dmutils.config import MaskParams, Params
+from dmutils.errors import ParamsError
 
 CONFIDENCE = 0.95
 
@@ -139,7 +140,7 @@ def generate_samples(pipe, params: Params, oracle, progress: bool = True) -> tup
 # ---------------------------------------------------------------------------------------------
 def main_condition(params: Params) -> tuple[int, bool]:
     """(tau, crf) of the params' own mask settings: the condition of the per-class curves."""
-    from dmutils.masks import uses_self_attention
+    from dmutils.masks.refine import uses_self_attention
 
     return (params.masks.tau if uses_self_attention(params.masks) else 0), params.masks.crf.enabled
 
@@ -281,7 +282,7 @@ def best_thresholds(curve: pd.DataFrame, fallback: float = 0.5) -> pd.DataFrame:
 
 
 def threshold_table(best: pd.DataFrame) -> pd.DataFrame:
-    """The ``class,threshold`` table that :func:`dmutils.masks.read_threshold_table` reads."""
+    """The ``class,threshold`` table that :func:`dmutils.masks.refine.read_threshold_table` reads."""
     return best[["class", "threshold"]].reset_index(drop=True)
 
 

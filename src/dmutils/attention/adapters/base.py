@@ -19,7 +19,7 @@ import torch
 
 from dmutils.attention.spec import CaptureSpec
 from dmutils.attention.state import CaptureState
-from dmutils.params import ParamsError
+from dmutils.errors import ParamsError
 
 
 class CaptureError(ParamsError):

@@ -1,7 +1,7 @@
 """Random-weight diffusion-transformer pipelines built offline (SD3/SD3.5, FLUX.1, PixArt-Σ, SANA), for tests
 and benchmarks.
 
-As :mod:`dmutils.tiny_models` does for UNets, these copy the *block structure and attention layout*
+As :mod:`dmutils.testing.sd` does for UNets, these copy the *block structure and attention layout*
 of the real models with small widths so they run in about a second on a CPU:
 
 - :func:`tiny_sd3_pipeline`: SD3.5-shaped MMDiT (joint blocks, the first ones dual-attention with an
@@ -9,7 +9,7 @@ of the real models with small widths so they run in about a second on a CPU:
   (SD3 allows ``text_encoder_3=None``: its T5 positions are then zeros), flow-matching Euler.
 - :func:`tiny_flux_pipeline`: FLUX.1-shaped (dual-stream then single-stream blocks, rotary
   positions, text first), CLIP for the pooled vector and a T5 encoder with the sentencepiece-style
-  fast tokenizer of :mod:`dmutils.tiny_tokenizers` for the sequence; ``guidance_embeds`` as FLUX.1-dev (no CFG batch).
+  fast tokenizer of :mod:`dmutils.testing.tokenizers` for the sequence; ``guidance_embeds`` as FLUX.1-dev (no CFG batch).
 - :func:`save_tiny_sd3` / :func:`save_tiny_flux`: those pipelines written with ``save_pretrained``.
 
 The VAEs downsample by 2, so a 32 px image has a 16x16 latent and, with patch size 2, an 8x8 map grid.
@@ -39,8 +39,8 @@ from diffusers import (AutoencoderDC, AutoencoderKL, DPMSolverMultistepScheduler
                        StableDiffusion3Pipeline)
 from transformers import Gemma2Config, Gemma2Model
 
-from dmutils.tiny_models import _text_encoder, tiny_tokenizer
-from dmutils.tiny_tokenizers import tiny_gemma_tokenizer
+from dmutils.testing.sd import _text_encoder, tiny_tokenizer
+from dmutils.testing.tokenizers import tiny_gemma_tokenizer
 
 
 def _flow_vae(latent_channels: int, levels: int = 2, channels: int = 32) -> AutoencoderKL:
@@ -63,7 +63,7 @@ def _tiny_t5(d_model: int):
     """A 2-layer T5 encoder and the tiny T5 tokenizer."""
     from transformers import T5Config, T5EncoderModel
 
-    from dmutils.tiny_tokenizers import tiny_t5_tokenizer
+    from dmutils.testing.tokenizers import tiny_t5_tokenizer
 
     tok = tiny_t5_tokenizer()
     config = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=d_model // 8,

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dmutils.errors import nearest_existing, one_line, writable_problem
-from dmutils.params import REPO_ROOT, Params, ParamsError, load_params
+from dmutils.config import Params
+from dmutils.errors import ParamsError, one_line
+from dmutils.paths import REPO_ROOT, nearest_existing, writable_problem
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")
@@ -287,7 +288,7 @@ def checkpoint_problem(value: str, key: str) -> str | None:
             f"`hf download {value} --local-dir models/{name}` and add `--set {key}=models/{name}`")
 
 
-TOY_ORACLE = REPO_ROOT / "models" / "toy-oracle" / "model.safetensors"  # dmutils.oracle.DEFAULT_DIR (that module imports torch)
+TOY_ORACLE = REPO_ROOT / "models" / "toy-oracle" / "model.safetensors"  # dmutils.oracles.toy_unet.DEFAULT_DIR (that module imports torch)
 
 
 def check_checkpoints(params: Params, oracle: bool = True) -> Outcome:
@@ -301,7 +302,7 @@ def check_checkpoints(params: Params, oracle: bool = True) -> Outcome:
     out = Outcome(", ".join(f"{k} {v or 'none (random init)'}" for k, v in named.items()) + (f", oracle {params.oracle.kind}" if oracle else ""))
     if oracle and params.oracle.kind == "toy" and not TOY_ORACLE.is_file():
         out.error(f"oracle.kind='toy' needs {TOY_ORACLE}; restore it with `git checkout models/toy-oracle` or re-make it with "
-                  "`python -m dmutils.oracle`")
+                  "`python -m dmutils.oracles.toy_unet`")
     for key, value in named.items():
         if value is None:
             if key == "oracle.model":
@@ -387,9 +388,9 @@ def _check_reader(params: Params, reader_name: str, how_to_get: str, names_in_da
 
 
 def check_voc_layout_real(params: Params, splits: list[str] | None = None) -> Outcome:
-    """A folder this project wrote (``dmutils.voc`` layout + dataset.json), checked without the torch
+    """A folder this project wrote (``dmutils.data.voc`` layout + dataset.json), checked without the torch
     readers so the toy set-up's preflight stays well under a second."""
-    from dmutils import voc
+    from dmutils.data import voc
 
     out = Outcome()
     root = params.resolve_path(params.real.root)
@@ -502,7 +503,7 @@ def estimate_dataset_bytes(params: Params, side: int | None = None, samples: int
     if params.dataset.save_maps:
         named = max(params.prompts.classes_per_image)
         per += 2 * named * sum(r * r for r in params.capture.cross_resolutions)  # float16 (C, r, r)
-        if params.masks.refine == "self_attention" and params.masks.tau > 0:  # as dmutils.masks.uses_self_attention
+        if params.masks.refine == "self_attention" and params.masks.tau > 0:  # as dmutils.masks.refine.uses_self_attention
             per += 2 * sum(r**4 for r in params.capture.self_resolutions)  # float16 (r*r, r*r)
     return int(per * (params.dataset.num_samples if samples is None else samples))
 
@@ -648,20 +649,3 @@ def format_outcomes(outcomes: dict[str, Outcome]) -> str:
         lines.append(f"{'ok' if o.ok else 'FAIL':<4}  {name:<{width}}  {o.summary}".rstrip())
         lines += [f"      {p.level}: {p.message}" for p in o.problems]
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dmutils.cli import add_params_arguments
-
-    add_params_arguments(parser)
-
-
-def main(args: argparse.Namespace) -> int:
-    params = load_params(args.params, args.overrides)
-    outcomes = run_checks(params)
-    print(format_outcomes(outcomes))
-    failed = [n for n, o in outcomes.items() if not o.ok]
-    if failed:
-        print(f"dmutils check: {len(failed)} check(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 2
-    return 0

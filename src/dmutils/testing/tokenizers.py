@@ -3,7 +3,7 @@
 The diffusion transformers encode text with T5 (PixArt-Σ, SD3) or an LLM (SANA: Gemma-2); their real
 tokenizers cannot be downloaded here. These are the same transformers classes (``T5Tokenizer`` =
 ``T5TokenizerFast``, ``GemmaTokenizer`` = ``GemmaTokenizerFast`` in transformers 5) on the small vocabulary
-of :mod:`dmutils.tiny_models`, in which "aeroplane", "potted", "monitor" and "motorbike" split into several
+of :mod:`dmutils.testing.sd`, in which "aeroplane", "potted", "monitor" and "motorbike" split into several
 tokens, as in the CLIP one. Special tokens as the real ones: T5 appends ``</s>``, Gemma prepends ``<bos>``.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, trainers
 from transformers import GemmaTokenizer, T5Tokenizer
 
-from dmutils.tiny_models import SPLIT_WORDS, _vocab_words
+from dmutils.testing.sd import SPLIT_WORDS, _vocab_words
 
 _CHARS = string.ascii_letters + string.digits + string.punctuation
 

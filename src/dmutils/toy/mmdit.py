@@ -40,10 +40,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from dmutils.errors import ensure_writable_dir
-from dmutils.toymodel import build
-from dmutils.toymodel.train import Log, ema_step, encode_all, out_of_time, reconstruction_psnr, render_corpus
-from dmutils.toyworld import CLASSES, CLASS_NAMES
+from dmutils.data.toyworld import CLASS_NAMES, CLASSES
+from dmutils.paths import ensure_writable_dir
+from dmutils.toy import build
+from dmutils.toy.unet import (
+    Log,
+    ema_step,
+    encode_all,
+    out_of_time,
+    reconstruction_psnr,
+    render_corpus,
+)
 
 T5_TOKENS = 256  # StableDiffusion3Pipeline's default max_sequence_length: the zero tokens it appends without a T5
 TEXT_LAYERS = 1  # SD3 reads hidden_states[-2]: with one layer that is the (non-mixing) embedding
@@ -93,7 +100,7 @@ def load_vae(folder: str | Path):
     try:
         return AutoencoderKL.from_pretrained(source)
     except (OSError, ValueError) as e:
-        from dmutils.params import ParamsError
+        from dmutils.errors import ParamsError
 
         raise ParamsError(f"--vae-from: no VAE at {source} ({str(e).splitlines()[0]}); give a toy model folder such as "
                           f"models/toy-sd (re-make it with `dmutils train-toy-model`)") from None

@@ -5,7 +5,7 @@ DiffuMask (arXiv 2303.11681, sec. 3.2) refines its attention masks with a fully 
 (background included), and two pairwise terms pull neighbouring pixels to the same label -- a
 Gaussian term on position only (sxy 3, compat 3: smoothness) and a bilateral term on position
 and colour (sxy 80, srgb 13, compat 10: pixels of alike colour agree). Those defaults live in
-:class:`dmutils.params.CRFParams`. Pure: arrays in, arrays out.
+:class:`dmutils.config.CRFParams`. Pure: arrays in, arrays out.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_softmax
 
-from dmutils.params import CRFParams
+from dmutils.config import CRFParams
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = None) -> tuple[np.ndarray, np.ndarray]:

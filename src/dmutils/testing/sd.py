@@ -13,7 +13,7 @@ layout* of the real models with small channels, so they run in about a second on
 
 The VAEs downsample by 2 (not 8) so that a 32 px image has a 16x16 latent: attention maps are then
 16/8/4 for SD1/SD2 and 8/4 for SDXL. The tokenizer is a real CLIP BPE tokenizer with a small vocab
-(built by :func:`dmutils.toymodel.build.build_tokenizer_files`, byte-identical across processes) in which "aeroplane", "potted plant", "tv monitor" and "motorbike" split into several tokens.
+(built by :func:`dmutils.toy.build.build_tokenizer_files`, byte-identical across processes) in which "aeroplane", "potted plant", "tv monitor" and "motorbike" split into several tokens.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ SPLIT_WORDS = {"aeroplane": ["aero", "plane"], "potted": ["pot", "ted"], "monito
 
 
 def _vocab_words() -> list[str]:
-    from dmutils.toyworld import vocabulary
+    from dmutils.data.toyworld import vocabulary
 
     words = set(vocabulary()) | set(CAPTION_WORDS)
     for w in VOC_CLASS_WORDS:
@@ -54,7 +54,7 @@ def write_tiny_tokenizer(folder: str | Path) -> Path:
     """
     from tokenizers import pre_tokenizers
 
-    from dmutils.toymodel.build import build_tokenizer_files
+    from dmutils.toy.build import build_tokenizer_files
 
     words = [w for w in _vocab_words() if w not in SPLIT_WORDS] + [p for ps in SPLIT_WORDS.values() for p in ps]
     return build_tokenizer_files(Path(folder), words, alphabet=pre_tokenizers.ByteLevel.alphabet())

@@ -3,7 +3,7 @@
 For the toy world it is a small fully convolutional U-Net trained on the world's real renders, with
 photometric augmentation (tint, contrast, blur, noise) so that the colour casts and softness of generated
 images (classifier-free guidance tints backgrounds) do not fool it. Its weights ship in
-``models/toy-oracle/`` (safetensors); ``dmutils.oracle.train`` re-makes them. Its mIoU on the real
+``models/toy-oracle/`` (safetensors); ``dmutils.oracles.toy_unet.train`` re-makes them. Its mIoU on the real
 toy test split is printed by ``dmutils bench toy-model`` (``oracle_miou_real``).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from dmutils.errors import DataNotFoundError
 from dmutils.segment.data import photometric
-from dmutils.toyworld import CLASS_NAMES, make_scene
+from dmutils.data.toyworld import CLASS_NAMES, make_scene
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO_ROOT / "models" / "toy-oracle"
@@ -114,7 +114,7 @@ def load(folder: Path | str = DEFAULT_DIR) -> ToyOracle:
     path = folder / "model.safetensors"
     if not path.is_file():
         raise DataNotFoundError(f"toy oracle weights not found at {path}; re-make them with "
-                                f"`python -m dmutils.oracle` (about 5 minutes on 2 CPU cores)")
+                                f"`python -m dmutils.oracles.toy_unet` (about 5 minutes on 2 CPU cores)")
     cfg = json.loads((folder / "config.json").read_text())
     model = ToyOracle(width=cfg["width"], num_classes=cfg["num_classes"])
     model.load_state_dict(load_file(str(path)))

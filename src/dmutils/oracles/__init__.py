@@ -3,7 +3,7 @@
 Every oracle has ``predict(images) -> labels``: (N, H, W, 3) uint8 in, (N, H, W) uint8 out in
 *our* label space: 0 = background, ``k`` = ``params.class_names[k-1]``, 255 = ignore.
 
-- ``oracle.kind='toy'``: the toy world's labeller (:mod:`dmutils.oracle`), its classes mapped to
+- ``oracle.kind='toy'``: the toy world's labeller (:mod:`dmutils.oracles.toy_unet`), its classes mapped to
   ours by name.
 - ``oracle.kind='transformers'``: a semantic-segmentation model of transformers, as DiffuMask used a
   pretrained Mask2Former. ``oracle.model`` is a folder (or hub id) with the model and its image
@@ -25,7 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dmutils.params import REPO_ROOT, Params, ParamsError
+from dmutils.paths import REPO_ROOT
+
+from dmutils.config import Params
+
+from dmutils.errors import ParamsError
 
 BACKGROUND, IGNORE = "background", "ignore"
 
@@ -63,7 +67,7 @@ class ToyOracle:
     """The toy world's labeller with its labels mapped to ours."""
 
     def __init__(self, params: Params, folder: str | Path | None = None):
-        from dmutils import oracle
+        from dmutils.oracles import toy_unet as oracle
 
         self.model = oracle.load(folder or oracle.DEFAULT_DIR)
         self.labels = ["background", *oracle.CLASS_NAMES]

@@ -9,14 +9,13 @@ this layout, so standard VOC loaders read them unchanged::
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from dmutils.errors import DataError, DataNotFoundError
+from dmutils.paths import atomic_write_bytes
 
 IGNORE_INDEX = 255
 IMAGES = "JPEGImages"
@@ -39,30 +38,6 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 PALETTE = voc_palette()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_partial_writes(root: Path) -> int:
-    """Delete the temp files of :func:`atomic_write_bytes` calls that were killed before their rename (a
-    SIGKILLed process or Ray actor): they are never part of a dataset, and a resumed run rewrites the file."""
-    stale = [p for p in Path(root).rglob(".*.tmp") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -6,7 +6,6 @@ exact, so every number is checkable. Deterministic per seed.
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
 import math
 from dataclasses import dataclass, field
@@ -15,15 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-# name, synonyms and sub-class words as a real class list has them; typical hue (0-1) per class.
-CLASSES: list[dict] = [
-    {"name": "circle", "synonyms": ["disc", "ball"], "subclasses": ["coin"]},
-    {"name": "square", "synonyms": ["box", "block"], "subclasses": ["tile"]},
-    {"name": "triangle", "synonyms": ["wedge"], "subclasses": ["pyramid"]},
-    {"name": "star", "synonyms": ["starfish"], "subclasses": ["sparkle"]},
-    {"name": "cross", "synonyms": ["plus"], "subclasses": ["medic"]},
-    {"name": "ring", "synonyms": ["donut", "hoop"], "subclasses": ["bagel"]},
-]
+from dmutils.config.schema import TOY_CLASSES as CLASSES
+
+# typical hue (0-1) per class.
 CLASS_NAMES = [c["name"] for c in CLASSES]
 HUES = {"circle": 0.0, "square": 0.62, "triangle": 0.33, "star": 0.14, "cross": 0.8, "ring": 0.07}
 COLOR_WORDS = [(0.0, "red"), (0.07, "orange"), (0.14, "yellow"), (0.33, "green"), (0.5, "cyan"), (0.62, "blue"), (0.8, "purple"), (0.92, "pink")]
@@ -243,7 +236,8 @@ def write_real_splits(root: Path, sizes: dict[str, int], image_size: int = 64) -
 
     from tqdm.auto import tqdm
 
-    from dmutils import voc
+    from dmutils.data import voc
+    from dmutils.paths import atomic_write_bytes
 
     root = Path(root)
     for split, n in sizes.items():
@@ -259,22 +253,5 @@ def write_real_splits(root: Path, sizes: dict[str, int], image_size: int = 64) -
             voc.write_sample(root, sid, scene.image, scene.label)
         voc.write_split(root, split, ids)
     meta = {"name": "toy-real", "classes": ["background", *CLASS_NAMES], "image_size": image_size, "sizes": sizes}
-    voc.atomic_write_bytes(root / "dataset.json", json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(root / "dataset.json", json.dumps(meta, indent=2).encode())
     return root
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", type=Path, help="output folder (VOC layout)")
-    parser.add_argument("--train", type=int, default=400)
-    parser.add_argument("--val", type=int, default=100)
-    parser.add_argument("--test", type=int, default=200)
-    parser.add_argument("--size", type=int, default=64)
-
-
-def main(args: argparse.Namespace) -> int:
-    from dmutils.errors import ensure_writable_dir
-
-    ensure_writable_dir(args.out, "render-toy OUT")
-    root = write_real_splits(args.out, {"train": args.train, "val": args.val, "test": args.test}, args.size)
-    print(f"wrote toy real splits to {root}")
-    return 0

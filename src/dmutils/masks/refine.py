@@ -10,7 +10,7 @@ The pieces, in the order :func:`make_mask` applies them, and where each comes fr
    and multiplied ``tau`` times by ``A_self`` (rows sum to 1, so each product is a weighted
    average over the pixels a pixel attends to): ``tau`` products of a (C, N) matrix, never the
    dense N x N matrix power. Or, ``refine="affinity"``: the random walk of DiffuMask's learned
-   affinity (:mod:`dmutils.affinity`), at image size.
+   affinity (:mod:`dmutils.masks.affinity`), at image size.
 3. :func:`upsample` to the image size (bilinear / bicubic / nearest) and :func:`normalize`:
    ``"minmax"`` scales the image's C maps jointly (one min, one max: the classes keep their
    relative strength); ``"minmax_per_class"`` scales each class map to [0, 1] on its own (Dataset
@@ -43,10 +43,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from dmutils.params import REPO_ROOT, CRFParams, MaskParams
+from dmutils.paths import REPO_ROOT
+
+from dmutils.config import CRFParams, MaskParams
 
 if TYPE_CHECKING:
-    from dmutils.affinity import AffinityModel
+    from dmutils.masks.affinity import AffinityModel
 
 IGNORE_INDEX = 255
 ArrayLike = np.ndarray | torch.Tensor
@@ -262,7 +264,7 @@ def crf_labels(image: np.ndarray, scores: ArrayLike, class_ids: Sequence[int] | 
     scores = _maps(scores, "scores").clamp(0, 1).numpy()
     ids = np.concatenate([[0], _class_ids(class_ids, scores.shape[0])]).astype(np.uint8)
     bg = np.broadcast_to(np.asarray(background, dtype=np.float32), scores.shape[1:])
-    from dmutils.crf import dense_crf
+    from dmutils.masks.crf import dense_crf
 
     _, idx = dense_crf(_image(image), np.concatenate([bg[None], scores]) + 1e-6, params)
     return ids[idx]
@@ -310,7 +312,7 @@ def make_mask(class_maps: ArrayLike | Mapping[int, ArrayLike], image: np.ndarray
 
     ``class_maps``: (C, r, r) or {resolution: (C, r, r)}; ``image``: (H, W, 3) uint8; ``class_ids``:
     the dataset label index of each of the C maps. ``self_attn`` (N, N) or {r: (N, N)} is needed for
-    ``refine='self_attention'`` with tau > 0, ``affinity`` (from :func:`dmutils.affinity.fit_affinity`)
+    ``refine='self_attention'`` with tau > 0, ``affinity`` (from :func:`dmutils.masks.affinity.fit_affinity`)
     for ``refine='affinity'``, ``class_names`` (of the C maps) for ``threshold_mode='per_class'``.
     """
     image = _image(image)

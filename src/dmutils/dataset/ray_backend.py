@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dmutils.params import Params, ParamsError
+from dmutils.config import Params
+from dmutils.errors import ParamsError
 
 LOCAL = "local"  # --ray without an address: RAY_ADDRESS if set, else a cluster started here
 
@@ -78,11 +79,12 @@ class GenerateBatch:
     def _maybe_die(self, index: int, job: dict) -> None:
         if not self.die_at or self.die_at[0] != index or Path(self.die_at[1]).exists():
             return
-        from dmutils import voc
+        from dmutils.data import voc
         from dmutils.dataset.generate import jpeg_bytes
+        from dmutils.paths import atomic_write_bytes
 
         Path(self.die_at[1]).write_text(str(os.getpid()))
-        voc.atomic_write_bytes(self.root / voc.IMAGES / f"{job['record']['id']}.jpg", jpeg_bytes(job["image"]))
+        atomic_write_bytes(self.root / voc.IMAGES / f"{job['record']['id']}.jpg", jpeg_bytes(job["image"]))
         os._exit(1)  # the image is written, its label and manifest line are not
 
 

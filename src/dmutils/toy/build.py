@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from dmutils.toyworld import vocabulary
+from dmutils.data.toyworld import vocabulary
 
 IMAGE_SIZE = 64
 LATENT_SIZE = 16

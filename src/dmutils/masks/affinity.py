@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dmutils.params import AffinityParams
+from dmutils.config import AffinityParams
 
 IGNORE_INDEX = 255
 
