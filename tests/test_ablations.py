@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
+from dmutils.config import load_params
+from dmutils.errors import ParamsError
 from dmutils.masks.refine import make_mask
 from dmutils.oracles import get_oracle
-from dmutils.errors import ParamsError
-from dmutils.config import load_params
 from dmutils.studies import ablations
 from dmutils.testing.sd import tiny_sd15_pipeline
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from dmutils.masks import refine as masks
-from dmutils.masks.affinity import fit_affinity
 from dmutils.config import AffinityParams, MaskParams
 from dmutils.data.toyworld import make_scene
+from dmutils.masks import refine as masks
+from dmutils.masks.affinity import fit_affinity
 
 SMALL = AffinityParams(steps=30, pairs=2048)
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
 
-from dmutils.attention import CaptureSpec, WordLookupError, append_class_prompt, build_prompts, capture
+from dmutils.attention import (
+    CaptureSpec,
+    WordLookupError,
+    append_class_prompt,
+    build_prompts,
+    capture,
+)
 from dmutils.testing.sd import tiny_sd15_pipeline
 
 PROMPTS = ["a man riding a horse; person horse", "an aeroplane and a potted plant near a tv monitor"]

@@ -9,11 +9,16 @@ import yaml
 from diffusers import DiffusionPipeline
 from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
 
-from dmutils.data import voc
 from dmutils.attention import CaptureSpec, capture
-from dmutils.attention.adapters import CaptureError, PixArtAdapter, SanaAdapter, adapter_class
+from dmutils.attention.adapters import (
+    CaptureError,
+    PixArtAdapter,
+    SanaAdapter,
+    adapter_class,
+)
 from dmutils.attention.adapters.dit import LinearAttentionRecorder, _SideRecorder
 from dmutils.attention.processors import CaptureAttnProcessor
+from dmutils.data import voc
 from dmutils.testing.dits import save_tiny_pixart_sigma, save_tiny_sana
 
 pytestmark = pytest.mark.usefixtures("one_thread")

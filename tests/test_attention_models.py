@@ -9,8 +9,12 @@ from dmutils.attention import CaptureSpec, attention_layers, capture
 from dmutils.config import ModelParams, load_params
 from dmutils.errors import ParamsError
 from dmutils.pipeline import ModelNotFoundError, load_pipeline
-from dmutils.testing.sd import save_tiny_sd15, tiny_sd2_pipeline, tiny_sdxl_pipeline, tiny_tokenizer
-
+from dmutils.testing.sd import (
+    save_tiny_sd15,
+    tiny_sd2_pipeline,
+    tiny_sdxl_pipeline,
+    tiny_tokenizer,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

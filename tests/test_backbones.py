@@ -6,9 +6,8 @@ import pytest
 import torch
 from transformers import ResNetBackbone, ResNetConfig
 
-from dmutils.errors import ParamsError
-
 from dmutils.config import load_params
+from dmutils.errors import ParamsError
 from dmutils.segment.models import backbone_of, build_segmenter, load_segmenter
 
 CLASSES = ["background", "a", "b"]

@@ -5,8 +5,8 @@ import torch
 
 from dmutils.attention import CaptureSpec, capture
 from dmutils.attention.adapters import CaptureError, FluxAdapter, MMDiTAdapter
-from dmutils.testing.sd import tiny_sd15_pipeline
 from dmutils.testing.dits import tiny_flux_pipeline, tiny_sd3_pipeline
+from dmutils.testing.sd import tiny_sd15_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a dog on the grass", "an aeroplane in the sky"]

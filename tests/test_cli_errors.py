@@ -6,9 +6,8 @@ import pytest
 import yaml
 
 from dmutils import commands as cli
-
-from dmutils.data import voc
 from dmutils.config import load_params
+from dmutils.data import voc
 from dmutils.data.toyworld import write_real_splits
 
 pytestmark = pytest.mark.usefixtures("one_thread")

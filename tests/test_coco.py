@@ -5,15 +5,12 @@ import json
 
 import numpy as np
 import pytest
-
-from dmutils.paths import REPO_ROOT
-
-from dmutils.errors import ParamsError
+from coco_maker import write_tiny_coco
 
 from dmutils.config import load_params
+from dmutils.errors import ParamsError
+from dmutils.paths import REPO_ROOT
 from dmutils.segment.data import COCO_CLASSES, COCODataset, open_real
-
-from coco_maker import write_tiny_coco
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dmutils.masks import refine as masks
-from dmutils.masks.crf import dense_crf
 from dmutils.config import CRFParams, MaskParams
 from dmutils.data.toyworld import make_scene
+from dmutils.masks import refine as masks
+from dmutils.masks.crf import dense_crf
 
 
 def _noisy_scores(scene, seed, blur=3.0, noise=0.25):

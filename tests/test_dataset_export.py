@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from dmutils.data import voc
-from dmutils.paths import atomic_write_bytes
-from dmutils.dataset.export import export_hf
-from dmutils.dataset.generate import MANIFEST, META, Manifest, dataset_meta, write_splits
 from dmutils.config import Params
+from dmutils.data import voc
+from dmutils.dataset.export import export_hf
+from dmutils.dataset.layout import MANIFEST, META, Manifest, dataset_meta, write_splits
 from dmutils.errors import ParamsError
+from dmutils.paths import atomic_write_bytes
 
 
 def _fake_dataset(root, n=5):

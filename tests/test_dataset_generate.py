@@ -15,12 +15,13 @@ import pytest
 import torch
 import yaml
 
+from dmutils.config import MaskParams, load_params
 from dmutils.data import voc
 from dmutils.dataset import generate as gen
-from dmutils.dataset.generate import generate_dataset, label_sample
-from dmutils.dataset.remask import _overrides, remask_dataset
+from dmutils.dataset.generate import generate_dataset
+from dmutils.dataset.labelling import label_sample
+from dmutils.dataset.remask import mask_overrides, remask_dataset
 from dmutils.dataset.shards import merge_shards
-from dmutils.config import MaskParams, load_params
 from dmutils.errors import ParamsError
 
 N = 4
@@ -170,13 +171,13 @@ def test_bad_maps_give_reasons():
 
 
 def test_remask_reproduces_then_changes_masks_without_generating(setup, tmp_path, monkeypatch):
-    monkeypatch.setattr(gen, "_load_pipeline", lambda p: (_ for _ in ()).throw(AssertionError("no generation")))
+    monkeypatch.setattr(gen, "pipeline_for", lambda p: (_ for _ in ()).throw(AssertionError("no generation")))
     ref = setup["ref"]
     same = remask_dataset(ref, {}, tmp_path / "same", workers=0, progress=False)
     assert same["remasked"] == setup["summary"]["written"]
     labels = sorted(p.name for p in (ref / voc.LABELS).iterdir())
     assert all((tmp_path / "same" / voc.LABELS / n).read_bytes() == (ref / voc.LABELS / n).read_bytes() for n in labels)
-    remask_dataset(ref, _overrides(None, ["masks.threshold=0.8"]), tmp_path / "high", workers=0, progress=False)
+    remask_dataset(ref, mask_overrides(None, ["masks.threshold=0.8"]), tmp_path / "high", workers=0, progress=False)
     new = [(tmp_path / "high" / voc.LABELS / n) for n in labels]
     changed = [n for n, p in zip(labels, new) if not p.exists() or p.read_bytes() != (ref / voc.LABELS / n).read_bytes()]
     assert changed, "a higher threshold must change some mask"
@@ -186,7 +187,7 @@ def test_remask_reproduces_then_changes_masks_without_generating(setup, tmp_path
     meta = json.loads((tmp_path / "high/dataset.json").read_text())
     assert meta["params"]["masks"]["threshold"] == 0.8
     with pytest.raises(ParamsError, match="capture.tau|capture"):
-        _overrides(None, ["capture.head_reduce=max"])
+        mask_overrides(None, ["capture.head_reduce=max"])
 
 
 def test_self_attention_is_captured_only_when_masks_read_it(setup, tmp_path):

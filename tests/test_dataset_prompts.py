@@ -4,10 +4,10 @@ import re
 
 import pytest
 
-from dmutils.dataset.prompts import PromptPlan, parse_class_prompt, sample_seed
-from dmutils.paths import REPO_ROOT
 from dmutils.config import ClassSpec, load_params
+from dmutils.dataset.prompts import PromptPlan, parse_class_prompt, sample_seed
 from dmutils.errors import ParamsError
+from dmutils.paths import REPO_ROOT
 
 VOC_LIKE = [{"name": "person", "synonyms": ["man", "woman"]}, {"name": "horse"},
             {"name": "tv monitor", "synonyms": ["television"]}, {"name": "dining table", "synonyms": ["table"]}]

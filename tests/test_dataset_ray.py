@@ -13,10 +13,10 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
+from dmutils.config import load_params  # noqa: E402
 from dmutils.dataset.generate import generate_dataset  # noqa: E402
 from dmutils.dataset.ray_backend import init_ray  # noqa: E402
 from dmutils.errors import ParamsError
-from dmutils.config import load_params  # noqa: E402
 
 pytestmark = pytest.mark.slow
 N = 6
@@ -92,7 +92,7 @@ def test_gpu_cluster_path_generation_then_postprocessing_stage_gives_the_same_re
     No GPU here: the two callables run in this process on batches shaped as Ray Data passes them."""
     import numpy as np
 
-    from dmutils.dataset.generate import dataset_meta
+    from dmutils.dataset.layout import dataset_meta
     from dmutils.dataset.ray_backend import GenerateBatch, finish_jobs
 
     params = _at(setup["params"], tmp_path / "ds")

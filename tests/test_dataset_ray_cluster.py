@@ -20,9 +20,10 @@ import torch
 
 pytest.importorskip("ray")
 
+from test_dataset_ray import N, _tiny_params, files_of  # noqa: E402
+
 from dmutils.data import voc  # noqa: E402
 from dmutils.dataset.generate import generate_dataset  # noqa: E402
-from test_dataset_ray import N, _tiny_params, files_of  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SRC = str(Path(__file__).resolve().parents[1] / "src")

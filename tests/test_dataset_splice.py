@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
+from dmutils.config import SpliceParams
 from dmutils.data import voc
 from dmutils.dataset.splice import photometric, splice, splice_dataset
 from dmutils.errors import ParamsError
-from dmutils.config import SpliceParams
 
 PAL = voc.PALETTE.astype(int)
 

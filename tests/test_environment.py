@@ -1,9 +1,9 @@
 """One list of dependencies: pyproject.toml declares them; environment.yml, the Makefile and CI use it."""
 import re
-import tomllib
 from importlib import metadata
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet

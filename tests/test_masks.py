@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from dmutils.masks import refine as masks
-from dmutils.masks.refine import MaskInputError, make_mask
 from dmutils.config import MaskParams
 from dmutils.data.toyworld import make_scene
+from dmutils.masks import refine as masks
+from dmutils.masks.refine import MaskInputError, make_mask
 
 
 def _softmax_rows(n: int, seed: int) -> torch.Tensor:

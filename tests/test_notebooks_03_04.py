@@ -2,17 +2,15 @@
 SD pipeline; the tables they wrote are checked against the manifest, the label files and each other."""
 import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from dmutils import nb
-
+from dmutils.config import load_params
 from dmutils.data import voc
 from dmutils.paths import REPO_ROOT
-from dmutils.config import load_params
 
 N = 8
 

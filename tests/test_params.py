@@ -5,12 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dmutils.paths import REPO_ROOT
-
-from dmutils.errors import ParamsError
-
 from dmutils.config import load_params, parse_overrides
 from dmutils.data.toyworld import CLASS_NAMES
+from dmutils.errors import ParamsError
+from dmutils.paths import REPO_ROOT
 
 
 def write(path: Path, data: dict | str) -> Path:

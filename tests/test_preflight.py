@@ -7,8 +7,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from dmutils import preflight as pf
-from dmutils.data import voc
 from dmutils.config import load_params
+from dmutils.data import voc
 from dmutils.segment.data import VOC_CLASSES
 
 # A Flux-shaped pipeline index: nothing in the model check may depend on the family.

@@ -17,15 +17,10 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from PIL import Image
 
 from dmutils import commands as cli
-
-from dmutils import nb
-
-from dmutils import report
-
-from dmutils import runner
-from dmutils.paths import REPO_ROOT
-from dmutils.errors import ParamsError
+from dmutils import nb, report, runner
 from dmutils.config import load_params
+from dmutils.errors import ParamsError
+from dmutils.paths import REPO_ROOT
 
 REMOTE_RESOURCE = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.I)
 PARAMETERS = 'params_file = "../params/toy.yaml"\noverrides = []\nrun_dir = ""'

@@ -8,9 +8,21 @@ import torch
 from PIL import Image
 
 from dmutils.data import voc
-from dmutils.segment.data import (MEAN, STD, ADE20KDataset, CityscapesDataset, VOCDataset, VOCLayoutDataset, augment,
-                                  check_same_classes, make_batch, photometric, photometric_normalized, to_tensors)
 from dmutils.data.toyworld import CLASS_NAMES, make_scene
+from dmutils.segment.data import (
+    MEAN,
+    STD,
+    ADE20KDataset,
+    CityscapesDataset,
+    VOCDataset,
+    VOCLayoutDataset,
+    augment,
+    check_same_classes,
+    make_batch,
+    photometric,
+    photometric_normalized,
+    to_tensors,
+)
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,12 @@ import pytest
 import torch
 import yaml
 
+from dmutils.config import load_params
 from dmutils.data import voc
+from dmutils.data.toyworld import CLASS_NAMES, make_scene
 from dmutils.segment import data as seg_data
 from dmutils.segment.data import VOCLayoutDataset
 from dmutils.segment.train import train_segmenter
-from dmutils.config import load_params
-from dmutils.data.toyworld import CLASS_NAMES, make_scene
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 TINY_SEGFORMER = {"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1],

@@ -6,15 +6,15 @@ import pytest
 import torch
 import yaml
 
-from dmutils.data import voc
-from dmutils.errors import ParamsError
 from dmutils.config import load_params
+from dmutils.data import voc
+from dmutils.data.toyworld import CLASS_NAMES, make_scene
+from dmutils.errors import ParamsError
 from dmutils.segment import data as seg_data
 from dmutils.segment.data import VOCLayoutDataset
 from dmutils.segment.models import build_segmenter, load_segmenter, semantic_to_masks
 from dmutils.segment.noise import drop_noisy, noise_learning
 from dmutils.segment.train import train_segmenter
-from dmutils.data.toyworld import CLASS_NAMES, make_scene
 
 CLASSES = ["background", *CLASS_NAMES]
 TINY_SEGFORMER = {"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1],

@@ -12,14 +12,14 @@ import torch
 
 from dmutils import nb
 from dmutils.attention import CaptureSpec, capture
+from dmutils.config import load_params
+from dmutils.data.toyworld import CLASS_NAMES, make_scene
 from dmutils.masks.refine import make_mask, read_threshold_table
 from dmutils.oracles import OracleError, get_oracle, label_lookup
 from dmutils.paths import REPO_ROOT
-from dmutils.config import load_params
 from dmutils.studies import attention as study
 from dmutils.studies import thresholds
 from dmutils.testing.sd import save_tiny_sd15, tiny_sd15_pipeline
-from dmutils.data.toyworld import CLASS_NAMES, make_scene
 
 SMALL = ["model.num_inference_steps=3", "capture.cross_resolutions=[16,8]", "masks.tau=1", "masks.crf.enabled=false", "study.threshold_images_per_class=2", "study.thresholds=[0.2,0.4,0.6]",
          "study.crf_thresholds=[0.4]", "study.taus=[0,2]", "study.attention_seeds=[0]", "study.timestep_windows=3",
@@ -193,7 +193,11 @@ def test_label_lookup_rules():
 
 
 def test_transformers_oracle_maps_a_segformer(tmp_path):
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+    from transformers import (
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        SegformerImageProcessor,
+    )
 
     names = ["background", "disc", "box", "tree"]
     torch.manual_seed(0)

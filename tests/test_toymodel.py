@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from dmutils.data.toyworld import vocabulary
 from dmutils.oracles import toy_unet as oracle
 from dmutils.toy import build
-from dmutils.data.toyworld import vocabulary
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "toy-sd"
 
@@ -83,8 +83,8 @@ def test_miou_counts_background_and_ignores_absent_classes():
 
 
 def test_iou_by_word_scores_the_first_and_the_second_named_class_apart():
-    from dmutils.benchmarks.toy_model import iou_by_word
     from dmutils.data.toyworld import CLASS_NAMES
+    from dmutils.toy.probe import iou_by_word
 
     circle, star = CLASS_NAMES.index("circle") + 1, CLASS_NAMES.index("star") + 1
     t = np.zeros((2, 4, 4), np.uint8)

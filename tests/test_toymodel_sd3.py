@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dmutils.errors import ParamsError
-
 from dmutils.config import load_params
-from dmutils.toy import mmdit as sd3, unet as train
+from dmutils.errors import ParamsError
+from dmutils.toy import mmdit as sd3
+from dmutils.toy import unet as train
 
 TOY_SD = Path(__file__).resolve().parents[1] / "models" / "toy-sd"
 TINY = ["--scenes", "6", "--batch", "2", "--threads", "1", "--layers", "2", "--heads", "2", "--head-dim", "8", "--vae-from", str(TOY_SD)]
@@ -106,8 +106,8 @@ def test_a_missing_vae_folder_is_a_one_line_params_error(tmp_path):
 
 def test_bench_protocol_scores_every_map_kind_and_every_block(tiny):
     """`bench toy-model --model` on a transformer: the UNet's protocol per map kind, and the best kind per block."""
-    from dmutils.oracles import toy_unet as oracle
     from dmutils.benchmarks import toy_model, toy_transformer
+    from dmutils.oracles import toy_unet as oracle
     from dmutils.pipeline import load_pipeline
 
     params = load_params("params/toy.yaml", {"model": {"path": str(tiny), "family": "auto", "scheduler": None}})
@@ -191,8 +191,8 @@ def test_bench_segmenter_model_generates_with_that_model(tiny, monkeypatch, caps
     trainings are the quick test's in test_benchmarks.py; here they are replaced to keep this test short)."""
     from types import SimpleNamespace
 
-    from dmutils.commands import bench
     from dmutils.benchmarks import segmenter
+    from dmutils.commands import bench
     from dmutils.dataset import generate
 
     used, real_generate = [], generate.generate_dataset

@@ -3,9 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from dmutils.data import toyworld
-
-from dmutils.data import voc
+from dmutils.data import toyworld, voc
 from dmutils.data.toyworld import CLASS_NAMES, CLASSES, ToyObject, make_scene
 
 

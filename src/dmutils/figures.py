@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from dmutils.nb import FIGSIZE
 from dmutils.data.voc import PALETTE
+from dmutils.nb import FIGSIZE
 
 PANEL = 1.35  # inches per image/map panel
 IGNORE = 255

@@ -22,12 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmutils.paths import REPO_ROOT
-
 from dmutils.config import Params, load_params
-
 from dmutils.errors import ParamsError
-from dmutils.paths import atomic_write_bytes
+from dmutils.paths import REPO_ROOT, atomic_write_bytes
 
 ARTIFACTS = "artifacts.jsonl"
 FIGURES = "figures"

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import torch
 
-from dmutils.paths import REPO_ROOT
-
 from dmutils.config import ModelParams
-
 from dmutils.errors import ParamsError
+from dmutils.paths import REPO_ROOT
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FAMILIES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline",
@@ -160,5 +158,5 @@ def scheduler_class(name: str) -> type:
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
         near = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         raise ParamsError(f"model.scheduler {name!r} is not a diffusers scheduler" + (f"; did you mean {near}?" if near else
-                          f"; e.g. DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler"))
+                          "; e.g. DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler"))
     return cls

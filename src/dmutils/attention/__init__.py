@@ -17,7 +17,8 @@ look-up by word), ``prompts`` (class-prompt appending / class-prompt cross-atten
 (interventions for studies: ``text_isolated`` cuts MMDiT's text-to-text attention).
 """
 from dmutils.attention.adapters import CaptureError
-from dmutils.attention.capture import AttentionCapture, AttentionLayer, attention_layers, capture
+from dmutils.attention.adapters.unet import attention_layers
+from dmutils.attention.capture import AttentionCapture, AttentionLayer, capture
 from dmutils.attention.maps import AttentionMaps, WordLookupError
 from dmutils.attention.processors import CaptureAttnProcessor, attention_probs
 from dmutils.attention.prompts import append_class_prompt, build_prompts, class_prompt

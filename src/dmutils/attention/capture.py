@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import torch
 
-from dmutils.attention.adapters import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall, adapter_for
-from dmutils.attention.adapters.unet import attention_layers, side_at_level
+from dmutils.attention.adapters import (
+    AttentionLayer,
+    CaptureError,
+    DenoiserAdapter,
+    DenoiserCall,
+    adapter_for,
+)
 from dmutils.attention.maps import AttentionMaps
 from dmutils.attention.spec import CaptureSpec
 from dmutils.attention.state import CaptureState
-
-_side = side_at_level  # kept for callers of the former private name
 
 
 class AttentionCapture:
@@ -201,4 +204,4 @@ def capture(pipe, spec: CaptureSpec | None = None, class_prompts: list[str] | No
     return AttentionCapture(pipe, spec, class_prompts)
 
 
-__all__ = ["AttentionCapture", "AttentionLayer", "attention_layers", "capture"]
+__all__ = ["AttentionCapture", "AttentionLayer", "capture"]

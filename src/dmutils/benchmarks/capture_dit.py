@@ -17,7 +17,12 @@ import argparse
 import json
 
 import torch
-from diffusers import PixArtSigmaPipeline, PixArtTransformer2DModel, SanaPipeline, SanaTransformer2DModel
+from diffusers import (
+    PixArtSigmaPipeline,
+    PixArtTransformer2DModel,
+    SanaPipeline,
+    SanaTransformer2DModel,
+)
 
 from dmutils.attention import CaptureSpec, capture
 from dmutils.benchmarks.timing import paired_ratio, ratio_entries

@@ -38,8 +38,8 @@ import tempfile
 import time
 
 from dmutils.benchmarks.timing import fixed_threads, paired_ratio, ratio_entries
-from dmutils.paths import REPO_ROOT
 from dmutils.config import load_params
+from dmutils.paths import REPO_ROOT
 
 
 class _Runs:
@@ -79,7 +79,9 @@ class _Runs:
         """CPU seconds of this process (``time.process_time``: other jobs' load moves them less than wall time) of plain
         generation, of generation with capture (no post-processing) and of the post-processing of those
         samples inline on one thread (masks, DenseCRF, JPEG/PNG/npz, files)."""
-        from dmutils.dataset.generate import finish_sample, generate_batch, one_thread
+        from dmutils.dataset.batch import generate_batch
+        from dmutils.dataset.labelling import finish_sample
+        from dmutils.dataset.pool import one_thread
 
         p, ds = self.params, self.params.dataset
         t0 = time.process_time()
@@ -103,7 +105,7 @@ class _Runs:
 
 def measure(pipe, params, batches: int, repeats: int, label: str) -> dict:
     """The paired dataset/plain throughput ratio and the parts (see the module docstring)."""
-    from dmutils.dataset.generate import make_pool
+    from dmutils.dataset.pool import make_pool
 
     runs = _Runs(pipe, params, batches)
     runs.plain(1)  # warm-up: kernels for this batch shape

@@ -67,8 +67,8 @@ def _colour_gap(real, synthetic, limit: int = 200) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from dmutils.paths import REPO_ROOT
     from dmutils.config import TrainParams
+    from dmutils.paths import REPO_ROOT
     from dmutils.segment.data import open_real
     from dmutils.studies.segmenter_study import first_n, synthetic_all
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> dict:
     out_dir = "data/bench-segmenter/" + "".join(f"{n}/" for n in named) + "synthetic" + (f"-seed{seed}" if seed else "")
     over = {"train": TrainParams().model_dump(mode="json"), "run": {"seed": seed}, "dataset": {"out_dir": out_dir}}
     if model:  # as `bench toy-model --model`
-        from dmutils.benchmarks.toy_model import other_model
+        from dmutils.toy.probe import other_model
 
         over["model"] = other_model(model)
     if quick:

@@ -23,49 +23,15 @@ empty caption, ``pooled_only`` the token sequence of the empty caption; a model 
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 from dmutils.attention.ablations import text_isolated
 from dmutils.attention.adapters import MMDiTAdapter
-from dmutils.benchmarks.toy_model import PROTOCOL_GUIDANCE, found_named, two_class_prompts
-
-# map kind -> (capture.joint_norm, capture.map_space, read against concept tokens carried beside the caption)
-KINDS = {"joint_slice": ("joint_slice", "attention", False), "text_softmax": ("text_softmax", "attention", False),
-         "concept_attention": ("text_softmax", "attention", True), "output": ("text_softmax", "output", True)}
-
-
-def uses_concepts(kind: str) -> bool:
-    """Whether ``kind``'s maps are read against the class prompt's concept tokens (ConceptAttention); False for a
-    kind that is not a transformer's (the UNet's ``cross``)."""
-    return kind in KINDS and KINDS[kind][2]
-
-
-def _spec(params, grid: int, kind: str, blocks: tuple[int, ...] | None):
-    from dmutils.attention import CaptureSpec
-
-    joint_norm, space, _ = KINDS[kind]
-    c = params.capture
-    return CaptureSpec(cross_resolutions=(grid,), self_resolutions=(), timestep_window=tuple(c.timestep_window), head_reduce=c.head_reduce,
-                       token_reduce=c.token_reduce, transformer_blocks=blocks, joint_norm=joint_norm, map_space=space)
-
-
-def presence_by_route(pipe, orc, n: int, steps: int, min_fraction: float = 0.01) -> dict:
-    """Presence of the named objects with the caption in both routes, in the tokens only, in the pooled vector only."""
-    items = two_class_prompts(n)
-    prompts, empty = [p for p, _ in items], [""] * n
-    tokens, empty_tokens, pooled, empty_pooled = pipe.encode_prompt(
-        prompts, prompts, None, do_classifier_free_guidance=True, negative_prompt=empty, negative_prompt_2=empty)
-    negative = {"negative_prompt_embeds": empty_tokens, "negative_pooled_prompt_embeds": empty_pooled}
-
-    def presence(seq, vec) -> float:
-        out = pipe(prompt_embeds=seq, pooled_prompt_embeds=vec, **negative, generator=[torch.Generator().manual_seed(k) for k in range(n)],
-                   num_inference_steps=steps, guidance_scale=PROTOCOL_GUIDANCE, output_type="np")
-        truth = orc.predict((out.images * 255).round().astype(np.uint8))
-        found = [hit for k, (_, classes) in enumerate(items) for hit in found_named(truth[k], classes, min_fraction)]
-        return round(float(np.mean(found)), 4)
-
-    return {"both": presence(tokens, pooled), "tokens_only": presence(tokens, empty_pooled), "pooled_only": presence(empty_tokens, pooled)}
+from dmutils.toy.probe import (
+    KINDS,
+    PROTOCOL_GUIDANCE,
+    kind_spec,
+    presence_by_route,
+    uses_concepts,
+)
 
 
 def run_transformer(pipe, params, orc, n: int, batch: int, steps: int, quick: bool, evaluate_model, common: dict) -> dict:
@@ -75,7 +41,7 @@ def run_transformer(pipe, params, orc, n: int, batch: int, steps: int, quick: bo
 
     def score(kind: str, block: int | None = None) -> dict:
         return evaluate_model(pipe, params, n, batch, steps, orc, params.masks.threshold, guidance=PROTOCOL_GUIDANCE,
-                              spec=_spec(params, grid, kind, None if block is None else (block,)), class_prompts=uses_concepts(kind))
+                              spec=kind_spec(params, grid, kind, None if block is None else (block,)), class_prompts=uses_concepts(kind))
 
     by_kind = {kind: score(kind) for kind in KINDS}
     best = max(by_kind, key=lambda k: by_kind[k]["attention_miou"])

@@ -5,13 +5,8 @@ import argparse
 
 from dmutils.commands.common import add_params_arguments
 from dmutils.config import Params, load_params
-from dmutils.dataset.generate import (
-    format_summary,
-    generate_dataset,
-    output_dir,
-    parse_shard,
-    shard_indices,
-)
+from dmutils.dataset.generate import format_summary, generate_dataset
+from dmutils.dataset.layout import output_dir, parse_shard, shard_indices
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

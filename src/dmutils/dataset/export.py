@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dmutils.data import voc
-from dmutils.dataset.generate import MANIFEST, META, Manifest
+from dmutils.dataset.layout import MANIFEST, META, Manifest
 from dmutils.errors import ParamsError
 from dmutils.paths import atomic_write_bytes
 

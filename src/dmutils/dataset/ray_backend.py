@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from dmutils.config import Params
+from dmutils.data import voc
+from dmutils.dataset.batch import generate_batch, pipeline_for, sample_job
+from dmutils.dataset.labelling import finish_sample
+from dmutils.dataset.layout import jpeg_bytes
+from dmutils.dataset.pool import one_thread
+from dmutils.dataset.prompts import PromptPlan
 from dmutils.errors import ParamsError
+from dmutils.paths import atomic_write_bytes
 
 LOCAL = "local"  # --ray without an address: RAY_ADDRESS if set, else a cluster started here
 
@@ -49,17 +56,14 @@ class GenerateBatch:
                  die_at: tuple[int, str] | None = None):
         import torch
 
-        from dmutils.dataset.generate import _load_pipeline
-        from dmutils.dataset.prompts import PromptPlan
 
         torch.set_num_threads(threads)
         self.params = Params.model_validate(params)
         self.root, self.params_hash, self.postprocess, self.die_at = Path(root), params_hash, postprocess, die_at
         self.plan = PromptPlan(self.params)
-        self.pipe = _load_pipeline(self.params)
+        self.pipe = pipeline_for(self.params)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from dmutils.dataset.generate import finish_sample, generate_batch, sample_job
 
         out, t0 = [], time.time()
         for indices in batch["indices"]:
@@ -79,9 +83,6 @@ class GenerateBatch:
     def _maybe_die(self, index: int, job: dict) -> None:
         if not self.die_at or self.die_at[0] != index or Path(self.die_at[1]).exists():
             return
-        from dmutils.data import voc
-        from dmutils.dataset.generate import jpeg_bytes
-        from dmutils.paths import atomic_write_bytes
 
         Path(self.die_at[1]).write_text(str(os.getpid()))
         atomic_write_bytes(self.root / voc.IMAGES / f"{job['record']['id']}.jpg", jpeg_bytes(job["image"]))
@@ -90,7 +91,6 @@ class GenerateBatch:
 
 def finish_jobs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The post-processing stage (GPU clusters): masks, DenseCRF and files of generated samples."""
-    from dmutils.dataset.generate import finish_sample, one_thread
 
     with one_thread():
         records = [json.dumps(finish_sample(pickle.loads(j)), sort_keys=True) for j in batch["job"]]

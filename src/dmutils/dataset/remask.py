@@ -18,16 +18,14 @@ from pathlib import Path
 
 from dmutils.config import MaskParams, deep_merge, load_params, parse_overrides
 from dmutils.data import voc
-from dmutils.dataset.generate import (
+from dmutils.dataset.labelling import label_sample
+from dmutils.dataset.layout import (
     MANIFEST,
     MAPS,
     META,
     Manifest,
-    _Done,
     dataset_meta,
     decode_jpeg,
-    label_sample,
-    make_pool,
     params_from_meta,
     prepare_output,
     read_maps,
@@ -35,6 +33,7 @@ from dmutils.dataset.generate import (
     summarize,
     write_splits,
 )
+from dmutils.dataset.pool import Finished, make_pool
 from dmutils.errors import ParamsError
 from dmutils.masks.refine import uses_self_attention
 from dmutils.paths import atomic_write_bytes
@@ -100,7 +99,7 @@ def remask_dataset(src: str | Path, overrides: dict | None = None, out: str | Pa
     pool = make_pool(params.dataset.workers if workers is None else workers)
     jobs = [{**common, "record": r, "class_ids": [class_index[c] for c in r["classes"]]} for r in sorted(todo, key=lambda r: r["index"])]
     try:
-        futures = [pool.submit(remask_sample, j) if pool else _Done(remask_sample(j)) for j in jobs]
+        futures = [pool.submit(remask_sample, j) if pool else Finished(remask_sample(j)) for j in jobs]
         new = {r["index"]: r for r in (f.result() for f in tqdm(futures, desc="remask", unit="sample", disable=not progress))}
     finally:
         if pool:

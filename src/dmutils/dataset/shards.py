@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from dmutils.data import voc
-from dmutils.dataset.generate import (
+from dmutils.dataset.layout import (
     MANIFEST,
     MAPS,
     META,

@@ -113,7 +113,7 @@ def mosaics(images: list[np.ndarray], labels: list[np.ndarray], splice_params: S
 
 
 def _read_meta(src: Path) -> dict:
-    from dmutils.dataset.generate import read_meta
+    from dmutils.dataset.layout import read_meta
 
     return read_meta(src)
 

@@ -43,9 +43,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from dmutils.paths import REPO_ROOT
-
 from dmutils.config import CRFParams, MaskParams
+from dmutils.paths import REPO_ROOT
 
 if TYPE_CHECKING:
     from dmutils.masks.affinity import AffinityModel

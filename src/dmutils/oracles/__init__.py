@@ -25,11 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dmutils.paths import REPO_ROOT
-
 from dmutils.config import Params
-
 from dmutils.errors import ParamsError
+from dmutils.paths import REPO_ROOT
 
 BACKGROUND, IGNORE = "background", "ignore"
 
@@ -85,8 +83,15 @@ class TransformersOracle:
 
     def __init__(self, params: Params, batch_size: int = 8):
         import torch
-        from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, AutoModelForUniversalSegmentation
-        from transformers.models.auto.modeling_auto import MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES
+        from transformers import (
+            AutoConfig,
+            AutoImageProcessor,
+            AutoModelForSemanticSegmentation,
+            AutoModelForUniversalSegmentation,
+        )
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES,
+        )
 
         source = _locate(params.oracle.model)
         try:

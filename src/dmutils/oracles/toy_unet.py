@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dmutils.data.toyworld import CLASS_NAMES, make_scene
 from dmutils.errors import DataNotFoundError
 from dmutils.segment.data import photometric
-from dmutils.data.toyworld import CLASS_NAMES, make_scene
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO_ROOT / "models" / "toy-oracle"

@@ -18,7 +18,6 @@ writing and deleting a temp file. Hub ids are looked up in the local Hugging Fac
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys

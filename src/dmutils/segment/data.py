@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dmutils.config import Params
 from dmutils.data import voc
 from dmutils.errors import DataError, DataNotFoundError, ParamsError, one_line
 

@@ -4,7 +4,7 @@ The grid file names the variants worth a training (``segmenter_variants: [baseli
 a variant whose overrides touch only ``train.*`` or ``dataset.splice.*`` (noise learning,
 splicing) changes nothing but the training, so it is always scored this way. A variant's training
 set is the ablation samples labelled with its masks as the dataset factory labels them
-(:func:`dmutils.dataset.generate.label_sample`: rejects dropped), plus DiffuMask's mosaics when
+(:func:`dmutils.dataset.labelling.label_sample`: rejects dropped), plus DiffuMask's mosaics when
 ``dataset.splice.enabled``, minus the worst-agreeing fraction when ``train.noise_learning.enabled``;
 ``params.train`` trains it and ``real.test_split`` measures it. Few samples and short trainings
 (the report's budget) make these numbers indicative, not the paper's; the segmenter cache key is the
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dmutils.config import Params
+from dmutils.studies.thresholds import stable_hash, variant_maps
 
 TRAINING_ONLY = ("train.", "dataset.splice.")
 
@@ -29,18 +30,15 @@ def training_only(overrides: dict[str, Any]) -> bool:
 
 
 def segmenter_key(params: Params, mask_key: str) -> str:
-    from dmutils.studies.ablations import _hash
-
     d = params.model_dump(mode="json")
-    return "seg-" + _hash({"masks": mask_key, "train": d["train"], "splice": d["dataset"]["splice"], "real": d["real"],
+    return "seg-" + stable_hash({"masks": mask_key, "train": d["train"], "splice": d["dataset"]["splice"], "real": d["real"],
                            "min_area": d["dataset"]["min_area"]})
 
 
 def training_set(samples: Sequence, params: Params):
     """The variant's synthetic training set in memory (an ArrayDataset), and how many samples its masks rejected."""
-    from dmutils.dataset.generate import label_sample
+    from dmutils.dataset.labelling import label_sample
     from dmutils.segment.data import ArrayDataset
-    from dmutils.studies.ablations import variant_maps
 
     pairs, rejected = [], 0
     for s in samples:

@@ -24,7 +24,6 @@ variant scored in a grid with other resolutions may differ from a fresh score in
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,9 +34,15 @@ import numpy as np
 import pandas as pd
 
 from dmutils.config import Params, deep_merge, explain
-
 from dmutils.errors import ParamsError
-from dmutils.studies.thresholds import Sample, one_thread, study_specs
+from dmutils.studies.ablation_segmenter import training_only
+from dmutils.studies.thresholds import (
+    Sample,
+    one_thread,
+    stable_hash,
+    study_specs,
+    variant_maps,
+)
 
 BASELINE = ("baseline", "params")
 GENERATION_SECTIONS = ("model", "classes", "prompts")
@@ -94,8 +99,6 @@ def load_grid(params: Params, path: str | Path | None = None) -> list[Variant]:
         raise ParamsError(f"study.ablation_grid {str(path)!r}: no such file ({file}); see params/ablations/ for examples")
     import yaml
 
-    from dmutils.studies.ablation_segmenter import training_only
-
     data = yaml.safe_load(file.read_text()) or {}
     groups = data.get("groups") if isinstance(data, dict) else None
     if not isinstance(groups, dict) or not groups:
@@ -140,22 +143,18 @@ def load_grid(params: Params, path: str | Path | None = None) -> list[Variant]:
 # ---------------------------------------------------------------------------------------------
 # Keys: what decides the samples, what decides a score
 # ---------------------------------------------------------------------------------------------
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def generation_key(params: Params) -> str:
     """Hash of the settings that change the generated images or their captured maps."""
     d = params.model_dump(mode="json")
     capture = {k: v for k, v in d["capture"].items() if k not in CAPTURE_SHARED}
-    return _hash({**{k: d[k] for k in GENERATION_SECTIONS}, "capture": capture, "seed": d["run"]["seed"],
+    return stable_hash({**{k: d[k] for k in GENERATION_SECTIONS}, "capture": capture, "seed": d["run"]["seed"],
                   "samples": d["study"]["ablation_samples"], "oracle": d["oracle"]})
 
 
-def variant_hash(params: Params) -> str:
+def variantstable_hash(params: Params) -> str:
     """Hash of everything a variant's score depends on: the cache key."""
     d = params.model_dump(mode="json")
-    return _hash({"generation": generation_key(params), "capture": d["capture"], "masks": d["masks"]})
+    return stable_hash({"generation": generation_key(params), "capture": d["capture"], "masks": d["masks"]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +184,7 @@ def generation_params(variants_params: Sequence[Params]) -> Params:
 
 def generate(pipe, params: Params, oracle) -> list[Sample]:
     """The ablation samples of ``params`` (from :func:`generation_params`), labelled by ``oracle``."""
-    from dmutils.dataset.generate import generate_batch
+    from dmutils.dataset.batch import generate_batch
 
     specs, batch, samples = ablation_specs(params), params.dataset.batch_size, []
     for start in range(0, len(specs), batch):
@@ -218,13 +217,6 @@ def miou(conf: np.ndarray) -> float:
     return float((inter[union > 0] / union[union > 0]).mean()) if (union > 0).any() else float("nan")
 
 
-def variant_maps(sample: Sample, params: Params) -> tuple[dict, dict | None]:
-    """The sample's maps a variant reads: its own cross and self resolutions of the shared capture."""
-    cross = {r: sample.cross[r] for r in params.capture.cross_resolutions}
-    self_attn = {r: sample.self_attn[r] for r in params.capture.self_resolutions} if sample.self_attn else None
-    return cross, self_attn
-
-
 def score(samples: Sequence[Sample], params: Params) -> dict[str, Any]:
     """mIoU of the masks ``params`` make from ``samples`` against the oracle (pooled over images),
     with the fraction of pixels the masks leave as 255 (the uncertain band's cost)."""
@@ -254,13 +246,13 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
     segmenters' test set) default: the real test split; both loaded lazily."""
     from tqdm.auto import tqdm
 
-    from dmutils.studies import ablation_segmenter as seg
     from dmutils.paths import atomic_write_bytes
+    from dmutils.studies import ablation_segmenter as seg
 
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     vparams = {v.name: apply(params, v.overrides, f"variant '{v.name}'") for v in variants}
-    keys = {v.name: variant_hash(vparams[v.name]) for v in variants}
+    keys = {v.name: variantstable_hash(vparams[v.name]) for v in variants}
     seg_params = {v.name: apply(vparams[v.name], v.segmenter_overrides, f"variant '{v.name}'") for v in variants if v.segmenter}
     seg_keys = {name: seg.segmenter_key(p, keys[name]) for name, p in seg_params.items()}
 

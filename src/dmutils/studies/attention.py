@@ -30,10 +30,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dmutils.attention import AttentionMaps, CaptureSpec, attention_layers, attention_probs, capture
+from dmutils.attention import (
+    AttentionMaps,
+    CaptureSpec,
+    attention_layers,
+    attention_probs,
+    capture,
+)
 from dmutils.attention.processors import CaptureAttnProcessor
-from dmutils.masks.refine import combine_resolutions, make_mask, normalize, self_attention_refine, upsample
 from dmutils.config import MaskParams, Params
+from dmutils.masks.refine import (
+    combine_resolutions,
+    make_mask,
+    normalize,
+    self_attention_refine,
+    upsample,
+)
 
 STOPWORDS = frozenset({"a", "an", "the", "and", "of", "with", "on", "in", "to", "next", "at", "by", "is", "are", ";"})
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dmutils.data import voc
-from dmutils.dataset.generate import MANIFEST, Manifest
+from dmutils.dataset.layout import MANIFEST, Manifest
 
 IGNORE = 255
 

@@ -20,8 +20,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from dmutils import figures
-from dmutils.masks.refine import combine_resolutions, make_mask, self_attention_refine, upsample
 from dmutils.config import Params
+from dmutils.masks.refine import (
+    combine_resolutions,
+    make_mask,
+    self_attention_refine,
+    upsample,
+)
 from dmutils.studies import attention as study
 
 

@@ -3,7 +3,7 @@
 Both models draw the same two-class prompts with the same seeds (``bench toy-model``'s protocol: guidance 7.5,
 plain masks, the params' threshold), and each map is scored against the oracle's labels of its own image:
 - per map kind: the UNet's cross-attention; the MMDiT's joint-softmax slice, text-only softmax, and concept tokens
-  read in attention and in output space (ConceptAttention; :data:`dmutils.benchmarks.toy_transformer.KINDS`);
+  read in attention and in output space (ConceptAttention; :data:`dmutils.toy.probe.KINDS`);
 - per depth: the UNet's down and up blocks at the captured resolution; each of the MMDiT's blocks (best kind);
 - per timestep window (best kind);
 - per named word: the IoU of the first and of the second class the prompt names (best kind; a word absorbing its
@@ -32,7 +32,7 @@ UNET_DEPTHS = ("down", "up")  # the toy UNet's blocks that hold maps at its 16x1
 
 def model_params(params: Params, path: str) -> Params:
     """``params`` with another model, loaded as its model_index.json says, with its own scheduler."""
-    from dmutils.benchmarks.toy_model import other_model
+    from dmutils.toy.probe import other_model
 
     return params.model_copy(update={"model": params.model.model_copy(update=other_model(path))})
 
@@ -54,9 +54,8 @@ def model_key(params: Params, path: str, images: int, windows: int) -> str:
 def _settings(pipe, params: Params, windows: int):
     """The map kinds ({kind: CaptureSpec over every block and the params' window}), the depths ((label, blocks)) and the
     timestep windows of one model; a depth or window is read with :func:`dataclasses.replace` of its kind's spec."""
-    from dmutils.benchmarks.toy_model import protocol_spec
-    from dmutils.benchmarks.toy_transformer import KINDS, _spec
     from dmutils.studies.attention import equal_windows
+    from dmutils.toy.probe import KINDS, kind_spec, protocol_spec
 
     transformer = getattr(pipe, "transformer", None)
     if transformer is None:
@@ -64,7 +63,7 @@ def _settings(pipe, params: Params, windows: int):
         depths = [(b, {"blocks": (b,)}) for b in UNET_DEPTHS]
     else:
         grid = transformer.config.sample_size // transformer.config.patch_size
-        kinds = {kind: _spec(params, grid, kind, None) for kind in KINDS}
+        kinds = {kind: kind_spec(params, grid, kind, None) for kind in KINDS}
         n = len(transformer.transformer_blocks)
         depths = [(f"block {b} ({(b + 0.5) / n:.2f})", {"transformer_blocks": (b,)}) for b in range(n)]
     return kinds, depths, [{"timestep_window": w} for w in equal_windows(windows)]
@@ -72,12 +71,11 @@ def _settings(pipe, params: Params, windows: int):
 
 def score_model(params: Params, path: str, images: int, windows: int, orc=None, progress: bool = False) -> dict:
     """Scores of one model: rows (view, setting, miou, presence) and the best kind's examples."""
-    from dmutils.oracles import toy_unet as oracle_mod
     from dmutils.attention.ablations import text_isolated
     from dmutils.attention.adapters import MMDiTAdapter
-    from dmutils.benchmarks.toy_model import PROTOCOL_GUIDANCE, evaluate_model
-    from dmutils.benchmarks.toy_transformer import uses_concepts
+    from dmutils.oracles import toy_unet as oracle_mod
     from dmutils.pipeline import load_pipeline
+    from dmutils.toy.probe import PROTOCOL_GUIDANCE, evaluate_model, uses_concepts
 
     mp = model_params(params, path)
     pipe = load_pipeline(mp.model, device="cpu")
@@ -105,7 +103,7 @@ def score_model(params: Params, path: str, images: int, windows: int, orc=None, 
             r = score(kinds[best], uses_concepts(best))
         rows.append({"view": "text-to-text attention", "setting": "cut", "miou": r["attention_miou"], "presence": r["presence_rate"]})
     if getattr(pipe, "transformer", None) is not None:
-        from dmutils.benchmarks.toy_transformer import presence_by_route
+        from dmutils.toy.probe import presence_by_route
 
         rows += [{"view": "caption route", "setting": route, "miou": None, "presence": v}
                  for route, v in presence_by_route(pipe, orc, images, steps).items()]

@@ -11,9 +11,8 @@ for the synthetic runs the params hash of the dataset (``dataset.json``). A reru
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

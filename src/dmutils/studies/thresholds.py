@@ -18,24 +18,26 @@ threshold, so every point of a curve averages the same images (``n``). Masks com
 the params' mask settings, except that the threshold mode is ``fixed`` at the swept value, there is
 no uncertain band (it would hide the pixels the threshold decides), and tau / CRF are the swept ones
 (DenseCRF is slow: CRF-on masks are swept at the coarser ``study.crf_thresholds``).
-Samples are generated with :func:`dmutils.dataset.generate.generate_batch`, the code the dataset
+Samples are generated with :func:`dmutils.dataset.batch.generate_batch`, the code the dataset
 is made with, so the study measures exactly what generation would produce.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dmutils.dataset.generate import one_thread
-from dmutils.dataset.prompts import SampleSpec, TemplateSource, template_words
-from dmutils.masks.refine import label_map, make_mask, remove_small_regions
 from dmutils.config import MaskParams, Params
+from dmutils.dataset.pool import one_thread
+from dmutils.dataset.prompts import SampleSpec, TemplateSource, template_words
 from dmutils.errors import ParamsError
+from dmutils.masks.refine import label_map, make_mask, remove_small_regions
 
 CONFIDENCE = 0.95
 
@@ -116,7 +118,7 @@ def generate_samples(pipe, params: Params, oracle, progress: bool = True) -> tup
     Returns the samples and the rejected ones (``{"prompt", "reason"}``: a class word not in the prompt)."""
     from tqdm.auto import tqdm
 
-    from dmutils.dataset.generate import generate_batch
+    from dmutils.dataset.batch import generate_batch
 
     specs, gen_params = study_specs(params), generation_params(params)
     batch = params.dataset.batch_size
@@ -318,3 +320,15 @@ def example_masks(samples: Sequence[Sample], params: Params, table_path: str | P
         masks = [make_mask(s.cross, s.image, mp, s.class_ids, s.self_attn, class_names=list(s.spec.classes))[0] for s in chosen]
     return {"images": [s.image for s in chosen], "oracle": [s.oracle for s in chosen], "masks": masks,
             "prompts": [s.spec.prompt for s in chosen]}
+
+
+def stable_hash(obj: Any) -> str:
+    """A short hash of a JSON-able object, stable across runs: the studies' cache keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def variant_maps(sample: Sample, params: Params) -> tuple[dict, dict | None]:
+    """The sample's maps a variant reads: its own cross and self resolutions of the shared capture."""
+    cross = {r: sample.cross[r] for r in params.capture.cross_resolutions}
+    self_attn = {r: sample.self_attn[r] for r in params.capture.self_resolutions} if sample.self_attn else None
+    return cross, self_attn

@@ -4,7 +4,13 @@ Order matters: the first adapter whose ``matches(pipe)`` is true serves the pipe
 """
 from __future__ import annotations
 
-from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall, TextSource
+from dmutils.attention.adapters.base import (
+    AttentionLayer,
+    CaptureError,
+    DenoiserAdapter,
+    DenoiserCall,
+    TextSource,
+)
 from dmutils.attention.adapters.dit import PixArtAdapter, SanaAdapter
 from dmutils.attention.adapters.flux import FluxAdapter
 from dmutils.attention.adapters.mmdit import MMDiTAdapter

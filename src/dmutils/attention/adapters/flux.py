@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxTransformer2DModel, _get_qkv_projections
+from diffusers.models.transformers.transformer_flux import (
+    FluxAttnProcessor,
+    FluxTransformer2DModel,
+    _get_qkv_projections,
+)
 
 from dmutils.attention.adapters.base import AttentionLayer, DenoiserCall, TextSource
 from dmutils.attention.adapters.transformer import TransformerAdapter, depth_of

@@ -12,7 +12,12 @@ import torch
 from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 
-from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserCall, TextSource
+from dmutils.attention.adapters.base import (
+    AttentionLayer,
+    CaptureError,
+    DenoiserCall,
+    TextSource,
+)
 from dmutils.attention.adapters.transformer import TransformerAdapter, depth_of
 from dmutils.attention.concepts import ConceptStream
 from dmutils.attention.joint import attend_and_record

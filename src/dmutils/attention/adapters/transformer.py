@@ -10,7 +10,12 @@ from typing import Any
 
 import torch
 
-from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall
+from dmutils.attention.adapters.base import (
+    AttentionLayer,
+    CaptureError,
+    DenoiserAdapter,
+    DenoiserCall,
+)
 from dmutils.attention.concepts import ConceptStream
 from dmutils.attention.state import CaptureState
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_processor import Attention
 
-from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserAdapter, DenoiserCall
+from dmutils.attention.adapters.base import (
+    AttentionLayer,
+    CaptureError,
+    DenoiserAdapter,
+    DenoiserCall,
+)
 from dmutils.attention.processors import CaptureAttnProcessor
 from dmutils.attention.state import CaptureState
 
