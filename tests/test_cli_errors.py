@@ -158,12 +158,12 @@ def test_run_with_an_unwritable_reports_folder(capsys, params_file, a_file):
 
 def test_os_errors_no_check_foresaw_are_one_line(capsys, monkeypatch, tmp_path):
     """The last resort in cli.main: an OSError with a file name (a disk filling up mid-run) is one line."""
-    from dmutils.data import toyworld
+    from dmutils.commands import render_toy
 
     def full(*a, **k):
         raise OSError(28, "No space left on device", "/data/x.png")
 
-    monkeypatch.setattr(toyworld, "write_real_splits", full)
+    monkeypatch.setattr(render_toy, "write_real_splits", full)
     line = fails(capsys, "render-toy", str(tmp_path / "toy"))
     assert "No space left on device: /data/x.png" in line
 

@@ -18,6 +18,7 @@ import yaml
 from dmutils.config import MaskParams, load_params
 from dmutils.data import voc
 from dmutils.dataset import generate as gen
+from dmutils.dataset import layout
 from dmutils.dataset.generate import generate_dataset
 from dmutils.dataset.labelling import label_sample
 from dmutils.dataset.remask import mask_overrides, remask_dataset
@@ -195,10 +196,10 @@ def test_self_attention_is_captured_only_when_masks_read_it(setup, tmp_path):
     no_self = params.model_copy(update={"masks": params.masks.model_copy(update={"tau": 0})})
     no_self = _with(no_self, out_dir=str(tmp_path / "tau0"), num_samples=2)
     generate_dataset(no_self, pipe=setup["pipe"], progress=False)
-    for npz in (tmp_path / "tau0" / gen.MAPS).iterdir():
-        cross, self_attn = gen.read_maps(npz)
+    for npz in (tmp_path / "tau0" / layout.MAPS).iterdir():
+        cross, self_attn = layout.read_maps(npz)
         assert sorted(cross) == [8, 16] and self_attn is None
-    assert all(gen.read_maps(p)[1] for p in (setup["ref"] / gen.MAPS).iterdir())  # tau=1: saved
+    assert all(layout.read_maps(p)[1] for p in (setup["ref"] / layout.MAPS).iterdir())  # tau=1: saved
     with pytest.raises(ParamsError, match="needs self-attention maps"):
         remask_dataset(tmp_path / "tau0", {"masks": {"tau": 2}}, tmp_path / "tau2", workers=0, progress=False)
     assert not (tmp_path / "tau2").exists()
@@ -207,7 +208,7 @@ def test_self_attention_is_captured_only_when_masks_read_it(setup, tmp_path):
 def test_params_diff_names_changed_added_and_removed_keys():
     old = {"capture": {"resolution_weights": None, "blocks": ["up"]}, "masks": {"threshold": 0.5}}
     new = {"capture": {"blocks": ["up"]}, "masks": {"threshold": 0.4, "tau": 0}}
-    assert gen.params_diff(old, new) == ["capture.resolution_weights: None -> (absent)", "masks.tau: (absent) -> 0",
+    assert layout.params_diff(old, new) == ["capture.resolution_weights: None -> (absent)", "masks.tau: (absent) -> 0",
                                          "masks.threshold: 0.5 -> 0.4"]
 
 

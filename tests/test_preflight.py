@@ -305,7 +305,7 @@ def test_pipelines_saved_by_diffusers_pass(tmp_path, family):
 
 
 def test_generate_checks_a_shard_for_its_own_samples(tmp_path, monkeypatch):
-    from dmutils.dataset.generate import preflight_checks
+    from dmutils.commands.generate import preflight_checks
 
     params = params_for(tmp_path, model={"height": 64, "width": 64}, dataset={"num_samples": 100})
     per_sample = pf.estimate_dataset_bytes(params, samples=1)

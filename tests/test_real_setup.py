@@ -16,6 +16,7 @@ from PIL import Image
 from transformers import ResNetBackbone, ResNetConfig
 
 from dmutils import runner
+from dmutils.commands.train import main as train_main
 from dmutils.config import load_params
 from dmutils.data import voc
 from dmutils.data.toyworld import make_scene
@@ -24,7 +25,6 @@ from dmutils.paths import REPO_ROOT
 from dmutils.pipeline import load_pipeline
 from dmutils.segment.data import open_real
 from dmutils.segment.models import load_segmenter
-from dmutils.segment.train import main as train_main
 from dmutils.testing.sd import save_tiny_sd15
 
 LIVE_SD_IDS = {"stable-diffusion-v1-5/stable-diffusion-v1-5", "CompVis/stable-diffusion-v1-4", "stabilityai/stable-diffusion-2-1-base"}

@@ -124,11 +124,12 @@ def test_decoder_only_stage_from_the_command_line_keeps_unet_and_encoder(tmp_pat
 
     from diffusers import StableDiffusionPipeline
 
+    from dmutils.commands import train_toy_model as cmd
     from dmutils.toy import unet as train
 
     def run(*argv):
         parser = argparse.ArgumentParser()
-        train.add_arguments(parser)
+        cmd.add_arguments(parser)
         return train.train_toy_model(parser.parse_args(["--scenes", "8", "--batch", "4", "--threads", "1", *argv]))
 
     base = run("--out", str(tmp_path / "base"), "--vae-steps", "2", "--steps", "2")

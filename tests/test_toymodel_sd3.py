@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from dmutils.commands import train_toy_model
 from dmutils.config import load_params
 from dmutils.errors import ParamsError
 from dmutils.toy import mmdit as sd3
-from dmutils.toy import unet as train
 
 TOY_SD = Path(__file__).resolve().parents[1] / "models" / "toy-sd"
 TINY = ["--scenes", "6", "--batch", "2", "--threads", "1", "--layers", "2", "--heads", "2", "--head-dim", "8", "--vae-from", str(TOY_SD)]
@@ -19,9 +19,9 @@ TINY = ["--scenes", "6", "--batch", "2", "--threads", "1", "--layers", "2", "--h
 
 def _train(*argv: str) -> Path:
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_toy_model.add_arguments(parser)
     args = parser.parse_args(["--family", "sd3", *TINY, *argv])
-    assert train.main(args) == 0
+    assert train_toy_model.main(args) == 0
     return Path(args.out)
 
 

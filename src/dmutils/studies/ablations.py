@@ -151,7 +151,7 @@ def generation_key(params: Params) -> str:
                   "samples": d["study"]["ablation_samples"], "oracle": d["oracle"]})
 
 
-def variantstable_hash(params: Params) -> str:
+def variant_hash(params: Params) -> str:
     """Hash of everything a variant's score depends on: the cache key."""
     d = params.model_dump(mode="json")
     return stable_hash({"generation": generation_key(params), "capture": d["capture"], "masks": d["masks"]})
@@ -252,7 +252,7 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     vparams = {v.name: apply(params, v.overrides, f"variant '{v.name}'") for v in variants}
-    keys = {v.name: variantstable_hash(vparams[v.name]) for v in variants}
+    keys = {v.name: variant_hash(vparams[v.name]) for v in variants}
     seg_params = {v.name: apply(vparams[v.name], v.segmenter_overrides, f"variant '{v.name}'") for v in variants if v.segmenter}
     seg_keys = {name: seg.segmenter_key(p, keys[name]) for name, p in seg_params.items()}
 

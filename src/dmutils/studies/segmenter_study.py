@@ -21,6 +21,7 @@ import torch
 
 from dmutils.config import Params
 from dmutils.paths import atomic_write_bytes
+from dmutils.studies.thresholds import stable_hash
 
 RUNS = {"a": "real", "b": "synthetic", "c": "real+synthetic", "d": "synthetic+noise learning"}
 
@@ -56,11 +57,9 @@ def synthetic_all(params: Params):
 
 def run_key(params: Params, run: str, n: int, synthetic_hash: str | None) -> str:
     """Cache key of one run: everything its trained segmenter and evaluation depend on."""
-    from dmutils.studies.ablations import _hash
-
     d = params.model_dump(mode="json")
     uses_synthetic = run != "a"
-    return f"{run}-" + _hash({"run": run, "n": n, "train": d["train"], "real": d["real"], "seed": d["run"]["seed"],
+    return f"{run}-" + stable_hash({"run": run, "n": n, "train": d["train"], "real": d["real"], "seed": d["run"]["seed"],
                              "synthetic": synthetic_hash if uses_synthetic else None})
 
 
