@@ -12,6 +12,9 @@ EXTRAS := notebooks,train,distributed,dev
 PARAMS ?= params/toy.yaml
 ARGS ?=
 PYTEST_ARGS ?= -q
+# extra options for `jupyter lab`, e.g. LAB_ARGS='--port 8899 --no-browser'; as root (a container) --allow-root is added
+LAB_ARGS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # torch first, so pip never picks a build for us: without an NVIDIA driver the CPU build (a bare
 # `torch` would pull the multi-GB CUDA one; here torch==2.13.0 is a CPU wheel on local disk, elsewhere
 # add TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"); with one, PyPI's normal wheel.
@@ -25,7 +28,7 @@ comma := ,
 help:
 	@echo "make report   run every study notebook (PARAMS=$(PARAMS), ARGS='--only 01 --set k=v') -> reports/<run>/index.html"
 	@echo "make test     run the test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
-	@echo "make lab      open JupyterLab on notebooks/"
+	@echo "make lab      open JupyterLab on notebooks/ (LAB_ARGS='--port 8899 --no-browser')"
 	@echo "make setup    make .venv (torch, the package with extras, the 'dmutils' Jupyter kernel); idempotent"
 
 setup: $(STAMP)
@@ -47,7 +50,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ROOT) $(LAB_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

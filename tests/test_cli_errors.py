@@ -101,6 +101,10 @@ def test_dataset_commands_on_missing_or_wrong_folders(capsys, real, a_file, tmp_
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken/dataset.json").write_text("{half")
     assert "dataset.json is not valid JSON" in fails(capsys, "splice", str(tmp_path / "broken"), "--out", str(tmp_path / "s"))
+    assert "does not exist" in fails(capsys, "preview", str(tmp_path / "none"))
+    assert "no dataset.json" in fails(capsys, "preview", str(a_file.parent))
+    assert "dataset.json is not valid JSON" in fails(capsys, "preview", str(tmp_path / "broken"))
+    assert "--out" in fails(capsys, "preview", str(real), "--out", str(a_file / "p"))
 
 
 def test_splice_names_a_corrupt_label(capsys, real, tmp_path):

@@ -80,6 +80,10 @@ def test_reference_layout_and_manifest(setup):
     for r in records:
         if r["status"] != "ok":
             assert r["reason"] and not (ref / voc.IMAGES / f"{r['id']}.jpg").exists()
+    # the contact sheet of the finished dataset (dmutils.dataset.preview), every written sample on its page
+    assert s["preview"] == str(ref / "preview.png") and (ref / "preview.png").stat().st_size > 0
+    page = (ref / "preview.html").read_text()
+    assert all(f'data-id="{r["id"]}"' in page for r in ok)
 
 
 def test_rerun_skips_done_samples(setup):
@@ -98,10 +102,11 @@ def test_shards_merge_to_the_same_bytes_as_one_run(setup, tmp_path):
     generate_dataset(_with(params, workers=1), shard=(1, 2), pipe=setup["pipe"], progress=False)  # worker processes
     first = [json.loads(x)["index"] for x in (tmp_path / "sharded/shards/0-of-2/manifest.jsonl").read_text().splitlines()]
     assert first == [0, 2]
+    assert not list((tmp_path / "sharded").rglob("preview.*"))  # a shard is not a finished dataset: no preview yet
     with pytest.raises(ParamsError, match="complete set"):
         merge_shards(tmp_path / "partial", [tmp_path / "sharded/shards/0-of-2"])
     merge_shards(tmp_path / "sharded")
-    assert _files(tmp_path / "sharded") == _files(setup["ref"])
+    assert _files(tmp_path / "sharded") == _files(setup["ref"])  # preview.png/html included: the merge writes the same
 
 
 def test_other_batch_size_gives_same_samples(setup, tmp_path):

@@ -220,10 +220,10 @@ def test_disk_estimate_against_free_space(tmp_path, monkeypatch):
     params = params_for(tmp_path, model={"height": 512, "width": 512}, dataset={"num_samples": 1000},
                         capture={"cross_resolutions": [16], "self_resolutions": [32]}, masks={"tau": 1})
     need = pf.estimate_dataset_bytes(params)
-    per_sample = 512 * 512 * (pf.JPEG_BYTES_PER_PIXEL + pf.LABEL_BYTES_PER_PIXEL) + 2 * 2 * 16 * 16 + 2 * 32**4
+    per_sample = 512 * 512 * (pf.system.JPEG_BYTES_PER_PIXEL + pf.system.LABEL_BYTES_PER_PIXEL) + 2 * 2 * 16 * 16 + 2 * 32**4
     assert need == int(1000 * per_sample)
     assert pf.estimate_dataset_bytes(params.model_copy(update={"masks": params.masks.model_copy(update={"tau": 0})})) < need
-    monkeypatch.setattr(pf.shutil, "disk_usage", lambda p: type("U", (), {"free": need // 2})())
+    monkeypatch.setattr(pf.system.shutil, "disk_usage", lambda p: type("U", (), {"free": need // 2})())
     errs = errors(pf.check_outputs(params))
     assert len(errs) == 1 and "1000 samples to generate need about" in errs[0] and "dataset.num_samples" in errs[0]
     (tmp_path / "out").mkdir()  # a resumed run: 600 samples done, 400 to go fit in half the full estimate
@@ -234,7 +234,7 @@ def test_disk_estimate_against_free_space(tmp_path, monkeypatch):
 
 # -- device --------------------------------------------------------------------------------------
 def test_cuda_asked_but_absent(tmp_path, monkeypatch):
-    monkeypatch.setattr(pf, "_cuda_available", lambda explicit=True: False)
+    monkeypatch.setattr(pf.system, "_cuda_available", lambda explicit=True: False)
     errs = errors(pf.check_device(params_for(tmp_path, model={"device": "cuda"}, train={"device": "cuda:1"})))
     assert errs == ["model.device='cuda' but CUDA is not available here; use --set model.device=auto (or cpu)",
                     "train.device='cuda:1' but CUDA is not available here; use --set train.device=auto (or cpu)"]
@@ -245,7 +245,7 @@ def test_gpu_memory_against_the_weights_in_model_dtype(tmp_path, monkeypatch):
     import torch
 
     folder = make_pipeline_folder(tmp_path / "m")  # 1000 parameters: 4000 bytes in float32, 2000 in float16
-    monkeypatch.setattr(pf, "_cuda_available", lambda explicit=True: True)
+    monkeypatch.setattr(pf.system, "_cuda_available", lambda explicit=True: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=0: (3000, 8000))
     p32 = params_for(tmp_path, model={"path": str(folder), "device": "cuda"})
@@ -282,7 +282,7 @@ def test_pretrained_segmenter_and_oracle_checkpoints(tmp_path, monkeypatch):
 
 
 def test_toy_oracle_must_be_there_for_the_studies_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(pf, "TOY_ORACLE", tmp_path / "toy-oracle/model.safetensors")
+    monkeypatch.setattr(pf.checkpoints, "TOY_ORACLE", tmp_path / "toy-oracle/model.safetensors")
     params = params_for(tmp_path)
     errs = errors(pf.check_checkpoints(params))
     assert len(errs) == 1 and "git checkout models/toy-oracle" in errs[0]
@@ -309,7 +309,7 @@ def test_generate_checks_a_shard_for_its_own_samples(tmp_path, monkeypatch):
 
     params = params_for(tmp_path, model={"height": 64, "width": 64}, dataset={"num_samples": 100})
     per_sample = pf.estimate_dataset_bytes(params, samples=1)
-    monkeypatch.setattr(pf.shutil, "disk_usage", lambda p: type("U", (), {"free": 30 * per_sample})())
+    monkeypatch.setattr(pf.system.shutil, "disk_usage", lambda p: type("U", (), {"free": 30 * per_sample})())
     assert "100 samples to generate" in errors(preflight_checks(params)["outputs"](params))[0]
     shard = preflight_checks(params, (0, 4))["outputs"](params)  # 25 samples into <out_dir>/shards/0-of-4
     assert shard.ok and "shards/0-of-4" in shard.summary

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "remask": ("dmutils.commands.remask", "re-make the masks of a dataset from its saved maps with new mask params"),
     "merge-shards": ("dmutils.commands.merge_shards", "merge dataset shards into one dataset"),
     "export": ("dmutils.commands.export", "write a dataset as parquet shards + dataset card that datasets.load_dataset reads"),
+    "preview": ("dmutils.commands.preview", "contact sheet of a dataset: image | mask | outlines per sample, class legend (PNG + HTML)"),
     "splice": ("dmutils.commands.splice", "write a mosaic (splicing) augmentation of a dataset"),
     "render-toy": ("dmutils.commands.render_toy", "render the toy world's real train/val/test splits in VOC layout"),
     "train-toy-model": ("dmutils.commands.train_toy_model", "train the embedded toy text-to-image model from scratch"),

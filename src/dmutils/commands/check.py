@@ -6,7 +6,8 @@ import sys
 
 from dmutils.commands.common import add_params_arguments
 from dmutils.config import load_params
-from dmutils.preflight import format_outcomes, run_checks
+from dmutils.preflight import run_checks
+from dmutils.preflight.core import format_outcomes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -45,7 +45,7 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["capture.tau=2", "run.name=x"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    """``["masks.tau=2", "run.name=x"]`` -> nested dict; values are parsed as YAML scalars/lists."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:

@@ -8,6 +8,7 @@ Prompts (:mod:`dmutils.dataset.prompts`) -> images + attention maps (:mod:`dmuti
     out/maps/syn_000000.npz          float16 cross maps per resolution (C, r, r) [+ self-attention]
     out/manifest.jsonl               one line per finished sample, index order
     out/dataset.json                 class names, palette, the params that decide the data, their hash
+    out/preview.{png,html}           contact sheet of the first samples (:mod:`dmutils.dataset.preview`; not in a shard)
 
 Why it is built this way:
 
@@ -54,6 +55,7 @@ from dmutils.dataset.layout import (
     write_splits,
 )
 from dmutils.dataset.pool import Finished, make_pool
+from dmutils.dataset.preview import with_preview
 from dmutils.dataset.prompts import PromptPlan
 from dmutils.errors import ParamsError
 from dmutils.paths import remove_partial_writes
@@ -108,7 +110,7 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
 
             info = generate_with_ray(params, root, meta, todo, records, manifest, ray, progress, _die_at)
         write_splits(root, records)
-        return _summary(params, shard, root, records, todo, time.perf_counter() - t0) | {"ray": info}
+        return with_preview(_summary(params, shard, root, records, todo, time.perf_counter() - t0) | {"ray": info}, shard)
     pool = make_pool(ds.workers) if todo else None  # workers import while the model loads
     pending: deque[Future | Finished] = deque()
     max_pending = ds.batch_size * (ds.workers + 2)
@@ -137,7 +139,7 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
     write_splits(root, records)
-    return _summary(params, shard, root, records, todo, time.perf_counter() - t0)
+    return with_preview(_summary(params, shard, root, records, todo, time.perf_counter() - t0), shard)
 
 
 def _summary(params: Params, shard, root: Path, records: dict[int, dict], todo: list[int], seconds: float) -> dict[str, Any]:
@@ -151,4 +153,5 @@ def format_summary(summary: dict) -> str:
     reasons = ", ".join(f"{r} {n}" for r, n in summary["reject_reasons"].items()) or "none"
     return (f"{summary['out_dir']}: {summary['written']} written, {summary['rejected']} rejected ({reasons}); "
             f"generated now {summary['generated_now']} in {summary['seconds']} s ({summary['samples_per_s']} samples/s), "
-            f"{summary['skipped_done']} already done\nper class: {per_class}")
+            f"{summary['skipped_done']} already done\nper class: {per_class}"
+            + (f"\npreview: {summary['preview']} (and .html beside it)" if summary.get("preview") else ""))

@@ -28,7 +28,7 @@ META = "dataset.json"
 MAPS = "maps"
 
 
-OUR_ENTRIES = (voc.IMAGES, voc.LABELS, "ImageSets", MAPS, MANIFEST, META, "shards")
+OUR_ENTRIES = (voc.IMAGES, voc.LABELS, "ImageSets", MAPS, MANIFEST, META, "shards", "preview.png", "preview.html")
 
 
 NON_DATA = ("out_dir", "num_samples", "batch_size", "workers", "splice")

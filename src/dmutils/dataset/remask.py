@@ -34,6 +34,7 @@ from dmutils.dataset.layout import (
     write_splits,
 )
 from dmutils.dataset.pool import Finished, make_pool
+from dmutils.dataset.preview import with_preview
 from dmutils.errors import ParamsError
 from dmutils.masks.refine import uses_self_attention
 from dmutils.paths import atomic_write_bytes
@@ -108,4 +109,4 @@ def remask_dataset(src: str | Path, overrides: dict | None = None, out: str | Pa
     Manifest(out / MANIFEST).rewrite([merged[i] for i in sorted(merged)])
     write_splits(out, merged)
     atomic_write_bytes(out / META, json.dumps(new_meta, indent=2, sort_keys=True).encode())
-    return {"out_dir": str(out), "remasked": len(new), **summarize(merged, params.class_names)}
+    return with_preview({"out_dir": str(out), "remasked": len(new), **summarize(merged, params.class_names)})

@@ -21,6 +21,7 @@ from dmutils.dataset.layout import (
     summarize,
     write_splits,
 )
+from dmutils.dataset.preview import with_preview
 from dmutils.errors import ParamsError
 from dmutils.paths import atomic_write_bytes
 
@@ -76,4 +77,4 @@ def merge_shards(out: str | Path, shards: list[str | Path] | None = None, partia
     manifest.rewrite([records[i] for i in sorted(records)])
     write_splits(out, records)
     classes = next(iter(metas.values()))["classes"][1:]
-    return {"out_dir": str(out), "shards": len(shards), **summarize(records, classes)}
+    return with_preview({"out_dir": str(out), "shards": len(shards), **summarize(records, classes)})
