@@ -47,6 +47,7 @@ report: $(STAMP)
 	$(BIN)/dmutils run $(PARAMS) $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lab: $(STAMP)
