@@ -54,19 +54,19 @@ class SampleSpec:
         return d
 
 
-def _hash_int(*parts: object) -> int:
+def hash_int(*parts: object) -> int:
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
 
 def sample_seed(run_seed: int, index: int) -> int:
     """The generation seed of sample ``index``: a hash, so neighbouring samples get unrelated noise."""
-    return _hash_int("dmutils-sample", run_seed, index) % (2**31 - 1)
+    return hash_int("dmutils-sample", run_seed, index) % (2**31 - 1)
 
 
 def sample_uniform(run_seed: int, index: int, purpose: str) -> float:
     """A uniform [0, 1) number fixed by (run seed, index, purpose), e.g. for the train/val split."""
-    return _hash_int("dmutils-uniform", purpose, run_seed, index) / 2**64
+    return hash_int("dmutils-uniform", purpose, run_seed, index) / 2**64
 
 
 def sample_id(index: int) -> str:
@@ -170,7 +170,7 @@ class TemplateSource:
         self.run_seed = params.run.seed
 
     def __call__(self, index: int) -> _Base:
-        rng = np.random.default_rng([_hash_int("dmutils-prompt", self.run_seed, index) % 2**63])
+        rng = np.random.default_rng([hash_int("dmutils-prompt", self.run_seed, index) % 2**63])
         k = int(rng.choice(self.counts))
         picked = [self.classes[j] for j in rng.choice(len(self.classes), size=k, replace=False)]
         words = [str(rng.choice(template_words(c, self.prompts))) for c in picked]

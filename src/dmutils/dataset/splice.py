@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from dmutils.config import SpliceParams
 from dmutils.data import voc
-from dmutils.dataset.prompts import _hash_int
+from dmutils.dataset.prompts import hash_int
 from dmutils.errors import ParamsError
 from dmutils.paths import atomic_write_bytes, ensure_writable_dir
 
@@ -83,7 +83,7 @@ def draw_mosaic(k: int, n: int, splice_params: SpliceParams, seed: int) -> tuple
     """Mosaic ``k`` of a source of ``n`` samples: its grid, the indices of its tiles (row-major, no
     repeats) and the generator its photometric jitter draws from, all from (seed, k) alone."""
     grids = [tuple(g) for g in splice_params.grids]
-    rng = np.random.default_rng([_hash_int("dmutils-splice", seed, k) % 2**63])
+    rng = np.random.default_rng([hash_int("dmutils-splice", seed, k) % 2**63])
     grid = grids[int(rng.integers(len(grids)))]
     return grid, [int(j) for j in rng.choice(n, size=grid[0] * grid[1], replace=False)], rng
 

@@ -32,6 +32,7 @@ sample_size 16); so the real VAE factors are kept and a request of 32-64 px is g
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import (
@@ -39,17 +40,17 @@ from diffusers import (
     AutoencoderKL,
     DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
-    PixArtSigmaPipeline,
     PixArtTransformer2DModel,
-    SanaPipeline,
     SanaTransformer2DModel,
     SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
 )
 from transformers import Gemma2Config, Gemma2Model
 
-from dmutils.testing.sd import _text_encoder, tiny_tokenizer
+from dmutils.testing.sd import pipeline_class, tiny_text_encoder, tiny_tokenizer
 from dmutils.testing.tokenizers import tiny_gemma_tokenizer
+
+if TYPE_CHECKING:
+    import diffusers
 
 
 def _flow_vae(latent_channels: int, levels: int = 2, channels: int = 32) -> AutoencoderKL:
@@ -80,14 +81,14 @@ def _tiny_t5(d_model: int):
     return T5EncoderModel(config).eval(), tok
 
 
-def tiny_sd3_pipeline(seed: int = 0, sample_size: int = 16, t5: bool = False) -> StableDiffusion3Pipeline:
+def tiny_sd3_pipeline(seed: int = 0, sample_size: int = 16, t5: bool = False) -> "diffusers.StableDiffusion3Pipeline":
     """SD3.5-shaped: 32 px images, 16x16 latent, 8x8 patch grid, 4 joint blocks (0-1 with ``attn2``);
     CLIP-L-like (hidden 32) + CLIP-G-like (hidden 32) encoders; T5 (d_model 64) only when ``t5``."""
     torch.manual_seed(seed)
     tok = tiny_tokenizer()
-    te1, te2 = _text_encoder(tok, 32, projection=32), _text_encoder(tok, 32, projection=32)
+    te1, te2 = tiny_text_encoder(tok, 32, projection=32), tiny_text_encoder(tok, 32, projection=32)
     te3, tok3 = _tiny_t5(64) if t5 else (None, None)
-    pipe = StableDiffusion3Pipeline(transformer=tiny_sd3_transformer(sample_size), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    pipe = pipeline_class("StableDiffusion3Pipeline")(transformer=tiny_sd3_transformer(sample_size), scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                                     vae=_flow_vae(4), text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok,
                                     text_encoder_3=te3, tokenizer_3=tok3)
     pipe.set_progress_bar_config(disable=True)
@@ -116,12 +117,10 @@ def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
     """FLUX.1-shaped: 32 px images, 16x16 latent packed 2x2 into an 8x8 token grid, 2 dual-stream + 4
     single-stream blocks; CLIP (hidden 32, pooled) + T5 (d_model 32) text encoders. ``guidance_embeds``
     as FLUX.1-dev (True) or -schnell (False)."""
-    from diffusers import FluxPipeline
-
     torch.manual_seed(seed)
     tok = tiny_tokenizer()
     t5, t5_tok = _tiny_t5(32)
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_flow_vae(4), text_encoder=_text_encoder(tok, 32),
+    pipe = pipeline_class("FluxPipeline")(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_flow_vae(4), text_encoder=tiny_text_encoder(tok, 32),
                         tokenizer=tok, text_encoder_2=t5, tokenizer_2=t5_tok,
                         transformer=tiny_flux_transformer(guidance_embeds=guidance_embeds))
     pipe.set_progress_bar_config(disable=True)
@@ -163,7 +162,7 @@ def sd35_bench_pipeline(blocks: int = 24, dual_blocks: int | None = None, dtype:
     config = {**SD35_MEDIUM, "num_layers": blocks, "dual_attention_layers": tuple(range(dual)), **overrides}
     config["caption_projection_dim"] = config["num_attention_heads"] * config["attention_head_dim"]  # the text stream's width
     transformer = _in_dtype(dtype, lambda: SD3Transformer2DModel(**config)).eval()
-    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=None,
+    pipe = pipeline_class("StableDiffusion3Pipeline")(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=None,
                                     text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None,
                                     text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)
@@ -174,12 +173,12 @@ def flux_bench_pipeline(dual_blocks: int = 19, single_blocks: int = 38, dtype: t
                         **overrides):
     """FLUX.1-dev's transformer config (random weights, in ``dtype``) with ``dual_blocks`` + ``single_blocks``
     blocks, no VAE or text encoders: feed ``prompt_embeds`` (512 T5 tokens of 4096) and ``pooled_prompt_embeds``."""
-    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(seed)
     config = {**FLUX1, "num_layers": dual_blocks, "num_single_layers": single_blocks, **overrides}
     transformer = _in_dtype(dtype, lambda: FluxTransformer2DModel(**config)).eval()
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False), vae=None,
+    pipe = pipeline_class("FluxPipeline")(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False), vae=None,
                         text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -226,20 +225,20 @@ def _dc_ae() -> AutoencoderDC:
                          encoder_qkv_multiscales=((),) * 6, decoder_qkv_multiscales=((),) * 6, scaling_factor=0.41407).eval()
 
 
-def tiny_pixart_sigma_pipeline(seed: int = 0, layers: int = 4) -> PixArtSigmaPipeline:
+def tiny_pixart_sigma_pipeline(seed: int = 0, layers: int = 4) -> "diffusers.PixArtSigmaPipeline":
     torch.manual_seed(seed)
     t5, tok = _tiny_t5(TEXT_HIDDEN)
-    pipe = PixArtSigmaPipeline(tokenizer=tok, text_encoder=t5, vae=_sd_vae(), transformer=tiny_pixart_transformer(layers),
+    pipe = pipeline_class("PixArtSigmaPipeline")(tokenizer=tok, text_encoder=t5, vae=_sd_vae(), transformer=tiny_pixart_transformer(layers),
                                scheduler=DPMSolverMultistepScheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def tiny_sana_pipeline(seed: int = 0, layers: int = 4) -> SanaPipeline:
+def tiny_sana_pipeline(seed: int = 0, layers: int = 4) -> "diffusers.SanaPipeline":
     torch.manual_seed(seed)
     tok = tiny_gemma_tokenizer()
     scheduler = DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
-    pipe = SanaPipeline(tokenizer=tok, text_encoder=_gemma2(len(tok)), vae=_dc_ae(), transformer=tiny_sana_transformer(layers),
+    pipe = pipeline_class("SanaPipeline")(tokenizer=tok, text_encoder=_gemma2(len(tok)), vae=_dc_ae(), transformer=tiny_sana_transformer(layers),
                         scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe

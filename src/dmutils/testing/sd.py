@@ -19,20 +19,11 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-
-from dmutils.pipeline import bind_pil_image_processors
-
-bind_pil_image_processors()  # before diffusers' pipelines are imported: see its docstring
-from diffusers import (  # noqa: E402
-    AutoencoderKL,
-    DDIMScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from transformers import (  # noqa: E402
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -48,7 +39,21 @@ CAPTION_WORDS = ["man", "woman", "people", "child", "riding", "sitting", "standi
 SPLIT_WORDS = {"aeroplane": ["aero", "plane"], "potted": ["pot", "ted"], "monitor": ["moni", "tor"], "motorbike": ["motor", "bike"]}
 
 
-def _vocab_words() -> list[str]:
+def pipeline_class(name: str) -> type:
+    """A diffusers pipeline class, imported when a tiny pipeline is built (not when this module is): its import pulls
+    the IP-Adapter loader, quieted by :func:`dmutils.pipeline.bind_pil_image_processors` first, as loading does."""
+    import diffusers
+
+    from dmutils.pipeline import bind_pil_image_processors
+
+    bind_pil_image_processors()
+    return getattr(diffusers, name)
+
+if TYPE_CHECKING:
+    import diffusers
+
+
+def vocab_words() -> list[str]:
     from dmutils.data.toyworld import vocabulary
 
     words = set(vocabulary()) | set(CAPTION_WORDS)
@@ -67,7 +72,7 @@ def write_tiny_tokenizer(folder: str | Path) -> Path:
 
     from dmutils.toy.build import build_tokenizer_files
 
-    words = [w for w in _vocab_words() if w not in SPLIT_WORDS] + [p for ps in SPLIT_WORDS.values() for p in ps]
+    words = [w for w in vocab_words() if w not in SPLIT_WORDS] + [p for ps in SPLIT_WORDS.values() for p in ps]
     return build_tokenizer_files(Path(folder), words, alphabet=pre_tokenizers.ByteLevel.alphabet())
 
 
@@ -78,7 +83,7 @@ def tiny_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(write_tiny_tokenizer(tmp), model_max_length=77)
 
 
-def _text_encoder(tok: CLIPTokenizer, hidden: int, layers: int = 2, projection: int | None = None) -> CLIPTextModel:
+def tiny_text_encoder(tok: CLIPTokenizer, hidden: int, layers: int = 2, projection: int | None = None) -> CLIPTextModel:
     config = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                             num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, projection_dim=projection or hidden)
@@ -98,9 +103,9 @@ def _scheduler() -> DDIMScheduler:
                          set_alpha_to_one=False, steps_offset=1)
 
 
-def _sd_pipeline(unet: UNet2DConditionModel, text_hidden: int, vae: AutoencoderKL | None = None) -> StableDiffusionPipeline:
+def _sd_pipeline(unet: UNet2DConditionModel, text_hidden: int, vae: AutoencoderKL | None = None) -> "diffusers.StableDiffusionPipeline":
     tok = tiny_tokenizer()
-    pipe = StableDiffusionPipeline(vae=vae or _vae(), text_encoder=_text_encoder(tok, text_hidden), tokenizer=tok, unet=unet.eval(),
+    pipe = pipeline_class("StableDiffusionPipeline")(vae=vae or _vae(), text_encoder=tiny_text_encoder(tok, text_hidden), tokenizer=tok, unet=unet.eval(),
                                    scheduler=_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -115,14 +120,14 @@ def tiny_sd15_unet(sample_size: int = 16, cross_dim: int = 32) -> UNet2DConditio
         attention_head_dim=8, cross_attention_dim=cross_dim, norm_num_groups=8)
 
 
-def tiny_sd15_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiffusionPipeline:
+def tiny_sd15_pipeline(seed: int = 0, sample_size: int = 16) -> "diffusers.StableDiffusionPipeline":
     """SD 1.5-shaped: 32 px images, 16x16 latent, attention at 16/8/4 (and 2 in the mid block);
     ``sample_size=32`` gives the toy model's size (64 px, 32x32 latent)."""
     torch.manual_seed(seed)
     return _sd_pipeline(tiny_sd15_unet(sample_size), text_hidden=32)
 
 
-def tiny_sd2_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+def tiny_sd2_pipeline(seed: int = 0) -> "diffusers.StableDiffusionPipeline":
     """SD 2.x-shaped: heads (5, 10, 20, 20) of size 4, linear projections, upcast attention."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -133,12 +138,12 @@ def tiny_sd2_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     return _sd_pipeline(unet, text_hidden=64)
 
 
-def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+def tiny_sdxl_pipeline(seed: int = 0) -> "diffusers.StableDiffusionXLPipeline":
     """SDXL-shaped: no attention at the top level, transformer layers (1, 2, 3), two text encoders
     (hidden 32 + 64 = cross dim 96), text_time added embeddings."""
     torch.manual_seed(seed)
     tok = tiny_tokenizer()
-    te1, te2 = _text_encoder(tok, 32), _text_encoder(tok, 64, projection=32)
+    te1, te2 = tiny_text_encoder(tok, 32), tiny_text_encoder(tok, 64, projection=32)
     time_dim = 8
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(20, 40, 80),
@@ -147,7 +152,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 3), use_linear_projection=True,
         cross_attention_dim=32 + 64, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
         projection_class_embeddings_input_dim=32 + 6 * time_dim, norm_num_groups=5)
-    pipe = StableDiffusionXLPipeline(vae=_vae(), text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
+    pipe = pipeline_class("StableDiffusionXLPipeline")(vae=_vae(), text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
                                      unet=unet.eval(), scheduler=_scheduler(), force_zeros_for_empty_prompt=True,
                                      add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -177,7 +182,7 @@ def sd15_unet(sample_size: int = 32, dtype: torch.dtype = torch.bfloat16, seed: 
     return unet.eval()
 
 
-def sd15_bench_pipeline(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> StableDiffusionPipeline:
+def sd15_bench_pipeline(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> "diffusers.StableDiffusionPipeline":
     """A 256 px SD 1.5-shaped pipeline: the real UNet config plus a tiny text encoder (hidden 768)
     and a tiny 8x VAE, all random, all in ``dtype``."""
     unet = sd15_unet(32, dtype, seed)

@@ -14,14 +14,14 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, trainers
 from transformers import GemmaTokenizer, T5Tokenizer
 
-from dmutils.testing.sd import SPLIT_WORDS, _vocab_words
+from dmutils.testing.sd import SPLIT_WORDS, vocab_words
 
 _CHARS = string.ascii_letters + string.digits + string.punctuation
 
 
 def _pieces() -> list[str]:
     """Whole words (spelt without the split ones) and the pieces of the split words."""
-    return [w for w in _vocab_words() if w not in SPLIT_WORDS] + [p for ps in SPLIT_WORDS.values() for p in ps]
+    return [w for w in vocab_words() if w not in SPLIT_WORDS] + [p for ps in SPLIT_WORDS.values() for p in ps]
 
 
 def tiny_t5_tokenizer(model_max_length: int = 512) -> T5Tokenizer:
