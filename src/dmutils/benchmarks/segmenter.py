@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> dict:
            "architecture": params.train.architecture, "test_samples": len(test),
            "seed": params.run.seed, "params": params_file or "params/toy.yaml", "model": params.model.path, "guidance_scale": params.model.guidance_scale, "use_subclasses": params.prompts.use_subclasses}
     model_dir = params.resolve_path(params.model.path)
+    out["_inputs"] = {"params": params, "model_dir": model_dir if (model_dir / "model_index.json").is_file() else None}
     synthetic = None
     if not (model_dir / "model_index.json").is_file():
         out["note"] = f"no embedded model at {model_dir}: synthetic run skipped, only the real baseline reported"
