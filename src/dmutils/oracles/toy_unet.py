@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 from dmutils.data.toyworld import CLASS_NAMES, make_scene
 from dmutils.errors import DataNotFoundError
+from dmutils.paths import MODELS_DIR
 from dmutils.segment.data import photometric
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_DIR = REPO_ROOT / "models" / "toy-oracle"
+DEFAULT_DIR = MODELS_DIR / "toy-oracle"
 NUM_CLASSES = len(CLASS_NAMES) + 1
 
 
