@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dmutils.errors import DataNotFoundError
+from dmutils.errors import DataError, DataNotFoundError
 from dmutils.paths import REPO_ROOT
 
 VERSIONS = ["dmutils", "torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "pandas",
@@ -132,3 +132,15 @@ def provenance(command: list[str] | str, params=None, model_dir: str | Path | No
         "packages": package_versions(),
         "machine": machine(device),
     }
+
+
+def require_same_weights(result: dict, where: str | Path, model_dir: str | Path, rerun: str) -> None:
+    """Raise :class:`~dmutils.errors.DataError` unless ``result`` (a result JSON read from ``where``) was made from the
+    weights now in ``model_dir``: its ``provenance.model_hash`` against :func:`model_hash` of the folder. ``rerun``:
+    the command that makes it again, named in the message."""
+    recorded = (result.get("provenance") or {}).get("model_hash")
+    now = model_hash(model_dir)
+    if recorded != now:
+        made = f"was made from other weights (hash {recorded}, model now {now})" if recorded else \
+            f"has no provenance model_hash (model now {now}): it cannot be tied to these weights"
+        raise DataError(f"{_rel(where)} {made}; re-run `{rerun}`")
