@@ -1,5 +1,5 @@
 """The benchmarks end to end at --quick sizes: their JSON fields, floors a broken pipeline would not reach, and the
-provenance block  adds; and the timing helpers' arithmetic."""
+provenance block `bench --json` adds; and the timing helpers' arithmetic."""
 import argparse
 import json
 
