@@ -29,12 +29,16 @@ def _result_files() -> list[Path]:
 
 
 def lookup(data: dict, key: str):
-    """``data[a][b][c]`` for the dotted key ``a.b.c``; KeyError naming the missing part."""
+    """``data[a][b][c]`` for the dotted key ``a.b.c`` (a number indexes a list: ``ratio_toy_range.0``); KeyError naming
+    the missing part."""
     value = data
     for i, part in enumerate(key.split(".")):
-        if not isinstance(value, dict) or part not in value:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
             raise KeyError(f"{'.'.join(key.split('.')[:i + 1])} not found")
-        value = value[part]
     return value
 
 
@@ -93,6 +97,8 @@ def test_the_checks_themselves():
     assert not quoted(text, "0.95", None)  # not inside 0.958
     assert not quoted(text, "0.918", None)  # not inside 10.918 nor 0.9181
     assert not quoted(text, "0.958", "ratio x")
-    assert lookup({"a": {"b": {"0": 1}}}, "a.b.0") == 1
+    assert lookup({"a": {"b": {"0": 1}}}, "a.b.0") == 1 and lookup({"r": [0.9, 1.1]}, "r.1") == 1.1
+    with pytest.raises(KeyError, match="r.2 not found"):
+        lookup({"r": [0.9, 1.1]}, "r.2")
     with pytest.raises(KeyError, match="a.c not found"):
         lookup({"a": {"b": 1}}, "a.c")
