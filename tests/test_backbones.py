@@ -78,29 +78,6 @@ def test_deeplabv3_loss_is_zero_not_nan_when_every_pixel_is_ignored():
     loss.backward()
 
 
-def test_aspp_matches_torchvisions_deeplab_head():
-    """The hand-written ASPP computes torchvision's (the reference DeepLabV3 head) given the same weights; the one
-    difference, no BatchNorm in the pooling branch, is an identity for fresh BatchNorm statistics in eval mode."""
-    segmentation = pytest.importorskip("torchvision.models.segmentation.deeplabv3")
-    from dmutils.segment.deeplab import ASPP
-
-    torch.manual_seed(0)
-    ours, ref = ASPP(16, 8, [2, 4, 6]).eval(), segmentation.ASPP(16, [2, 4, 6], 8).eval()
-    for mine, theirs in zip(ours.branches, ref.convs[:4]):
-        theirs.load_state_dict(mine.state_dict())
-    ref.convs[4][1].weight.data.copy_(ours.pool[1].weight)
-    ref.project[:3].load_state_dict(ours.project.state_dict())
-    for m in list(ours.modules()) + list(ref.modules()):  # non-trivial BatchNorm statistics, the same in both
-        if isinstance(m, torch.nn.BatchNorm2d) and m is not ref.convs[4][2]:
-            g = torch.Generator().manual_seed(m.num_features)
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    ref.convs[4][2].eps = 0.0  # fresh statistics (mean 0, var 1) without eps: the identity our pooling branch is
-    x = torch.randn(2, 16, 9, 9)
-    with torch.no_grad():
-        assert torch.allclose(ours(x), ref(x), atol=1e-5)
-
-
 def test_backbone_learning_rate_multiplier(backbone):
     from dmutils.segment.train import param_groups
 

@@ -1,4 +1,5 @@
-"""The segmenter benchmark end to end at --quick sizes: the JSON object issue #7 asks for."""
+"""The benchmarks end to end at --quick sizes: their JSON fields, floors a broken pipeline would not reach, and the
+provenance block `bench --json` adds; and the timing helpers' arithmetic."""
 import argparse
 import json
 
@@ -16,6 +17,14 @@ def test_bench_segmenter_quick_prints_the_headline_keys_and_per_class_iou(capsys
         assert out[key] is not None and out[key] >= 0, key
     assert out["ratio"] == pytest.approx(out["miou_synthetic"] / out["miou_real"])
     assert out["steps"] == 20 and out["train_samples"] <= 48
+    # floors a broken pipeline misses (a run at 09:19 UTC, 2026-12-05, load 5-8: real 0.352, synthetic 0.284, background
+    # alone 0.128, masks vs oracle 0.881): both segmenters beat predicting background everywhere on the same test
+    # labels by a clear margin, and the dataset's masks agree with the oracle's labels of the same images
+    floor = out["miou_background_only"]
+    assert 0.05 < floor < 0.3  # background IoU (~0.9) over the 7 classes of the test split
+    assert out["miou_real"] > floor + 0.10, (out["miou_real"], floor)
+    assert out["miou_synthetic"] > floor + 0.05, (out["miou_synthetic"], floor)
+    assert out["mask_miou_vs_oracle"] > 0.6
     for split in ("real", "synthetic"):
         per_class = out[f"per_class_{split}"]
         assert sorted(per_class) == sorted(["background", *CLASS_NAMES])
@@ -24,6 +33,8 @@ def test_bench_segmenter_quick_prints_the_headline_keys_and_per_class_iou(capsys
     gap = out["colour_gap"]
     assert gap and set(gap) <= set(CLASS_NAMES)
     assert all(-0.5 < g["hue_shift"] <= 0.5 and -1 <= g["value_shift"] <= 1 for g in gap.values())
+    p = _provenance_sane(out, "dmutils bench segmenter --quick --json", device=None)
+    assert p["params_digest"] and p["machine"]["device"].startswith(("cpu", "cuda"))
 
 
 @pytest.mark.slow
@@ -35,6 +46,12 @@ def test_bench_toy_model_quick_measures_at_the_protocol_and_at_the_params_guidan
         assert 0 <= out[key] <= 1, key
     # the same prompts and seeds at two guidance scales give different images, so different scores
     assert (out["presence_rate"], out["attention_miou"]) != (out["presence_rate_at_params_guidance"], out["attention_miou_at_params_guidance"])
+    # floors a broken model, capture or oracle misses (a run at 2026-12-05 11:20 UTC: presence 1.0 / 0.938, attention
+    # mIoU 0.752 / 0.669 at 7.5 / 2.0, oracle 0.969; masks of background alone score ~0.3 on two-class images)
+    assert out["presence_rate"] >= 0.8 and out["presence_rate_at_params_guidance"] >= 0.75
+    assert out["attention_miou"] >= 0.6 and out["attention_miou_at_params_guidance"] >= 0.55
+    assert out["oracle_miou_real"] >= 0.9
+    _provenance_sane(out, "dmutils bench toy-model --quick --json")
 
 
 class _FakeClock:
@@ -96,3 +113,59 @@ def test_bench_generate_quick_reports_paired_ratios_with_spread_and_the_parts(ca
         n = out["samples"]
         assert out[f"parts{suffix}_postprocess_ms_per_sample"] == pytest.approx(1000 * parts[2] / n, abs=1000 * 5e-4 / n + 5e-3)
     assert out["samples"] == out["batch_size"] == 4 and out["threads"] >= 1
+    import torch
+
+    _provenance_sane(out, "dmutils bench generate --quick --json", device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _provenance_sane(out: dict, command: str, model: str | None = "models/toy-sd", device: str | None = "cpu") -> dict:
+    """The provenance block `bench --json` adds: the argv, the weights hashed, the machine with its load."""
+    from dmutils.paths import REPO_ROOT
+    from dmutils.provenance import model_hash
+
+    p = out["provenance"]
+    assert p["command"] == command and p["seconds"] > 0 and p["packages"]["torch"]
+    assert p["model_dir"] == model and p["model_hash"] == (model_hash(REPO_ROOT / model) if model else None)
+    m = p["machine"]
+    assert (device is None or m["device"] == device) and m["cpu_count"] >= 1 and m["torch_threads"] >= 1
+    assert len(m["load_average"]) == 3 and len(m["load_average_start"]) == 3
+    return p
+
+
+@pytest.mark.slow
+def test_bench_capture_quick_reports_ratios_flat_state_bytes_and_provenance(capsys, monkeypatch):
+    """`dmutils bench capture --quick --json`: every part's paired ratio is well formed, each capture recorded maps
+    (state bytes > 0) and the state does not grow with the steps (one running sum per map)."""
+    monkeypatch.setenv("DMUTILS_BENCH_THREADS", "1")
+    assert bench.main(argparse.Namespace(name="capture", json=True, quick=True)) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for name in ("ratio_toy", "ratio_toy_explicit_all_layers", "ratio_sd15_256_bf16", "ratio_sd3_512_bf16", "ratio_flux_512_bf16"):
+        _ratio_sane(out, name)
+    assert out["toy_steps"] == 3 and out["toy_batch"] == 2 and out["sd15_steps"] == 2 and out["threads"] == 1
+    assert out["toy_plain_s"] > 0 and out["toy_capture_s"] > 0 and out["sd15_plain_s"] > 0
+    assert out["state_bytes_10_steps"] == out["state_bytes_50_steps"] > 0
+    for family in ("sd3", "flux"):
+        assert out[f"state_bytes_{family}_2_steps"] == out[f"state_bytes_{family}_6_steps"] > 0, family
+        assert out[f"{family}_captured_layers"], family
+    toy = "models/toy-sd" if out["toy_model"] == "models/toy-sd" else None
+    _provenance_sane(out, "dmutils bench capture --quick --json", model=toy)
+
+
+@pytest.mark.slow
+def test_bench_generate_quick_ray_1_makes_the_same_files_as_one_process_and_says_where_from(capsys):
+    """`dmutils bench generate --quick --ray 1 --json`: one Ray actor writes the same dataset, byte for byte, as the
+    single process, and both throughputs are real."""
+    pytest.importorskip("ray")
+    from dmutils.config import load_params
+    from dmutils.paths import REPO_ROOT
+
+    assert bench.main(argparse.Namespace(name="generate", json=True, quick=True, ray=1)) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["ray_identical"] is True
+    assert (out["actors"], out["threads_per_actor"], out["samples"], out["batch_size"], out["steps"]) == (1, 1, 8, 4, 4)
+    assert out["single_samples_per_s"] > 0 and out["ray_samples_per_s"] > 0 and out["ray_wall_s"] > 0
+    assert 0 < out["ray_parallel_efficiency_with_startup"] <= out["ray_parallel_efficiency"]
+    p = _provenance_sane(out, "dmutils bench generate --ray 1 --quick --json")
+    over = {"model": {"num_inference_steps": 4, "device": "cpu"}, "dataset": {"batch_size": 4, "workers": 1, "min_area": 0.0,
+                                                                               "num_samples": 8}}
+    assert p["params_digest"] == load_params(REPO_ROOT / "params" / "toy.yaml", overrides=over).digest()

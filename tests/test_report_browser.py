@@ -4,8 +4,11 @@ report.py writes a page without scripts; the test serves a copy of it with a sma
 (an error trap first in <head>, and on ``load`` a ``<pre id="probe">`` with each image's
 naturalWidth and the errors caught), loads it via file:// in headless chromium and reads the probe
 back from ``--dump-dom``. A second page with a missing figure must be caught, so the check can fail.
+Without chromium the tests skip on a developer's machine and fail under CI (the environment variable ``CI`` set, as
+CI services do: ``CI=true``), where a skip would pass a check that never ran.
 """
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,7 +20,17 @@ from PIL import Image
 from dmutils import report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH (Debian: apt-get install -y chromium; .ci/run installs it)")
+IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+MISSING = "chromium is not on PATH (Debian: apt-get install -y chromium; .ci/run installs it)"
+
+
+@pytest.fixture(autouse=True)
+def _chromium():
+    """Skip without chromium, except under CI, where its absence is a failure."""
+    if CHROMIUM is None:
+        if IN_CI:
+            pytest.fail(f"{MISSING}; CI={os.environ['CI']} is set, so this test must run, not skip")
+        pytest.skip(MISSING)
 
 TRAP = "<script>window.__errors=[];window.addEventListener('error',e=>window.__errors.push(String(e.message||e.type)));</script>"
 PROBE = """<script>window.addEventListener('load', () => {

@@ -11,6 +11,7 @@ from dmutils.errors import OutputDirError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS_DIR = REPO_ROOT / "models"
+RESULTS_DIR = REPO_ROOT / "results"  # benchmark JSONs with provenance, the figures the docs quote (results/ledger.yaml)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -17,24 +17,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
-import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from dmutils import nb
 from dmutils.config import Params, load_params
 from dmutils.errors import ParamsError
-from dmutils.paths import REPO_ROOT, atomic_write_bytes
+from dmutils.paths import atomic_write_bytes
 from dmutils.preflight import preflight
+from dmutils.provenance import git_info, package_versions
 
 KERNEL = "dmutils"
 FALLBACK_KERNEL = "python3"  # ipykernel's own spec: always this interpreter
-VERSIONS = ["dmutils", "torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "pandas",
-            "pydantic", "pydensecrf2", "torchmetrics", "papermill", "nbconvert", "ipykernel"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,28 +239,3 @@ def _write(record: dict[str, Any], run_dir: Path) -> None:
 
     atomic_write_bytes(run_dir / "run.json", json.dumps(record, indent=2).encode())
     write_index(record, run_dir)
-
-
-def git_info() -> dict[str, Any]:
-    """Commit of the repository and whether tracked files differ from it (None outside git)."""
-    def git(*a: str) -> str | None:
-        try:
-            r = subprocess.run(["git", "-C", str(REPO_ROOT), *a], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def package_versions() -> dict[str, str | None]:
-    """Versions from package metadata (no imports, so no torch start-up cost)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in VERSIONS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out

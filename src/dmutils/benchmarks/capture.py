@@ -106,7 +106,7 @@ def run(args) -> dict:
     quick = bool(getattr(args, "quick", False))
     threads = fixed_threads()
     torch.manual_seed(0)
-    out: dict = {"threads": threads, "timing": "CPU seconds (process_time) of the denoising loop, output_type='latent', "
+    out: dict = {"_inputs": {"device": "cpu"}, "threads": threads, "timing": "CPU seconds (process_time) of the denoising loop, output_type='latent', "
                  "guidance 7.5 (CFG batch); "
                  "plain/capture runs interleaved in pairs after a warm-up, median of the per-pair ratios"}
     parts = os.environ.get("DMUTILS_BENCH_CAPTURE", "unet,sd3,flux").split(",")
@@ -118,6 +118,8 @@ def run(args) -> dict:
         return out
 
     toy, toy_name = toy_pipeline()
+    if toy_name == "models/toy-sd":
+        out["_inputs"]["model_dir"] = TOY_PATH
     toy.set_progress_bar_config(disable=True)
     latent = toy.unet.config.sample_size
     spec = dataset_diffusion_spec(latent)

@@ -186,10 +186,12 @@ def run(args: argparse.Namespace) -> dict:
     if getattr(args, "ray", None):
         ray_over = {"model": {**over["model"], "device": "cpu"},  # single-thread CPU actors, by definition
                     "dataset": {**over["dataset"], "num_samples": batch * (2 if quick else 4) * int(args.ray)}}
-        return run_ray(args, load_params(REPO_ROOT / "params" / "toy.yaml", overrides=ray_over))
+        ray_params = load_params(REPO_ROOT / "params" / "toy.yaml", overrides=ray_over)
+        return run_ray(args, ray_params) | {"_inputs": {"params": ray_params, "model_dir": toy, "device": "cpu"}}
     pipe = load_pipeline(params.model)
     pipe.set_progress_bar_config(disable=True)
-    out = {"model": "models/toy-sd", "params": "params/toy.yaml", "batch_size": batch, "samples": batch * batches,
+    out = {"_inputs": {"params": params, "model_dir": toy, "device": params.model.device},
+           "model": "models/toy-sd", "params": "params/toy.yaml", "batch_size": batch, "samples": batch * batches,
            "steps": params.model.num_inference_steps, "workers": params.dataset.workers, "threads": threads,
            "masks": f"tau {params.masks.tau}, crf {params.masks.crf.enabled}",
            "case": "throughput_ratio*: whole runs, wall clock, on this machine's cores shared by generation (threads) and the "

@@ -18,7 +18,8 @@ with the oracle's labels -- the most any mask method can reach with these images
 it from ``miou_real`` is the images themselves (the domain gap of the generator);
 ``per_class_real`` / ``per_class_synthetic`` (IoU per class) say which classes carry the gap, and
 ``colour_gap`` (per class: synthetic - real hue and value, synthetic / real hue spread; from
-``dmutils.studies.colour_gap``) whether the generator's colours do.
+``dmutils.studies.colour_gap``) whether the generator's colours do. ``miou_background_only`` is the floor: the mIoU
+of predicting background everywhere on the same test labels (same definition as ``evaluate``'s).
 """
 from __future__ import annotations
 
@@ -58,6 +59,22 @@ def _oracle_ceiling(params, synthetic, test) -> dict:
     return {"mask_miou_vs_oracle": miou(conf), "miou_synthetic_oracle_labels": ceiling.miou}
 
 
+def background_only_miou(test) -> float:
+    """mIoU of predicting background (class 0) everywhere on ``test``'s labels: the mean IoU over the classes in
+    the truth or the prediction, as :func:`dmutils.segment.evaluate.evaluate` averages."""
+    import numpy as np
+
+    from dmutils.segment.data import IGNORE_INDEX
+    from dmutils.segment.evaluate import iou_from_confusion
+
+    k = len(test.classes)
+    truth = np.bincount(np.concatenate([lab[lab != IGNORE_INDEX].ravel() for _, lab in (test[i] for i in range(len(test)))]),
+                        minlength=k)
+    cm = np.zeros((k, k), dtype=np.int64)
+    cm[:, 0] = truth[:k]  # every pixel predicted background
+    return float(np.nanmean(iou_from_confusion(cm)))
+
+
 def _colour_gap(real, synthetic, limit: int = 200) -> dict:
     from dmutils.studies.colour_gap import class_colours, colour_gap
 
@@ -90,9 +107,10 @@ def run(args: argparse.Namespace) -> dict:
     real_train, test = open_real(params, params.real.train_split), open_real(params, params.real.test_split)
     out = {"miou_real": None, "miou_synthetic": None, "ratio": None, "train_seconds": None, "train_cpu_seconds": None,
            "steps": params.train.steps, "batch_size": params.train.batch_size, "image_size": params.train.image_size,
-           "architecture": params.train.architecture, "test_samples": len(test),
+           "architecture": params.train.architecture, "test_samples": len(test), "miou_background_only": background_only_miou(test),
            "seed": params.run.seed, "params": params_file or "params/toy.yaml", "model": params.model.path, "guidance_scale": params.model.guidance_scale, "use_subclasses": params.prompts.use_subclasses}
     model_dir = params.resolve_path(params.model.path)
+    out["_inputs"] = {"params": params, "model_dir": model_dir if (model_dir / "model_index.json").is_file() else None}
     synthetic = None
     if not (model_dir / "model_index.json").is_file():
         out["note"] = f"no embedded model at {model_dir}: synthetic run skipped, only the real baseline reported"

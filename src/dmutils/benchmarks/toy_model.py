@@ -46,10 +46,11 @@ def run(args: argparse.Namespace) -> dict:
     orc = oracle_mod.load()
     n, batch = (16, 8) if quick else (120, 12)
     steps = params.model.num_inference_steps
+    inputs = {"model": params.model.path, "_inputs": {"params": params, "model_dir": params.resolve_path(params.model.path), "device": "cpu"}}
     if getattr(pipe, "transformer", None) is not None:
         from dmutils.benchmarks.toy_transformer import run_transformer
 
-        return run_transformer(pipe, params, orc, n, batch, steps, quick, evaluate_model, _common(pipe, orc, params, quick))
+        return run_transformer(pipe, params, orc, n, batch, steps, quick, evaluate_model, _common(pipe, orc, params, quick)) | inputs
     res = evaluate_model(pipe, params, n, batch, steps, orc, params.masks.threshold, guidance=PROTOCOL_GUIDANCE)
     every_step = evaluate_model(pipe, params, n, batch, steps, orc, params.masks.threshold, window=(0.0, 1.0), guidance=PROTOCOL_GUIDANCE)
     at_params = evaluate_model(pipe, params, n, batch, steps, orc, params.masks.threshold)
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> dict:
         "cross_resolutions": list(params.capture.cross_resolutions),
         "images": n,
         **_common(pipe, orc, params, quick),
+        **inputs,
     }
 
 

@@ -1,13 +1,20 @@
-"""``dmutils bench NAME [--json]``: benchmarks that print figures (never timed tests).
+"""``dmutils bench NAME [--json] [--out FILE]``: benchmarks that print figures (never timed tests).
 
 Each benchmark is a module ``dmutils.benchmarks.<name>`` with ``add_arguments(parser)`` (optional)
-and ``run(args) -> dict``; with ``--json`` the dict is printed as one JSON object.
+and ``run(args) -> dict``; with ``--json`` the dict is printed as one JSON object, with ``--out FILE`` it is
+also written to FILE (atomically; e.g. ``results/bench_capture.json``). Both add a ``provenance`` block
+(:func:`dmutils.provenance.provenance`: commit, command, params digest, model hash, packages, machine, and the
+benchmark's ``seconds`` and the load average before and after it). A benchmark names what it used under the
+key ``"_inputs"`` of its dict (``params``, ``model_dir``, ``device``; each optional), which is taken out here.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
+import time
+from pathlib import Path
 
 BENCHMARKS = {
     "capture": "attention capture overhead and memory (ratio of generation time with/without capture)",
@@ -19,7 +26,9 @@ BENCHMARKS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json", action="store_true", help="print one JSON object, with a provenance block")
+    parser.add_argument("--out", default=None, metavar="FILE", help="also write that JSON object (with its provenance) to "
+                        "FILE, e.g. results/bench_capture.json")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke test of the benchmark itself)")
     parser.add_argument("--model", default=None, help="toy-model, segmenter: a toy model folder to measure or generate "
                         "with instead of the params' (e.g. models/toy-sd3; its family is read from model_index.json)")
@@ -31,9 +40,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "how much its figures move between seeds")
 
 
+def command_line(args: argparse.Namespace) -> list[str]:
+    """The ``dmutils bench ...`` argv that gives ``args`` (the provenance's command)."""
+    argv = ["dmutils", "bench", args.name]
+    for flag in ("model", "params", "ray"):
+        if getattr(args, flag, None) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    if getattr(args, "seed", 0):
+        argv += ["--seed", str(args.seed)]
+    argv += [f"--{flag}" for flag in ("quick", "json") if getattr(args, flag, False)]
+    if getattr(args, "out", None):
+        argv += ["--out", str(args.out)]
+    return argv
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def main(args: argparse.Namespace) -> int:
+    from dmutils.provenance import git_info, machine, provenance
+
+    out = getattr(args, "out", None)
+    if out:
+        from dmutils.paths import writable_problem
+
+        problem = writable_problem(Path(out).parent, "--out's folder")
+        if problem:  # before the benchmark, not after an hour of it
+            from dmutils.errors import OutputDirError
+
+            raise OutputDirError(problem)
     module = importlib.import_module(f"dmutils.benchmarks.{args.name.replace('-', '_')}")
+    git, load_start, t0 = git_info(), _load(), time.perf_counter()  # the code as it was when the benchmark started
     result = module.run(args)
+    seconds = time.perf_counter() - t0
+    inputs = result.pop("_inputs", None) or {}
+    if args.json or out:
+        prov = provenance(command_line(args), inputs.get("params"), inputs.get("model_dir"), inputs.get("device"))
+        prov |= git
+        prov["seconds"] = round(seconds, 1)
+        prov["machine"] = {**machine(inputs.get("device")), "load_average_start": load_start}
+        result["provenance"] = prov
+    if out:
+        from dmutils.paths import atomic_write_bytes
+
+        atomic_write_bytes(Path(out), (json.dumps(result, indent=2, sort_keys=True) + "\n").encode())
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:

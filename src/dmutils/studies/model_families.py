@@ -11,7 +11,9 @@ plain masks, the params' threshold), and each map is scored against the oracle's
 - the MMDiT with text-to-text attention cut (:func:`dmutils.attention.ablations.text_isolated`; best kind);
 - which route the MMDiT's caption takes (tokens, pooled vector: ``presence_by_route``).
 Every score is a generation of ``study.family_images`` images; results are cached under
-``<run_dir>/model_families_cache/`` by a hash of the settings and of the model files, so a re-run costs nothing.
+``<run_dir>/model_families_cache/`` by a hash of the settings, of the model's weights (:func:`dmutils.provenance.model_hash`)
+and of its config files, so a re-run costs nothing. The segmenter ratio is read from
+``results/<model folder name>/bench_segmenter.json`` only when its provenance names the same weights.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from dmutils.config import Params
-from dmutils.paths import atomic_write_bytes
+from dmutils.paths import RESULTS_DIR, atomic_write_bytes
+from dmutils.provenance import model_hash, require_same_weights
 
 SCORES_VERSION = 2  # part of the cache key: raise it when score_model scores something new
 UNET_DEPTHS = ("down", "up")  # the toy UNet's blocks that hold maps at its 16x16 level (mid is coarser)
@@ -38,14 +41,14 @@ def model_params(params: Params, path: str) -> Params:
 
 
 def model_key(params: Params, path: str, images: int, windows: int) -> str:
-    """Hash of what decides the scores: the settings, and the model's config and weight files (model_index.json and
-    its components' folders; not the training logs and bench results kept beside them)."""
-    h = hashlib.sha256(json.dumps([SCORES_VERSION, params.capture.model_dump(mode="json"), params.masks.threshold, params.masks.normalize,
-                                   params.model.num_inference_steps, images, windows], sort_keys=True).encode())
+    """Hash of what decides the scores: the settings, the model's weights (:func:`model_hash`) and its config files
+    (model_index.json and its components' .json/.txt: scheduler, tokenizers; not the training logs kept beside them)."""
     folder = params.resolve_path(path)
+    h = hashlib.sha256(json.dumps([SCORES_VERSION, params.capture.model_dump(mode="json"), params.masks.threshold, params.masks.normalize,
+                                   params.model.num_inference_steps, images, windows, model_hash(folder)], sort_keys=True).encode())
     for f in sorted(folder.rglob("*")):
-        model_file = f.name == "model_index.json" or len(f.relative_to(folder).parts) > 1
-        if f.is_file() and model_file and f.suffix in (".json", ".safetensors", ".txt"):
+        config_file = f.name == "model_index.json" or len(f.relative_to(folder).parts) > 1
+        if f.is_file() and config_file and f.suffix in (".json", ".txt"):
             h.update(f.relative_to(folder).as_posix().encode())
             h.update(f.read_bytes())
     return h.hexdigest()[:12]
@@ -145,10 +148,21 @@ def headline(results: dict[str, dict], segmenter_ratios: dict[str, float | None]
     return pd.DataFrame(rows)
 
 
+def segmenter_result(path: str) -> Path:
+    """Where ``dmutils bench segmenter --model PATH --json --out ...`` is kept: ``results/<PATH's name>/bench_segmenter.json``."""
+    return RESULTS_DIR / Path(path).name / "bench_segmenter.json"
+
+
 def measured_segmenter_ratio(params: Params, path: str) -> float | None:
-    """The ``ratio`` of ``dmutils bench segmenter --model PATH --json`` saved beside the model as bench_segmenter.json."""
-    f = params.resolve_path(path) / "bench_segmenter.json"
-    return json.loads(f.read_text()).get("ratio") if f.is_file() else None
+    """The ``ratio`` in :func:`segmenter_result` (None when it was not measured); raises
+    :class:`~dmutils.errors.DataError` when that JSON was made from other weights than the model's now."""
+    f = segmenter_result(path)
+    if not f.is_file():
+        return None
+    data = json.loads(f.read_text())
+    rel = f.relative_to(RESULTS_DIR.parent).as_posix()
+    require_same_weights(data, f, params.resolve_path(path), f"dmutils bench segmenter --model {path} --json --out {rel}")
+    return data.get("ratio")
 
 
 def example_grid(results: dict[str, dict]):
