@@ -26,3 +26,23 @@ def test_ray_address_that_does_not_answer_is_one_line_quickly(capsys, monkeypatc
     err = one_error_line(capsys, ["generate", "params/toy.yaml", "--ray", "127.0.0.1:1"])  # loopback, nothing listens
     assert time.monotonic() - t < 15
     assert "127.0.0.1:1" in err and "ray start --head" in err and "'--ray' alone" in err and "no '--ray'" in err
+
+
+def test_train_data_dir_names_the_synthetic_folder(capsys, tmp_path):
+    err = one_error_line(capsys, ["train", "--data", "synthetic", "--data-dir", str(tmp_path / "elsewhere"), "--no-eval",
+                                  "--out", str(tmp_path / "seg")])
+    assert f"no synthetic dataset at {tmp_path / 'elsewhere'}" in err
+    assert "--data synthetic" in one_error_line(capsys, ["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "seg")])
+    assert not (tmp_path / "seg").exists()
+
+
+def test_describe_data_names_folder_split_and_count():
+    import numpy as np
+
+    from dmutils.commands.common import describe_data
+    from dmutils.segment.data import ArrayDataset
+
+    pair = (np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.uint8))
+    ds = ArrayDataset([pair] * 3, ["background", "a"], root="/data/x")
+    ds.split = "val"
+    assert describe_data("evaluating on", ds) == "evaluating on: /data/x, split val, 3 images"
