@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from dmutils.commands.common import add_params_arguments, describe_data
@@ -61,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     datasets = [d for d in (real_train, synthetic) if d is not None]
     for role, d in (("real training data", real_train), ("synthetic training data", synthetic)):
         if d is not None and rank == 0:
-            print(describe_data(role, d), file=sys.stderr)
+            print(describe_data(role, d))
     result = train_segmenter(params, datasets, out, resume=args.resume)
     if rank != 0:
         return 0  # the main process reports and evaluates
