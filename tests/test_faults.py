@@ -46,3 +46,9 @@ def test_describe_data_names_folder_split_and_count():
     ds = ArrayDataset([pair] * 3, ["background", "a"], root="/data/x")
     ds.split = "val"
     assert describe_data("evaluating on", ds) == "evaluating on: /data/x, split val, 3 images"
+
+
+def test_generate_out_is_the_dataset_folder(capsys, tmp_path):
+    (tmp_path / "a-file").write_text("x")  # a folder under a file cannot be made: the preflight names it, nothing runs
+    err = one_error_line(capsys, ["generate", "params/toy.yaml", "--out", str(tmp_path / "a-file" / "ds")])
+    assert f"dataset.out_dir {tmp_path / 'a-file' / 'ds'}: {tmp_path / 'a-file'} is a file" in err, err
