@@ -52,3 +52,14 @@ def test_generate_out_is_the_dataset_folder(capsys, tmp_path):
     (tmp_path / "a-file").write_text("x")  # a folder under a file cannot be made: the preflight names it, nothing runs
     err = one_error_line(capsys, ["generate", "params/toy.yaml", "--out", str(tmp_path / "a-file" / "ds")])
     assert f"dataset.out_dir {tmp_path / 'a-file' / 'ds'}: {tmp_path / 'a-file'} is a file" in err, err
+
+
+def test_bench_prints_targets_and_warns_on_few_repeats():
+    from dmutils.benchmarks import segmenter
+    from dmutils.commands.bench import format_result
+
+    lines, warnings = format_result({"ratio": 0.756, "ratio_repeats": 1, "other": 2.0, "other_repeats": 3},
+                                    {"ratio": ">= 0.90"})
+    assert lines[0].split() == ["ratio", "0.756", "(target", ">=", "0.90)"] and "target" not in lines[2]
+    assert len(warnings) == 1 and "ratio rests on 1 repeat(s), under 3" in warnings[0]
+    assert segmenter.TARGETS["ratio"] == ">= 0.90"
