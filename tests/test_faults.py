@@ -63,3 +63,15 @@ def test_bench_prints_targets_and_warns_on_few_repeats():
     assert lines[0].split() == ["ratio", "0.756", "(target", ">=", "0.90)"] and "target" not in lines[2]
     assert len(warnings) == 1 and "ratio rests on 1 repeat(s), under 3" in warnings[0]
     assert segmenter.TARGETS["ratio"] == ">= 0.90"
+
+
+def test_no_progress_silences_the_loading_bars(capsys):
+    from diffusers.utils import logging as dlog
+
+    from dmutils.pipeline import load_pipeline
+
+    load_pipeline("models/toy-sd", device="cpu", progress=True)
+    assert "Loading pipeline components" in capsys.readouterr().err  # the bar this test is about
+    load_pipeline("models/toy-sd", device="cpu")  # progress=False: what generate --no-progress loads with
+    assert capsys.readouterr().err == ""
+    assert dlog.is_progress_bar_enabled()  # the library's switch is restored
