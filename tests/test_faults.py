@@ -75,3 +75,29 @@ def test_no_progress_silences_the_loading_bars(capsys):
     load_pipeline("models/toy-sd", device="cpu")  # progress=False: what generate --no-progress loads with
     assert capsys.readouterr().err == ""
     assert dlog.is_progress_bar_enabled()  # the library's switch is restored
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does(capsys, monkeypatch):
+    import os
+    import signal
+    import sys
+    import types
+
+    from dmutils import commands
+
+    fake = types.ModuleType("dmutils_test_sleeper")
+    fake.add_arguments = lambda parser: None
+
+    def sleeper(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        return 0
+
+    fake.main = sleeper
+    monkeypatch.setitem(sys.modules, "dmutils_test_sleeper", fake)
+    monkeypatch.setitem(commands.COMMANDS, "sleeper", ("dmutils_test_sleeper", "test"))
+    before = signal.getsignal(signal.SIGTERM)
+    t = time.monotonic()
+    assert main(["sleeper"]) == 130 and time.monotonic() - t < 4
+    assert "interrupted; finished work is kept, re-run to resume" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
