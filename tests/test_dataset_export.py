@@ -1,5 +1,7 @@
 """``dmutils export --format hf``: the folder round-trips through ``datasets.load_dataset``."""
 import json
+import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -38,13 +40,17 @@ def _fake_dataset(root, n=5):
     return meta
 
 
-def test_export_round_trips_through_load_dataset(tmp_path):
+def test_export_round_trips_through_load_dataset(tmp_path, caplog):
     from datasets import load_dataset
 
+    caplog.set_level(logging.WARNING)
     meta = _fake_dataset(tmp_path / "ds")
     summary = export_hf(tmp_path / "ds", tmp_path / "hf")
     assert summary["splits"] == {"train": 3, "validation": 1} and summary["rejected"] == 1
-    ds = load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "The `splits` field in YAML is malformed" (a logger warning: see below)
+        ds = load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "cache"))
+    assert "malformed" not in caplog.text
     assert sorted(ds) == ["train", "validation"]
     train = ds["train"]
     assert train.features["classes"].feature.names == meta["classes"]

@@ -103,6 +103,19 @@ def test_bad_value_names_field_value_and_what_is_allowed(tmp_path, data, field, 
     assert f"'{field}'" in msg and value in msg and allowed in msg
 
 
+@pytest.mark.parametrize("override, says", [
+    ("classes=[]", "an empty class list"),
+    ("classes=[{name: cat}, {name: dog}, {name: cat}]", "'cat' appears more than once"),
+])
+def test_empty_or_duplicate_classes_are_an_error_showing_an_entry(override, says):
+    msg = error_of(overrides=[override])
+    assert says in msg and "{name: cat, synonyms: [kitten]" in msg
+
+
+def test_classes_left_out_are_the_toy_classes():
+    assert load_params(overrides=["run.name=x"]).class_names == CLASS_NAMES
+
+
 def test_file_errors_are_clear(tmp_path):
     assert "not found" in error_of(tmp_path / "missing.yaml")
     assert "not valid YAML" in error_of(write(tmp_path / "bad.yaml", "masks: [unclosed"), one_line=False)

@@ -258,6 +258,27 @@ def test_gpu_memory_against_the_weights_in_model_dtype(tmp_path, monkeypatch):
     assert o.ok and [p.level for p in o.problems] == ["warning"]
 
 
+def test_big_model_on_cpu_is_a_warning(tmp_path, monkeypatch):
+    folder = make_pipeline_folder(tmp_path / "m")  # 1000 parameters; the line lowered to 999 stands for 1 billion
+    p = params_for(tmp_path, model={"path": str(folder), "device": "cpu"})
+    assert pf.check_device(p, which=("model",)).problems == []
+    monkeypatch.setattr(pf.system, "CPU_WARN_PARAMS", 999)
+    o = pf.check_device(p, which=("model",))
+    assert o.ok and [p.level for p in o.problems] == ["warning"] and "hours per image" in o.problems[0].message
+
+
+@pytest.mark.parametrize("hub_id, gated", [("stabilityai/stable-diffusion-3.5-medium", True),
+                                           ("stabilityai/stable-diffusion-3-medium-diffusers", True),
+                                           ("black-forest-labs/FLUX.1-dev", True),
+                                           ("black-forest-labs/FLUX.1-schnell", False),
+                                           ("stable-diffusion-v1-5/stable-diffusion-v1-5", False)])
+def test_gated_models_name_the_licence_step(tmp_path, hub_id, gated):
+    o = pf.check_model(params_for(tmp_path, model={"path": hub_id}))
+    notes = [p.message for p in o.problems if p.level == "warning" and "gated" in p.message]
+    assert bool(notes) == gated
+    assert not gated or (f"https://huggingface.co/{hub_id}" in notes[0] and "hf auth login" in notes[0])
+
+
 # -- transformers checkpoints -----------------------------------------------------------------------
 def test_pretrained_segmenter_and_oracle_checkpoints(tmp_path, monkeypatch):
     from huggingface_hub import constants

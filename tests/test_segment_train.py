@@ -152,8 +152,12 @@ def test_train_and_evaluate_commands(toy, tmp_path, capsys):
     assert main(["train", str(tmp_path / "p.yaml"), "--data", "real", "--out", str(out), "--set", "train.lr=0.002"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["miou"] <= 1 and len(metrics["per_class"]) == len(CLASSES)
-    capsys.readouterr()
+    n_train = len((toy / "ImageSets" / "Segmentation" / "train.txt").read_text().split())
+    assert f"real training data: {toy}, split train, {n_train} images" in capsys.readouterr().out  # no surprise dataset
     assert main(["evaluate", str(out), str(tmp_path / "p.yaml"), "--json", "--tta"]) == 0
-    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    n_test = len((toy / "ImageSets" / "Segmentation" / "test.txt").read_text().split())
+    assert f"evaluating on: {toy}, split test, {n_test} images" in captured.err  # --json: stdout is the JSON alone
+    printed = json.loads(captured.out.strip().splitlines()[-1])
     assert set(printed) >= {"miou", "per_class", "confusion"}
     assert main(["train", str(tmp_path / "p.yaml"), "--data", "real", "--set", "train.architecture=unet"]) == 2

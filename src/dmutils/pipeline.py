@@ -9,6 +9,7 @@ what was looked for and how to get it.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import json
@@ -78,6 +79,26 @@ def bind_pil_image_processors() -> None:
             setattr(sys.modules["transformers"], name, pil)
 
 
+@contextlib.contextmanager
+def _loading_bars(show: bool):
+    """diffusers' "Loading pipeline components" and transformers' checkpoint-shard bars: off unless ``show``
+    (each library's switch, restored afterwards)."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    was = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    if not show:
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            dlog.enable_progress_bar()
+        if was[1]:
+            tlog.enable_progress_bar()
+
+
 def load_pipeline(model: ModelParams | str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                   progress: bool = False):
     """A ready pipeline on ``device`` in ``dtype`` (defaults: those of ``model``; a bare path gets
@@ -93,7 +114,8 @@ def load_pipeline(model: ModelParams | str | Path, device: str | torch.device | 
     extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in inspect.signature(cls).parameters else {}
     extra.update(_absent_components(source))
     try:
-        pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
+        with _loading_bars(progress):
+            pipe = cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **extra)
     except (OSError, ValueError) as e:
         where = f"folder {source}" if Path(source).is_dir() else f"hub id {source!r} (this machine may be offline)"
         raise ModelNotFoundError(f"model.path: cannot load {cls.__name__} from {where}: {str(e).splitlines()[0]}; download it "

@@ -30,6 +30,9 @@ from pathlib import Path
 
 from dmutils.config import load_params
 
+# the README's targets, printed beside each figure by 'dmutils bench'
+TARGETS = {"ratio": ">= 0.90", "train_seconds": "<= 300 s"}
+
 
 def _train_and_test(params, datasets, test):
     """The trained segmenter's ``EvalResult`` on ``test``, wall and CPU seconds of the training."""

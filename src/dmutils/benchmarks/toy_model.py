@@ -29,6 +29,9 @@ from dmutils.toy.probe import (
     two_class_prompts,
 )
 
+# the README's targets, printed beside each figure by 'dmutils bench'
+TARGETS = {"presence_rate": ">= 0.95", "attention_miou": ">= 0.70", "oracle_miou_real": ">= 0.95"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:  # pragma: no cover - via bench.py
     pass

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from dmutils.errors import UserError
 
@@ -51,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"dmutils {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    previous = _sigterm_as_interrupt()
     try:
         return int(module.main(args) or 0)
     except UserError as e:
@@ -66,3 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dmutils {name}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's cancel, `kill`) ends a command as Ctrl-C does; the previous handler, or None
+    off the main thread (where Python cannot set one)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)

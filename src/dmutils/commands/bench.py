@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +39,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instead of params/toy.yaml (e.g. params/toy_sd3.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="segmenter: run.seed (prompts, sample seeds, training), to see "
                         "how much its figures move between seeds")
+
+
+MIN_REPEATS = 3  # a ratio from fewer pairs is within the noise of one measure
+
+
+def format_result(result: dict, targets: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The lines to print (each figure with its target beside it, where it has one) and the warnings:
+    a ratio resting on fewer than :data:`MIN_REPEATS` repeats."""
+    width = max(map(len, result), default=0)
+    lines = []
+    for k, v in result.items():
+        line = f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}"
+        lines.append(line + (f"  (target {targets[k]})" if k in targets else ""))
+    warnings = [f"warning: {k.removesuffix('_repeats')} rests on {v} repeat(s), under {MIN_REPEATS}: noise, not a "
+                f"measure (run without --quick)" for k, v in result.items()
+                if k.endswith("_repeats") and isinstance(v, int) and v < MIN_REPEATS and k.removesuffix("_repeats") in result]
+    return lines, warnings
 
 
 def command_line(args: argparse.Namespace) -> list[str]:
@@ -88,10 +106,12 @@ def main(args: argparse.Namespace) -> int:
         from dmutils.paths import atomic_write_bytes
 
         atomic_write_bytes(Path(out), (json.dumps(result, indent=2, sort_keys=True) + "\n").encode())
+    figures = {k: v for k, v in result.items() if k != "provenance"}
+    lines, warnings = format_result(figures, getattr(module, "TARGETS", {}))
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
-        width = max(map(len, result))
-        for k, v in result.items():
-            print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+        print("\n".join(lines))
+    for w in warnings:
+        print(w, file=sys.stderr)
     return 0

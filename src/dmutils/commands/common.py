@@ -9,3 +9,9 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("params", nargs="?", default=None, help="params YAML (default: built-in defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param, e.g. --set masks.tau=2 (repeatable)")
+
+
+def describe_data(role: str, dataset) -> str:
+    """One line naming what a command reads: role, folder, split and image count (no surprise dataset)."""
+    root, split = getattr(dataset, "root", "?"), getattr(dataset, "split", None)
+    return f"{role}: {root}" + (f", split {split}" if split else "") + f", {len(dataset)} images"

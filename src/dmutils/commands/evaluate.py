@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
+
+    from dmutils.commands.common import describe_data
     from dmutils.config import load_params
     from dmutils.segment.data import open_real
     from dmutils.segment.models import load_segmenter
@@ -25,6 +28,7 @@ def main(args: argparse.Namespace) -> int:
     params = load_params(args.params, args.overrides)
     seg = load_segmenter(args.checkpoint)
     dataset = open_real(params, args.split or params.real.test_split)
+    print(describe_data("evaluating on", dataset), file=sys.stderr if args.json else sys.stdout)  # --json: stdout is JSON only
     result = evaluate(seg, dataset, tta=args.tta or params.train.tta, scales=params.train.tta_scales,
                       seen_classes=params.train.seen_classes, batch_size=params.train.eval_batch_size, progress=True)
     print(json.dumps(result.to_dict()) if args.json else result.summary())

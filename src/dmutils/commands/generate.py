@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dmutils.commands.common import add_params_arguments
 from dmutils.config import Params, load_params
@@ -11,6 +12,8 @@ from dmutils.dataset.layout import output_dir, parse_shard, shard_indices
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_arguments(parser)
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="the dataset folder to write (default dataset.out_dir, data/<run>/synthetic)")
     parser.add_argument("--shard", default=None, metavar="I/N", help="write shard I of N (0-based) to <out_dir>/shards/I-of-N")
     parser.add_argument("--overwrite", action="store_true", help="replace a dataset made with other params")
     parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
@@ -34,6 +37,8 @@ def main(args: argparse.Namespace) -> int:
     from dmutils.preflight import preflight
 
     params = load_params(args.params, args.overrides)
+    if args.out is not None:  # like export/train/remask/splice --out: the same as --set dataset.out_dir=DIR
+        params = params.model_copy(update={"dataset": params.dataset.model_copy(update={"out_dir": str(args.out.resolve())})})
     shard = parse_shard(args.shard)
     preflight(params, preflight_checks(params, shard))
     summary = generate_dataset(params, shard, progress=not args.no_progress, overwrite=args.overwrite,

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from dmutils.commands.common import add_params_arguments
+from dmutils.commands.common import add_params_arguments, describe_data
 from dmutils.config import load_params
 from dmutils.errors import ParamsError
 from dmutils.paths import atomic_write_bytes
@@ -19,6 +19,8 @@ from dmutils.segment.train import train_segmenter
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_params_arguments(parser)
     parser.add_argument("--data", choices=["real", "synthetic", "both"], default="real", help="training data")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="the synthetic dataset folder to train on (default dataset.out_dir, data/<run>/synthetic)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default data/<run>/segmenter-<data>)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation on the real test split")
@@ -32,6 +34,10 @@ def main(args: argparse.Namespace) -> int:
     from dmutils.segment.evaluate import evaluate
 
     params = load_params(args.params, args.overrides)
+    if args.data_dir is not None:
+        if args.data == "real":
+            raise ParamsError("--data-dir names a synthetic dataset; add --data synthetic or --data both")
+        params = params.model_copy(update={"dataset": params.dataset.model_copy(update={"out_dir": str(args.data_dir.resolve())})})
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if world > 1 and (params.train.noise_learning.enabled or params.train.self_training):
         raise ParamsError("train.noise_learning and train.self_training run in one process; launch 'dmutils train' "
@@ -52,6 +58,9 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         scores.to_csv(out / "noise_scores.csv", index=False)
     datasets = [d for d in (real_train, synthetic) if d is not None]
+    for role, d in (("real training data", real_train), ("synthetic training data", synthetic)):
+        if d is not None and rank == 0:
+            print(describe_data(role, d))
     result = train_segmenter(params, datasets, out, resume=args.resume)
     if rank != 0:
         return 0  # the main process reports and evaluates

@@ -335,7 +335,8 @@ class Params(_Strict):
 
     run: RunParams = Field(default_factory=RunParams)
     model: ModelParams = Field(default_factory=ModelParams)
-    classes: list[ClassSpec] = Field(default_factory=list, description="empty = the toy world's classes")
+    classes: list[ClassSpec] = Field(default_factory=lambda: [ClassSpec(**c) for c in TOY_CLASSES],
+                                     description="absent = the toy world's classes; an explicit list must name at least one")
     prompts: PromptParams = Field(default_factory=PromptParams)
     capture: CaptureParams = Field(default_factory=CaptureParams)
     masks: MaskParams = Field(default_factory=MaskParams)
@@ -346,11 +347,17 @@ class Params(_Strict):
     oracle: OracleParams = Field(default_factory=OracleParams)
     ray: RayParams = Field(default_factory=RayParams)
 
-    @model_validator(mode="after")
-    def _fill_classes(self) -> "Params":
-        if not self.classes:
-            object.__setattr__(self, "classes", [ClassSpec(**c) for c in TOY_CLASSES])
-        return self
+    @field_validator("classes")
+    @classmethod
+    def _classes_named_once(cls, v: list[ClassSpec]) -> list[ClassSpec]:
+        entry = "each entry looks like {name: cat, synonyms: [kitten], subclasses: [tabby]}"
+        if not v:
+            raise ValueError(f"an empty class list: name at least one class ({entry}), or leave 'classes' out for the toy classes")
+        names = [c.name for c in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"class names must be unique, {', '.join(map(repr, dup))} appears more than once ({entry})")
+        return v
 
     # -- helpers ------------------------------------------------------------------------------
     @property

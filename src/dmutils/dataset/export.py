@@ -122,7 +122,7 @@ def sample_figure(root: Path, records: list[dict], n: int = 4) -> bytes:
 
 
 def dataset_card(meta: dict, counts: dict[str, int], rejected: int, per_class: dict[str, int],
-                 shares: dict[str, float], licence: str, features) -> str:
+                 shares: dict[str, float], licence: str, features, nbytes: dict[str, int] | None = None) -> str:
     import yaml
 
     params = meta["params"]
@@ -132,7 +132,9 @@ def dataset_card(meta: dict, counts: dict[str, int], rejected: int, per_class: d
               "diffusion-generated", "dmutils"], "pretty_name": meta["name"],
               "configs": [{"config_name": "default", "data_files": splits}],
               "dataset_info": {"features": features._to_yaml_list(),
-                               "splits": [{"name": k, "num_examples": v} for k, v in counts.items() if v]}}
+                               # the fields datasets' SplitInfo reads (a split without num_bytes is 'malformed')
+                               "splits": [{"name": k, "num_bytes": int((nbytes or {}).get(k, 0)), "num_examples": v}
+                                          for k, v in counts.items() if v]}}
     model_line = f"`{model}`: {TOY_MODEL_NOTE};" if Path(model).name == "toy-sd" else f"`{model}`,"
     shares_rows = "\n".join(f"| {c} | {s:.4f} |" for c, s in shares.items())
     class_rows = "\n".join(f"| {c} | {n} |" for c, n in per_class.items())
@@ -205,19 +207,21 @@ def export_hf(dataset_dir: str | Path, out: str | Path, overwrite: bool = False,
     if not ok:
         raise ParamsError(f"{root} holds no written sample ({len(records)} rejected); nothing to export")
     features = _features(class_names)
-    counts = {}
+    counts, nbytes = {}, {}
     (out / "data").mkdir(parents=True, exist_ok=True)
     for ours, hub in SPLITS.items():
         recs = [r for r in ok if r["split"] == ours]
-        counts[hub] = len(recs)
+        counts[hub], nbytes[hub] = len(recs), 0
         shards = max(1, -(-len(recs) // ROWS_PER_SHARD))
         for k in range(shards if recs else 0):
             part = recs[k * ROWS_PER_SHARD:(k + 1) * ROWS_PER_SHARD]
-            Dataset.from_dict(_rows(root, part), features=features).to_parquet(out / "data" / f"{hub}-{k:05d}-of-{shards:05d}.parquet")
+            shard = Dataset.from_dict(_rows(root, part), features=features)
+            nbytes[hub] += shard.data.nbytes  # the Arrow size, as datasets counts a split's num_bytes
+            shard.to_parquet(out / "data" / f"{hub}-{k:05d}-of-{shards:05d}.parquet")
     per_class = {c: sum(c in r["classes"] for r in ok) for c in class_names[1:]}
     shares = pixel_shares(root, ok, class_names)
     licence = licence or model_licence(meta["params"]["model"]["path"])
     atomic_write_bytes(out / FIGURE, sample_figure(root, ok))
-    card = dataset_card(meta, counts, len(records) - len(ok), per_class, shares, licence, features)
+    card = dataset_card(meta, counts, len(records) - len(ok), per_class, shares, licence, features, nbytes)
     atomic_write_bytes(out / "README.md", card.encode())
     return {"out_dir": str(out), "splits": counts, "rejected": len(records) - len(ok), "licence": licence, "pixel_share": shares}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import time
 from pathlib import Path
 
@@ -112,6 +113,28 @@ def init_ray(address: str = "local", attempts: int = 3, **kwargs) -> None:
                 raise
 
 
+PROBE_TIMEOUT_S = 10.0  # how long connect() waits for a cluster address to answer
+
+
+def _probe(address: str, timeout: float | None = None) -> None:
+    """Fail within ``timeout`` seconds when nothing listens at a 'host:port' (or 'ray://host:port')
+    address: ``ray.init`` would otherwise wait minutes for a GCS that is not there."""
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # 'auto' or another form Ray resolves itself
+    host = host.strip("[]") or "127.0.0.1"
+    deadline = time.monotonic() + (PROBE_TIMEOUT_S if timeout is None else timeout)
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=max(0.5, deadline - time.monotonic())):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline or isinstance(e, socket.gaierror):
+                raise ConnectionError(f"nothing answers there: {e.strerror or e}") from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
 def connect(address: str | None) -> bool:
     """Join the cluster at ``address`` (``local``: RAY_ADDRESS if set, else start one here); returns
     whether this call started Ray (and so should shut it down). An already initialised Ray is used as it is."""
@@ -125,10 +148,12 @@ def connect(address: str | None) -> bool:
     # otherwise join whatever /tmp/ray/ray_current_cluster names, stale or not)
     target = (os.environ.get("RAY_ADDRESS") or "local") if address in (None, "", LOCAL) else address
     try:
+        _probe(target)
         init_ray(target)
     except ConnectionError as e:
         raise ParamsError(f"cannot reach a Ray cluster at {target or os.environ.get('RAY_ADDRESS')!r} ({e}); start one with "
-                          "'ray start --head' and pass its address, or '--ray' alone for a local cluster") from None
+                          "'ray start --head' and pass the address it prints, or run without an address: '--ray' alone "
+                          "starts a local cluster, no '--ray' runs in this process") from None
     return True
 
 

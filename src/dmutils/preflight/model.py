@@ -164,9 +164,23 @@ def _check_component(folder: Path, name: str, cls: str, out: Outcome) -> list[Pa
     return files
 
 
+# hub ids whose weights are gated: the licence is accepted on the model's page before a download works
+GATED_PREFIXES = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev")
+
+
+def gated_note(path: str) -> str | None:
+    """The licence step for a gated hub model, None for any other path."""
+    if looks_local(path) or not path.startswith(GATED_PREFIXES):
+        return None
+    return (f"model.path {path!r} is a gated model: accept its licence on https://huggingface.co/{path} "
+            "and log in with 'hf auth login' before the first download")
+
+
 def check_model(params: Params) -> Outcome:
     """``model.path``: the pipeline folder (or cached hub snapshot) holds every file loading needs."""
     out = Outcome()
+    if note := gated_note(params.model.path):
+        out.warning(note)
     folder, source = model_folder(params)
     if folder is None:
         return out.error(source)

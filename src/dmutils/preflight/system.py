@@ -116,6 +116,22 @@ def _cuda_available(asked_explicitly: bool = True) -> bool:
     return torch.cuda.is_available()
 
 
+CPU_WARN_PARAMS = 1_000_000_000  # above this a CPU takes many minutes to hours per image
+
+
+def _warn_big_model_on_cpu(params: Params, out: Outcome) -> None:
+    folder = model_folder(params)[0]
+    if folder is None:
+        return
+    try:
+        n = parameter_count(model_weight_files(folder))
+    except Exception:  # the model check names what is wrong with the files
+        return
+    if n > CPU_WARN_PARAMS:
+        out.warning(f"model.device -> cpu for a {n / 1e9:.1f}-billion-parameter model: expect many minutes to hours per "
+                    "image; run on a GPU (model.device=cuda) or try a small model first")
+
+
 def check_device(params: Params, which: tuple[str, ...] = ("model", "train")) -> Outcome:
     """``model.device`` / ``train.device``: CUDA asked but absent is an error; on CUDA the model's
     weights (safetensors sizes at ``model.dtype``) against free GPU memory."""
@@ -129,6 +145,8 @@ def check_device(params: Params, which: tuple[str, ...] = ("model", "train")) ->
     used = {k: ("cuda" if v == "auto" else v) if cuda else "cpu" if v == "auto" else v for k, v in asked.items()}
     out.summary = ", ".join(f"{k} {v} -> {used[k]}" for k, v in asked.items())
     model_dev = used.get("model.device", "")
+    if model_dev == "cpu":
+        _warn_big_model_on_cpu(params, out)
     if cuda and model_dev.startswith("cuda") and out.ok:
         import torch
 
