@@ -182,9 +182,10 @@ def _transformer_ratio(name: str, build, call_kwargs: dict, blocks_note: str, qu
     pipe = build(narrow=quick)
     with capture(pipe, spec) as rec:
         out[f"{name}_captured_layers"] = [layer.name for layer in rec.layers]
-    repeats, warmup = (1, 0) if quick else (3, 1)
+    repeats, warmup = (1, 0) if quick else (int(os.environ.get("DMUTILS_BENCH_PAIRS", 9)), 1)
     _log(f"{name}: timing {repeats} pairs of 1-step runs ({blocks_note})")
-    r = paired_ratio(lambda: generate(pipe, False, 1), lambda: generate(pipe, True, 1), repeats=repeats, warmup=warmup, label=name)
+    r = paired_ratio(lambda: generate(pipe, False, 1), lambda: generate(pipe, True, 1), repeats=repeats, warmup=warmup, label=name,
+                     clock=time.process_time)
     out |= ratio_entries(f"ratio_{name}_512_bf16", r)
     out |= {f"{name}_plain_s": round(r["a_s"], 3), f"{name}_capture_s": round(r["b_s"], 3)}
     return out
