@@ -10,7 +10,7 @@ for the toy model's 16x16 latent. Also the bytes of the capture state after 10 a
 Timing (:mod:`dmutils.benchmarks.timing`): CPU seconds of this process (``time.process_time``) on
 one torch thread by default (``DMUTILS_BENCH_THREADS``), which other jobs' load moves less than wall time; a
 warm-up of each, then plain and capture runs interleaved in pairs, each run >= ~1 s of CPU time;
-every ratio is the median of the per-pair ratios, with ``<name>_spread`` (max - min), ``<name>_range``
+every ratio is the median of the per-pair ratios, with ``<name>_spread`` (max - min), ``<name>_iqr``, ``<name>_range``
 and ``<name>_repeats``. Runs of 0.2 s gave toy ratios
 of 1.22 and 1.07 in two runs in a row.
 
