@@ -80,7 +80,7 @@ def test_paired_ratio_alternates_pair_order_and_reports_median_spread_and_repeat
     assert r["ratio"] == pytest.approx(1.25) and r["spread"] == pytest.approx(0.4) and r["repeats"] == 4
     assert (r["min"], r["max"], r["a_s"], r["b_s"]) == pytest.approx((1.1, 1.5, 1.0, 1.25))
     entries = timing.ratio_entries("ratio_x", r)
-    assert entries == {"ratio_x": 1.25, "ratio_x_spread": 0.4, "ratio_x_range": [1.1, 1.5], "ratio_x_repeats": 4}
+    assert entries == {"ratio_x": 1.25, "ratio_x_spread": 0.4, "ratio_x_iqr": 0.175, "ratio_x_range": [1.1, 1.5], "ratio_x_repeats": 4}  # quartiles 1.175, 1.35
 
 
 def test_paired_ratio_refuses_no_repeats():

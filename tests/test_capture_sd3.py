@@ -77,10 +77,14 @@ def _reference(pipe, block: int, joint_norm: str):
 
 
 @pytest.mark.parametrize("joint_norm", ["text_softmax", "joint_slice"])
-def test_maps_equal_the_joint_softmax_computed_directly(pipe, joint_norm):
+def test_maps_equal_the_joint_softmax_computed_directly(pipe, joint_norm, monkeypatch):
+    used = []  # joint_slice: normalised by the layer's own logsumexp (the CPU flash kernel), not by scoring every column
+    has = joint._has_lse_kernel
+    monkeypatch.setattr(joint, "_has_lse_kernel", lambda *a: used.append(has(*a)) or used[-1])
     cross_ref, self_ref = _reference(pipe, 2, joint_norm)  # block 2: no attn2, whose self maps would be averaged in
     with capture(pipe, spec(transformer_blocks=(2,), joint_norm=joint_norm)) as rec:
         generate(pipe, steps=1)
+    assert all(used) and len(used) > 0 if joint_norm == "joint_slice" else not used
     maps = rec.maps()
     got = torch.stack([maps.cross(i, GRID) for i in range(2)]).flatten(2).transpose(1, 2)  # (N, pixels, 77)
     torch.testing.assert_close(got, cross_ref, atol=1e-5, rtol=1e-4)

@@ -10,7 +10,7 @@ for the toy model's 16x16 latent. Also the bytes of the capture state after 10 a
 Timing (:mod:`dmutils.benchmarks.timing`): CPU seconds of this process (``time.process_time``) on
 one torch thread by default (``DMUTILS_BENCH_THREADS``), which other jobs' load moves less than wall time; a
 warm-up of each, then plain and capture runs interleaved in pairs, each run >= ~1 s of CPU time;
-every ratio is the median of the per-pair ratios, with ``<name>_spread`` (max - min), ``<name>_range``
+every ratio is the median of the per-pair ratios, with ``<name>_spread`` (max - min), ``<name>_iqr``, ``<name>_range``
 and ``<name>_repeats``. Runs of 0.2 s gave toy ratios
 of 1.22 and 1.07 in two runs in a row.
 
@@ -184,9 +184,10 @@ def _transformer_ratio(name: str, build, call_kwargs: dict, blocks_note: str, qu
     pipe = build(narrow=quick)
     with capture(pipe, spec) as rec:
         out[f"{name}_captured_layers"] = [layer.name for layer in rec.layers]
-    repeats, warmup = (1, 0) if quick else (3, 1)
+    repeats, warmup = (1, 0) if quick else (int(os.environ.get("DMUTILS_BENCH_PAIRS", 9)), 1)
     _log(f"{name}: timing {repeats} pairs of 1-step runs ({blocks_note})")
-    r = paired_ratio(lambda: generate(pipe, False, 1), lambda: generate(pipe, True, 1), repeats=repeats, warmup=warmup, label=name)
+    r = paired_ratio(lambda: generate(pipe, False, 1), lambda: generate(pipe, True, 1), repeats=repeats, warmup=warmup, label=name,
+                     clock=time.process_time)
     out |= ratio_entries(f"ratio_{name}_512_bf16", r)
     out |= {f"{name}_plain_s": round(r["a_s"], 3), f"{name}_capture_s": round(r["b_s"], 3)}
     return out

@@ -14,7 +14,7 @@ Usage (what the capture / generate benchmarks do)::
     r = paired_ratio(lambda: generate(plain), lambda: generate(captured), repeats=7, warmup=1)
     out |= ratio_entries("ratio_toy", r)  # ratio_toy, ratio_toy_spread, ratio_toy_range, ratio_toy_repeats
 
-``paired_ratio`` returns ``{"ratio", "spread", "min", "max", "repeats", "a_s", "b_s", "a_spread_s",
+``paired_ratio`` returns ``{"ratio", "spread", "iqr", "min", "max", "repeats", "a_s", "b_s", "a_spread_s",
 "b_spread_s", "ratios"}``: the median per-pair ratio t_b / t_a, max - min and min / max of the per-pair
 ratios, the number of pairs, the median seconds of A and of B and their max - min, and every pair's ratio.
 For a throughput ratio (B's throughput over A's, e.g. dataset over plain) pass the slower path as ``run_a``:
@@ -80,7 +80,8 @@ def paired_ratio(run_a: Run, run_b: Run, repeats: int = 5, warmup: int = 1, min_
         if label:
             print(f"[timing] {label} pair {i + 1}/{repeats}: {a:.2f} s / {b:.2f} s, ratio {b / a:.3f}", file=sys.stderr, flush=True)
     ratios = [b / a for a, b in zip(a_times, b_times)]
-    out = {"ratio": statistics.median(ratios), "spread": max(ratios) - min(ratios), "min": min(ratios), "max": max(ratios),
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
+    out = {"ratio": statistics.median(ratios), "spread": max(ratios) - min(ratios), "iqr": quartiles[2] - quartiles[0], "min": min(ratios), "max": max(ratios),
            "repeats": repeats, "a_s": statistics.median(a_times), "b_s": statistics.median(b_times),
            "a_spread_s": max(a_times) - min(a_times), "b_spread_s": max(b_times) - min(b_times), "ratios": ratios}
     if min(out["a_s"], out["b_s"]) < min_seconds:
@@ -91,6 +92,8 @@ def paired_ratio(run_a: Run, run_b: Run, repeats: int = 5, warmup: int = 1, min_
 
 def ratio_entries(name: str, result: dict, digits: int = 4) -> dict:
     """The JSON entries of one paired ratio: ``name``, ``name_spread`` (max - min of the per-pair
-    ratios), ``name_range`` ([min, max]) and ``name_repeats`` (number of pairs)."""
+    ratios), ``name_iqr`` (their interquartile range: the spread one outlying pair does not set),
+    ``name_range`` ([min, max]) and ``name_repeats`` (number of pairs)."""
     return {name: round(result["ratio"], digits), f"{name}_spread": round(result["spread"], digits),
+            f"{name}_iqr": round(result.get("iqr", result["spread"]), digits),
             f"{name}_range": [round(result["min"], digits), round(result["max"], digits)], f"{name}_repeats": result["repeats"]}
