@@ -1,6 +1,6 @@
 # The README's commands: `make report` (every study on the embedded default -> reports/toy/index.html),
-# `make test` (the test suite) and `make lab` (JupyterLab on notebooks/). Each one first makes the
-# local virtual environment .venv when it is missing (`make setup`), then runs.
+# `make test` (the test suite), `make lab` (JupyterLab on notebooks/) and `make docs` (the documentation site ->
+# site/index.html). Each one first makes the local virtual environment .venv when it is missing (`make setup`), then runs.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dmutils-installed
-EXTRAS := notebooks,train,distributed,dev
+EXTRAS := notebooks,train,distributed,docs,dev
 PARAMS ?= params/toy.yaml
 ARGS ?=
 PYTEST_ARGS ?= -q
@@ -23,12 +23,13 @@ TORCH_SPEC ?= $(if $(HAS_CUDA),torch>=2.4$(comma)<2.15,torch==2.13.0)
 TORCH_PIP_ARGS ?=
 comma := ,
 
-.PHONY: help setup report test lab clean-venv
+.PHONY: help setup report test lab docs clean-venv
 
 help:
 	@echo "make report   run every study notebook (PARAMS=$(PARAMS), ARGS='--only 01 --set k=v') -> reports/<run>/index.html"
 	@echo "make test     run the test suite (PYTEST_ARGS='$(PYTEST_ARGS)')"
 	@echo "make lab      open JupyterLab on notebooks/ (LAB_ARGS='--port 8899 --no-browser')"
+	@echo "make docs     build the documentation site (mkdocs build --strict) -> site/index.html"
 	@echo "make setup    make .venv (torch, the package with extras, the 'dmutils' Jupyter kernel); idempotent"
 
 setup: $(STAMP)
@@ -52,6 +53,9 @@ test: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ROOT) $(LAB_ARGS)
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean-venv:
 	rm -rf $(VENV)

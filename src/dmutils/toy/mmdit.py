@@ -12,7 +12,7 @@ Parts (the classes of ``StableDiffusion3Pipeline``, scaled down):
   pooled vector (EOS token, projected), SD3's global conditioning. With ``--pooled none`` (the default) that projection
   is zero and frozen, so the pooled vector is always 0 and the caption reaches the image only through joint attention,
   as in the UNet only through cross-attention. Why: the first toy MMDiT (pooled from the caption) drew the same
-  objects when its token sequence was the empty caption's (``bench toy-model``'s ``presence_rate_by_route``; README,
+  objects when its token sequence was the empty caption's (``bench toy-model``'s ``presence_rate_by_route``; docs/research-notes.md,
   "The toy MMDiT"): it read the whole caption from the pooled AdaLN vector, and its attention maps localised nothing. No T5 (``text_encoder_3=None``): the pipeline
   appends ``max_sequence_length`` (256 by default) zero tokens.
   MMDiT mixes text tokens anyway: in every block they attend to each other and to the image (joint attention), so
