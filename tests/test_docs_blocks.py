@@ -38,7 +38,6 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 RUN = ("bash", "python")
 # Documented commands written on another branch: until they are registered in dmutils.commands, a bash block's
 # `dmutils <name> ...` prints a note instead of failing. Delete an entry once its command is merged.
-PENDING_COMMANDS = {"preview"}
 BLOCK_TIMEOUT_S = 600
 
 
@@ -120,13 +119,10 @@ class Runner:
     def run_one(self, block: Block, wd: Path) -> tuple[bool, str]:
         if block.lang == "bash":
             used = set(re.findall(r"(?:^|[\s;&|(])dmutils\s+([a-z][a-z-]*)", block.code, re.M))
-            unknown = used - self.commands - PENDING_COMMANDS
+            unknown = used - self.commands
             if unknown:
                 return False, f"{block.id}: unknown dmutils command(s) {sorted(unknown)}; registered: {sorted(self.commands)}"
             prelude = "set -euo pipefail\n"
-            for name in sorted((used & PENDING_COMMANDS) - self.commands):
-                prelude += (f'dmutils() {{ if [ "$1" = {name} ]; then echo "dmutils {name}: not on this branch yet, skipped '
-                            f'(tests/test_docs_blocks.py PENDING_COMMANDS)"; else command dmutils "$@"; fi; }}\n')
             cmd = ["bash", "-c", prelude + block.code]
         else:
             script = self.tmp / f"block{self.count}_{block.page.stem}_{block.number}.py"

@@ -23,11 +23,6 @@ NUMBER = r"(\d[\d,]*(?:\.\d+)?)"
 # the figure, then at most eight words without digits or brackets ("0.958 of the named objects"), then the marker
 PROSE = re.compile(NUMBER + r"\**(?:\s+[^\s\d()]+){0,8}\s*\(from\s+`([^`]+\.json)`,\s+key\s+`([^`]+)`\)")
 LINK = re.compile(r"\[" + NUMBER + r"\]\(([^)\s]+\.json)\s+\"([^\"]+)\"\)")
-# Result files planned under results/ that still live beside their model; delete an entry once the file has moved.
-NOT_MOVED_YET = {
-    "results/toy-sd3/bench_toy_model.json": "models/toy-sd3/bench_toy_model.json",
-    "results/toy-sd3/bench_segmenter.json": "models/toy-sd3/bench_segmenter.json",
-}
 
 
 def table_figures(page: Path, text: str) -> list[tuple[str, str, str, str]]:
@@ -87,11 +82,9 @@ def test_every_marker_has_its_figure():
 @pytest.mark.parametrize("where, figure, file, key", FIGURES, ids=[f"{f[0]}:{f[3]}" for f in FIGURES])
 def test_quoted_figure_matches_its_file(where: str, figure: str, file: str, key: str):
     path = REPO / file
-    if not path.is_file() and file in NOT_MOVED_YET:
-        path = REPO / NOT_MOVED_YET[file]
-    if not path.is_file():
-        pytest.skip(f"{file} is not committed yet")
+    assert path.is_file(), f"{where}: quotes {figure} from {file}, which is not committed"
     value = json.loads(path.read_text())
+    assert isinstance(value.get("provenance"), dict), f"{where}: {file} has no provenance block (dmutils bench NAME --out FILE writes one)"
     for part in key.split("."):
         assert isinstance(value, dict) and part in value, f"{where}: {file} has no key {key!r}"
         value = value[part]

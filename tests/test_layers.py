@@ -83,3 +83,17 @@ def test_layers_contract_is_kept():
     lint = Path(sys.executable).with_name("lint-imports")
     proc = subprocess.run([str(lint), "--no-cache"], cwd=SRC.parent, capture_output=True, text=True)
     assert proc.returncode == 0 and "1 kept, 0 broken" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_each_real_data_kind_has_its_reader_and_its_check():
+    """``real.kind`` is named in three places (the schema's choices, the readers, the preflight checks): a kind added to
+    one and not the others would train on nothing or go unchecked."""
+    import typing
+
+    from dmutils.config.schema import RealDataParams
+    from dmutils.preflight.data import REAL_DATA_CHECKS
+    from dmutils.segment.data import READERS
+
+    kinds = set(typing.get_args(RealDataParams.model_fields["kind"].annotation))
+    assert set(REAL_DATA_CHECKS) == kinds, f"preflight checks {sorted(REAL_DATA_CHECKS)} vs schema kinds {sorted(kinds)}"
+    assert set(READERS) | {"toy"} == kinds, f"readers {sorted(READERS)} (+ toy, rendered) vs schema kinds {sorted(kinds)}"

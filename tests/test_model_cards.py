@@ -25,11 +25,6 @@ MODELS = ["toy-sd", "toy-sd3"]
 REQUIRED_TAGS = {"toy", "synthetic", "segmentation", "diffusers"}
 IMAGE_SIDE = 64
 
-# Where a cited results file lives until it is moved under results/ (the cards already name the new place).
-LEGACY_PATHS = {
-    "results/toy-sd3/bench_toy_model.json": "models/toy-sd3/bench_toy_model.json",
-    "results/toy-sd3/bench_segmenter.json": "models/toy-sd3/bench_segmenter.json",
-}
 NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
 CITATION = re.compile(rf"(?P<value>{NUMBER}) \((?P<file>[\w./-]+\.json): (?P<key>[\w.]+)\)")
 PLACEHOLDER = re.compile(r"\{\{figure:(?P<file>[\w./-]+\.json):(?P<key>[\w.]+)\}\}")
@@ -44,11 +39,9 @@ def card_text(name: str) -> str:
 
 
 def json_file(rel: str) -> Path | None:
-    """The results/summary file a card cites (repo-relative), at its place or its place before the move."""
-    for candidate in (rel, LEGACY_PATHS.get(rel)):
-        if candidate and (REPO_ROOT / candidate).is_file():
-            return REPO_ROOT / candidate
-    return None
+    """The results/summary file a card cites (repo-relative), where it is committed."""
+    path = REPO_ROOT / rel
+    return path if path.is_file() else None
 
 
 def lookup(rel: str, key: str):

@@ -231,7 +231,8 @@ class TrainParams(_Strict):
     config: dict[str, Any] = Field(default_factory=dict, description="overrides of the small default config in dmutils.segment.models")
     device: str = Field("auto", description="'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ...")
     image_size: int = Field(64, ge=16)
-    steps: int = Field(500, ge=1, description="500 at batch 16: ~4-5 min on 2 CPU cores at 64 px")
+    steps: int = Field(500, ge=1, description="optimizer steps; 500 at batch 16 on 64 px scenes trained in 313 s on 2 CPU cores "
+                       "(results/toy-sd3/bench_segmenter.json, train_seconds)")
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
