@@ -18,13 +18,15 @@ from dmutils.errors import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
 # --set KEY=VALUE, --set=KEY=VALUE, --set "KEY=VALUE"; argparse may wrap the help text between --set and KEY
-SET_EXAMPLE = re.compile(r"--set(?:\s+|=)[\"']?([^\s=\"'`]+)=([^\s`\"']*)")
+# (a shell-quoted value, KEY="[[1, 2], [2, 2]]", is one value)
+SET_EXAMPLE = re.compile(r"--set(?:\s+|=)[\"']?([^\s=\"'`]+)=(?:\"([^\"]*)\"|'([^']*)'|([^\s`\"']*))")
 PLACEHOLDER_KEYS = {"key", "k", "KEY", "section.key"}
 
 
 def examples(text: str) -> list[str]:
     out = []
-    for key, value in SET_EXAMPLE.findall(text):
+    for key, *values in SET_EXAMPLE.findall(text):
+        value = next((v for v in values if v), "")
         if key in PLACEHOLDER_KEYS or any(c in key for c in "{}<>"):
             continue
         value = value.rstrip(").,;:")
@@ -68,9 +70,10 @@ def invalid(found: dict[str, list[str]]) -> list[str]:
 
 def test_examples_are_found():
     """The collector itself: quoted, wrapped, backticked and placeholder forms."""
-    text = "e.g. --set\n    masks.tau=2 (repeatable); `--set capture.cross_resolutions=[8,16]`, --set \"run.seed=3\"; " \
+    text = "e.g. --set\n    masks.tau=2 (repeatable); `--set capture.cross_resolutions=[8,16]`, --set \"run.seed=3\"; --set dataset.splice.grids=\"[[1, 2], [2, 2]]\" " \
            "[--set key=value ...] --set {key}=auto --set real.root=<folder>."
-    assert examples(text) == ["masks.tau=2", "capture.cross_resolutions=[8,16]", "run.seed=3", "real.root=<folder>"]
+    assert examples(text) == ["masks.tau=2", "capture.cross_resolutions=[8,16]", "run.seed=3", "dataset.splice.grids=[[1, 2], [2, 2]]",
+                              "real.root=<folder>"]
     assert invalid({"x": ["capture.tau=2"]}) and invalid({"x": ["masks.tau=two"]}) and not invalid({"x": ["masks.tau=2"]})
     # refused by the defaults' segmenter, accepted by the paper presets that train a DeepLabV3
     assert not invalid({"x": ["train.backbone=microsoft/resnet-50"]}) and invalid({"x": ["train.model=nonsense"]})
@@ -83,11 +86,29 @@ def test_help_examples_are_valid(capsys):
     assert invalid(found) == []
 
 
+def shown_mistakes(text: str) -> tuple[str, list[str]]:
+    """The text without the commands shown failing on purpose (a ``$ ...`` line whose next line is an ``error:``), and
+    those commands' examples."""
+    lines, kept, mistakes = text.splitlines(), [], []
+    for i, line in enumerate(lines):
+        if line.startswith("$ ") and i + 1 < len(lines) and ": error:" in lines[i + 1]:
+            mistakes += examples(line)
+        else:
+            kept.append(line)
+    return "\n".join(kept), mistakes
+
+
 def test_readme_and_docs_examples_are_valid():
     files = [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md"))]
-    found = {str(f.relative_to(REPO)): examples(f.read_text()) for f in files}
+    found, mistakes = {}, {}
+    for f in files:
+        text, mistakes[str(f.relative_to(REPO))] = shown_mistakes(f.read_text())
+        found[str(f.relative_to(REPO))] = examples(text)
     assert sum(map(len, found.values())) >= 5, found  # the README shows several
     assert invalid(found) == []
+    shown = [f"{f}: {m}" for f, ms in mistakes.items() for m in ms]
+    assert shown, "docs/params.md shows mistakes and their errors"
+    assert len(invalid(mistakes)) == len(shown), f"a mistake shown with its error is valid: {shown}"
 
 
 def test_package_messages_and_docstrings_are_valid():
