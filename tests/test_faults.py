@@ -17,13 +17,14 @@ def one_error_line(capsys, argv: list[str]) -> str:
     return err
 
 
-def test_ray_address_that_does_not_answer_is_one_line_quickly(capsys, monkeypatch):
+def test_ray_address_that_does_not_answer_is_one_line_quickly(capsys, monkeypatch, tmp_path):
     pytest.importorskip("ray")
     from dmutils.dataset import ray_backend
 
     monkeypatch.setattr(ray_backend, "PROBE_TIMEOUT_S", 2.0)
     t = time.monotonic()
-    err = one_error_line(capsys, ["generate", "params/toy.yaml", "--ray", "127.0.0.1:1"])  # loopback, nothing listens
+    # a fresh folder: a finished dataset at the params' out_dir would end the run before Ray is asked for
+    err = one_error_line(capsys, ["generate", "params/toy.yaml", "--out", str(tmp_path / "ds"), "--ray", "127.0.0.1:1"])
     assert time.monotonic() - t < 15
     assert "127.0.0.1:1" in err and "ray start --head" in err and "'--ray' alone" in err and "no '--ray'" in err
 

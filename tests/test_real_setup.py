@@ -189,7 +189,7 @@ def test_preset_runs_end_to_end(tiny_world, preset):
     assert summary["written"] >= 1, summary
     out = params.resolve_path(params.dataset.out_dir).parent / "segmenter"
     args = argparse.Namespace(params=str(path), overrides=tiny_overrides(tiny_world, preset, paper), data="synthetic",
-                              out=out, resume=False, no_eval=False)
+                              data_dir=None, out=out, resume=False, no_eval=False)
     assert train_main(args) == 0
     final = out / "self_trained" if params.train.self_training else out  # Dataset Diffusion: a second, self-trained round
     metrics = json.loads((final / "metrics.json").read_text())
