@@ -101,3 +101,61 @@ def test_sigterm_ends_a_command_as_ctrl_c_does(capsys, monkeypatch):
     assert main(["sleeper"]) == 130 and time.monotonic() - t < 4
     assert "interrupted; finished work is kept, re-run to resume" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --- one job a folder (dmutils.locks) ---------------------------------------------------------------------------
+HOLD_LOCK = "import sys\nfrom dmutils.locks import folder_lock\nwith folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.read()\n"
+
+
+def _lock_holder(folder):
+    """Another process holding ``folder``'s lock until its stdin closes (or it is killed)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked", "the holder could not take the lock"
+    return proc
+
+
+def test_second_job_on_a_folder_is_refused_naming_the_first(capsys, tmp_path):
+    import socket
+
+    from dmutils.errors import FolderInUseError
+    from dmutils.locks import LOCK_NAME, folder_lock
+
+    folder = tmp_path / "ds"
+    holder = _lock_holder(folder)
+    try:
+        err = one_error_line(capsys, ["generate", "params/toy.yaml", "--no-progress", "--out", str(folder)])
+        assert f"{folder} is in use by another dmutils job (PID {holder.pid} on host {socket.gethostname()}, started " in err
+        assert "-c " in err and "wait for it to end" in err, err  # the holder's command line
+        assert [p.name for p in folder.iterdir()] == [LOCK_NAME]  # refused before writing anything
+        with pytest.raises(FolderInUseError, match=f"PID {holder.pid}"):  # remask, splice, merge-shards take the same lock
+            with folder_lock(folder):
+                pass
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+    assert not (folder / LOCK_NAME).exists()  # a finished holder leaves nothing behind
+    with folder_lock(folder):  # and the folder is free again
+        pass
+
+
+def test_lock_left_by_a_killed_job_does_not_block(tmp_path):
+    import json
+    import os
+
+    from dmutils.locks import LOCK_NAME, folder_lock
+
+    folder = tmp_path / "ds"
+    holder = _lock_holder(folder)
+    holder.kill()  # SIGKILL: no clean-up runs, the note stays; the kernel drops the flock
+    holder.wait(timeout=30)
+    assert json.loads((folder / LOCK_NAME).read_text())["pid"] == holder.pid
+    with folder_lock(folder):
+        assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
+    (folder / LOCK_NAME).write_text("not a note")  # a stale file of any content
+    with folder_lock(folder):
+        pass
+    assert not (folder / LOCK_NAME).exists()
