@@ -159,3 +159,59 @@ def test_lock_left_by_a_killed_job_does_not_block(tmp_path):
     with folder_lock(folder):
         pass
     assert not (folder / LOCK_NAME).exists()
+
+
+# --- bars in logs (dmutils.progress) ----------------------------------------------------------------------------
+def test_bars_in_a_log_are_plain_lines_every_interval(monkeypatch):
+    import io
+
+    from dmutils import progress
+
+    log = io.StringIO()  # not a terminal, as a batch job's log file or a pipe
+    for _ in progress.progress_bar(range(50), desc="generate ds", file=log):  # LOG_INTERVAL_S (30 s) never passes
+        pass
+    lines = log.getvalue().splitlines(keepends=True)
+    assert "\r" not in log.getvalue() and all(line.endswith("\n") for line in lines)
+    assert [line.split("|")[0] for line in lines] == ["generate ds:   0%", "generate ds: 100%"]  # the first and the last
+    assert "50/50" in lines[-1] and lines[-1].isascii()
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # an interval that always passes: a line per update
+    log = io.StringIO()
+    for _ in progress.progress_bar(range(3), desc="x", file=log, leave=False):
+        pass
+    assert [line.split("|")[0] for line in log.getvalue().splitlines()] == ["x:   0%", "x:  33%", "x:  67%", "x: 100%"]
+
+
+def test_no_progress_silences_every_bar(capsys, monkeypatch):
+    import sys
+    import types
+
+    from dmutils import commands
+    from dmutils.progress import progress_bar
+
+    fake = types.ModuleType("dmutils_test_bars")
+
+    def add_arguments(parser):
+        parser.add_argument("--no-progress", action="store_true")
+
+    def bars(args):
+        for _ in progress_bar(range(3), desc="a bar its caller did not disable"):
+            pass
+        return 0
+
+    fake.add_arguments, fake.main = add_arguments, bars
+    monkeypatch.setitem(sys.modules, "dmutils_test_bars", fake)
+    monkeypatch.setitem(commands.COMMANDS, "bars", ("dmutils_test_bars", "test"))
+    assert main(["bars"]) == 0 and "a bar its caller did not disable" in capsys.readouterr().err
+    assert main(["bars", "--no-progress"]) == 0 and capsys.readouterr().err == ""
+
+
+def test_every_bar_is_made_by_the_one_helper():
+    import re
+    from pathlib import Path
+
+    import dmutils
+
+    src = Path(dmutils.__file__).parent
+    direct = [f"{p.relative_to(src)}:{n}" for p in src.rglob("*.py") if p.name != "progress.py"
+              for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bfrom tqdm|\bimport tqdm|\btqdm\(", line)]
+    assert not direct, f"make bars with dmutils.progress.progress_bar (it suits terminals, logs, --no-progress): {direct}"
