@@ -2,6 +2,7 @@
 
 One reference dataset is generated per module; the other tests compare against its bytes.
 """
+import errno
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ from dmutils.dataset.generate import generate_dataset
 from dmutils.dataset.labelling import label_sample
 from dmutils.dataset.remask import mask_overrides, remask_dataset
 from dmutils.dataset.shards import merge_shards
-from dmutils.errors import ParamsError
+from dmutils.errors import DiskFullError, ParamsError
 
 N = 4
 
@@ -128,29 +129,73 @@ def test_folder_made_with_other_params_is_refused(setup):
         generate_dataset(other, pipe=None, progress=False)  # refused before any model is loaded
 
 
-def test_resume_after_kill_is_byte_identical(setup, tmp_path):
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "dmutils", "generate", str(setup["file"]), "--no-progress",
+# ``dmutils generate`` whose second batch waits: stopped there, the run has its first batch committed and no more,
+# whatever the machine's speed (a run that could finish before the signal would make the test flaky)
+SECOND_BATCH_WAITS = """
+import sys, time
+from dmutils.commands import main
+from dmutils.dataset import generate
+calls, real = [], generate.generate_batch
+def second_waits(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        time.sleep(120)
+    return real(*args, **kwargs)
+generate.generate_batch = second_waits
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _stop_after_first_sample(setup, out: Path, sig: int) -> tuple[int, str]:
+    """Run ``dmutils generate`` in a subprocess, send ``sig`` to it once a sample is committed; its exit code and output."""
+    cmd = [sys.executable, "-c", SECOND_BATCH_WAITS, "generate", str(setup["file"]), "--no-progress",
            "--set", f"dataset.out_dir={out}"]
     torch.set_num_threads(1)
+    # SIGINT back to its default: a shell that started this test in the background may have set it to ignore
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     manifest, deadline = out / "manifest.jsonl", time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
             if manifest.is_file() and manifest.read_bytes().count(b"\n") >= 1:
                 break
             time.sleep(0.02)
-        assert proc.poll() is None, f"generate ended before it could be killed: {proc.stdout.read().decode()[-2000:]}"
-        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.poll() is None, f"generate ended before it could be stopped: {proc.stdout.read().decode()[-2000:]}"
+        os.killpg(proc.pid, sig)
+        output = proc.communicate(timeout=120)[0].decode()
     finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    done = manifest.read_bytes().count(b"\n")
+    return proc.returncode, output
+
+
+def _resume_equals_reference(setup, out: Path) -> None:
+    done = (out / "manifest.jsonl").read_bytes().count(b"\n")
     assert 1 <= done < N
     s = generate_dataset(_with(setup["params"], out_dir=str(out)), pipe=setup["pipe"], progress=False)
     assert s["skipped_done"] == done and s["generated_now"] == N - done
     assert not list(out.rglob("*.tmp"))
     assert _files(out) == _files(setup["ref"])
+
+
+def test_resume_after_kill_is_byte_identical(setup, tmp_path):
+    out = tmp_path / "killed"
+    _stop_after_first_sample(setup, out, signal.SIGKILL)
+    _resume_equals_reference(setup, out)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_cancel_during_generate_leaves_no_partial_file(setup, tmp_path, sig):
+    """Ctrl-C or a scheduler's cancel mid-run: the one line, exit 130, no temp file, the folder's lock released,
+    and the resumed run equals the uninterrupted one."""
+    out = tmp_path / "interrupted"
+    code, output = _stop_after_first_sample(setup, out, sig)
+    assert code == 130 and "dmutils generate: interrupted; finished work is kept, re-run to resume" in output, output
+    assert "Traceback" not in output, output
+    assert not list(out.rglob("*.tmp")) and not (out / ".dmutils.lock").exists()
+    _resume_equals_reference(setup, out)
 
 
 def test_rejected_samples_are_recorded_not_written(setup, tmp_path):
@@ -228,3 +273,43 @@ def test_resume_removes_the_temp_files_of_killed_writes(setup, tmp_path):
     stale.write_bytes(b"half a file")
     generate_dataset(params, pipe=setup["pipe"], progress=False)
     assert not stale.exists() and _files(out) == _files(setup["ref"])
+
+
+def test_full_disk_is_one_line_and_resumes_to_the_same_bytes(setup, tmp_path, monkeypatch, capsys):
+    """ENOSPC at the first sample file written after two samples are committed (os.fsync fails, as it does on a full
+    disk): one line naming the folder and the space the rest needs, no temp file, and after space is freed the
+    resumed run equals the uninterrupted one."""
+    from dmutils.commands import main
+
+    out = tmp_path / "full"
+    real_fsync, manifest = os.fsync, out / "manifest.jsonl"
+
+    def fsync(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp") and manifest.is_file() and manifest.read_bytes().count(b"\n") >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    code = main(["generate", str(setup["file"]), "--no-progress", "--set", f"dataset.out_dir={out}"])
+    monkeypatch.setattr(os, "fsync", real_fsync)  # space is freed
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"dmutils generate: error: {out}: the disk is full (no space left on device) after 2 of {N} samples; "
+                          f"it needs about ") and f"more for the {N - 2} samples left (" in err and "re-run to resume" in err, err
+    assert not list(out.rglob("*.tmp")) and not (out / ".dmutils.lock").exists()
+    s = generate_dataset(_with(setup["params"], out_dir=str(out)), pipe=setup["pipe"], progress=False)
+    assert s["skipped_done"] == 2 and s["generated_now"] == N - 2
+    assert _files(out) == _files(setup["ref"])
+
+
+def test_disk_full_error_estimates_from_the_samples_so_far(setup, tmp_path):
+    out = tmp_path / "est"
+    params = _with(setup["params"], out_dir=str(out), num_samples=10)
+    (out / "maps").mkdir(parents=True)
+    (out / "maps" / "a.npz").write_bytes(b"x" * 3000)
+    (out / "manifest.jsonl").write_text('{"index": 0}\n{"index": 1}\n')
+    e = gen.disk_full(out, params, None)
+    assert isinstance(e, DiskFullError) and "after 2 of 10 samples" in str(e)
+    assert "about 12.1 KB more for the 8 samples left (1.5 KB a sample so far)" in str(e)  # (3000 B + a 26 B manifest) / 2 x 8
+    (out / "manifest.jsonl").unlink()
+    assert "space for all 10 samples (none finished" in str(gen.disk_full(out, params, None))

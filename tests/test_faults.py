@@ -102,3 +102,117 @@ def test_sigterm_ends_a_command_as_ctrl_c_does(capsys, monkeypatch):
     assert main(["sleeper"]) == 130 and time.monotonic() - t < 4
     assert "interrupted; finished work is kept, re-run to resume" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --- one job a folder (dmutils.locks) ---------------------------------------------------------------------------
+HOLD_LOCK = "import sys\nfrom dmutils.locks import folder_lock\nwith folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.read()\n"
+
+
+def _lock_holder(folder):
+    """Another process holding ``folder``'s lock until its stdin closes (or it is killed)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked", "the holder could not take the lock"
+    return proc
+
+
+def test_second_job_on_a_folder_is_refused_naming_the_first(capsys, tmp_path):
+    import socket
+
+    from dmutils.errors import FolderInUseError
+    from dmutils.locks import LOCK_NAME, folder_lock
+
+    folder = tmp_path / "ds"
+    holder = _lock_holder(folder)
+    try:
+        err = one_error_line(capsys, ["generate", "params/toy.yaml", "--no-progress", "--out", str(folder)])
+        assert f"{folder} is in use by another dmutils job (PID {holder.pid} on host {socket.gethostname()}, started " in err
+        assert "-c " in err and "wait for it to end" in err, err  # the holder's command line
+        assert [p.name for p in folder.iterdir()] == [LOCK_NAME]  # refused before writing anything
+        with pytest.raises(FolderInUseError, match=f"PID {holder.pid}"):  # remask, splice, merge-shards take the same lock
+            with folder_lock(folder):
+                pass
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 0
+    assert not (folder / LOCK_NAME).exists()  # a finished holder leaves nothing behind
+    with folder_lock(folder):  # and the folder is free again
+        pass
+
+
+def test_lock_left_by_a_killed_job_does_not_block(tmp_path):
+    import json
+    import os
+
+    from dmutils.locks import LOCK_NAME, folder_lock
+
+    folder = tmp_path / "ds"
+    holder = _lock_holder(folder)
+    holder.kill()  # SIGKILL: no clean-up runs, the note stays; the kernel drops the flock
+    holder.wait(timeout=30)
+    assert json.loads((folder / LOCK_NAME).read_text())["pid"] == holder.pid
+    with folder_lock(folder):
+        assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
+    (folder / LOCK_NAME).write_text("not a note")  # a stale file of any content
+    with folder_lock(folder):
+        pass
+    assert not (folder / LOCK_NAME).exists()
+
+
+# --- bars in logs (dmutils.progress) ----------------------------------------------------------------------------
+def test_bars_in_a_log_are_plain_lines_every_interval(monkeypatch):
+    import io
+
+    from dmutils import progress
+
+    log = io.StringIO()  # not a terminal, as a batch job's log file or a pipe
+    for _ in progress.progress_bar(range(50), desc="generate ds", file=log):  # LOG_INTERVAL_S (30 s) never passes
+        pass
+    lines = log.getvalue().splitlines(keepends=True)
+    assert "\r" not in log.getvalue() and all(line.endswith("\n") for line in lines)
+    assert [line.split("|")[0] for line in lines] == ["generate ds:   0%", "generate ds: 100%"]  # the first and the last
+    assert "50/50" in lines[-1] and lines[-1].isascii()
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # an interval that always passes: a line per update
+    log = io.StringIO()
+    for _ in progress.progress_bar(range(3), desc="x", file=log, leave=False):
+        pass
+    assert [line.split("|")[0] for line in log.getvalue().splitlines()] == ["x:   0%", "x:  33%", "x:  67%", "x: 100%"]
+
+
+def test_no_progress_silences_every_bar(capsys, monkeypatch):
+    import sys
+    import types
+
+    from dmutils import commands
+    from dmutils.progress import progress_bar
+
+    fake = types.ModuleType("dmutils_test_bars")
+
+    def add_arguments(parser):
+        parser.add_argument("--no-progress", action="store_true")
+
+    def bars(args):
+        for _ in progress_bar(range(3), desc="a bar its caller did not disable"):
+            pass
+        return 0
+
+    fake.add_arguments, fake.main = add_arguments, bars
+    monkeypatch.setitem(sys.modules, "dmutils_test_bars", fake)
+    monkeypatch.setitem(commands.COMMANDS, "bars", ("dmutils_test_bars", "test"))
+    assert main(["bars"]) == 0 and "a bar its caller did not disable" in capsys.readouterr().err
+    assert main(["bars", "--no-progress"]) == 0 and capsys.readouterr().err == ""
+
+
+def test_every_bar_is_made_by_the_one_helper():
+    import re
+    from pathlib import Path
+
+    import dmutils
+
+    src = Path(dmutils.__file__).parent
+    direct = [f"{p.relative_to(src)}:{n}" for p in src.rglob("*.py") if p.name != "progress.py"
+              for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bfrom tqdm|\bimport tqdm|\btqdm\(", line)]
+    assert not direct, f"make bars with dmutils.progress.progress_bar (it suits terminals, logs, --no-progress): {direct}"

@@ -31,3 +31,11 @@ class OutputDirError(UserError, PermissionError):
 def one_line(text: object) -> str:
     """``text`` on one line: multi-line library messages (layouts, tracebacks' last words) joined by '; '."""
     return "; ".join(s.strip() for s in str(text).splitlines() if s.strip())
+
+
+class FolderInUseError(UserError):
+    """Another running dmutils job holds the folder's lock (:mod:`dmutils.locks`)."""
+
+
+class DiskFullError(UserError):
+    """The disk filled up part-way through a run; the message names the folder and the space still needed."""

@@ -5,12 +5,15 @@ one asked for is imported, and heavy libraries load inside ``main``, so ``--help
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import signal
 import sys
 import threading
+from contextlib import nullcontext
 
 from dmutils.errors import UserError
+from dmutils.progress import silence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("dmutils.commands.run", "execute the study notebooks with papermill into reports/<run>/"),
@@ -55,12 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     previous = _sigterm_as_interrupt()
     try:
-        return int(module.main(args) or 0)
+        with silence() if getattr(args, "no_progress", False) else nullcontext():  # --no-progress: no bar anywhere
+            return int(module.main(args) or 0)
     except UserError as e:
         for line in str(e).splitlines() or [""]:  # a preflight error holds one line per failed check
             print(f"dmutils {name}: error: {line}", file=sys.stderr)
         return 2
     except OSError as e:  # last resort, for a path no check foresaw (a disk filling up mid-run); the checks name most
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename is None:
+            print(f"dmutils {name}: error: no space left on the disk it writes to ({e.strerror}); free some space and re-run",
+                  file=sys.stderr)
+            return 2
         if e.filename is None:
             raise
         print(f"dmutils {name}: error: {e.strerror or e}: {e.filename}; fix that path (space, permissions) and re-run",

@@ -84,11 +84,16 @@ def _fields_of(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (a key typed with a newline in it stays on the error's one line)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def explain(e: ValidationError, source: str) -> ParamsError:
     lines = []
     for err in e.errors():
         loc = tuple(err["loc"])
-        dotted = ".".join(str(p) for p in loc)
+        dotted = _printable(".".join(str(p) for p in loc))
         if err["type"] == "extra_forbidden":
             valid = _fields_of(Params, loc[:-1])
             near = difflib.get_close_matches(str(loc[-1]), valid, n=1)

@@ -234,7 +234,7 @@ def write_real_splits(root: Path, sizes: dict[str, int], image_size: int = 64) -
     """The toy world's real train/val/test splits, with the same writer as synthetic datasets."""
     import json
 
-    from tqdm.auto import tqdm
+    from dmutils.progress import progress_bar
 
     from dmutils.data import voc
     from dmutils.paths import atomic_write_bytes
@@ -244,7 +244,7 @@ def write_real_splits(root: Path, sizes: dict[str, int], image_size: int = 64) -
         if split not in SPLIT_SEED_OFFSET:
             raise ValueError(f"unknown split {split!r}; use {list(SPLIT_SEED_OFFSET)}")
         ids = []
-        for i in tqdm(range(n), desc=f"toy {split}", leave=False):
+        for i in progress_bar(range(n), desc=f"toy {split}", leave=False):
             sid = f"toy_{split}_{i:06d}"
             ids.append(sid)
             if (root / voc.LABELS / f"{sid}.png").exists():

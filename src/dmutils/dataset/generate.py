@@ -35,6 +35,7 @@ Why it is built this way:
 """
 from __future__ import annotations
 
+import errno
 import time
 from collections import deque
 from concurrent.futures import Future
@@ -57,8 +58,10 @@ from dmutils.dataset.layout import (
 from dmutils.dataset.pool import Finished, make_pool
 from dmutils.dataset.preview import with_preview
 from dmutils.dataset.prompts import PromptPlan
-from dmutils.errors import ParamsError
+from dmutils.errors import DiskFullError, ParamsError
+from dmutils.locks import folder_lock
 from dmutils.paths import remove_partial_writes
+from dmutils.progress import progress_bar
 
 
 def _check_before_compute(params: Params) -> None:
@@ -90,12 +93,21 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
     ``load_pipeline(params.model)``, loaded only if something is left to do). ``ray``: a Ray cluster's
     address, or ``"local"`` (RAY_ADDRESS, else a cluster started here), generates on its actors
     (:mod:`dmutils.dataset.ray_backend`; ``_die_at``: its fault injection for tests)."""
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     plan = PromptPlan(params)  # bad prompt sources fail here, before any compute
     _check_before_compute(params)
     root = output_dir(params, shard)
+    with folder_lock(root):  # a second job on this folder is refused here, before it reads or writes anything
+        try:
+            return _generate(params, plan, root, shard, progress, overwrite, pipe, ray, _die_at, t0)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise disk_full(root, params, shard) from None
+
+
+def _generate(params: Params, plan: PromptPlan, root: Path, shard, progress: bool, overwrite: bool, pipe, ray,
+              _die_at, t0: float) -> dict[str, Any]:
     meta = dataset_meta(params)
     prepare_output(root, meta, overwrite)
     remove_partial_writes(root)  # a killed run's half-written files; their samples have no manifest line and are redone
@@ -114,7 +126,7 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
     pool = make_pool(ds.workers) if todo else None  # workers import while the model loads
     pending: deque[Future | Finished] = deque()
     max_pending = ds.batch_size * (ds.workers + 2)
-    bar = tqdm(total=len(todo), desc=f"generate {root.name}", unit="sample", disable=not progress or not todo)
+    bar = progress_bar(total=len(todo), desc=f"generate {root.name}", unit="sample", disable=not progress or not todo)
 
     def commit(keep: int) -> None:
         """Write finished records in index order; wait while more than ``keep`` are in flight."""
@@ -140,6 +152,31 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
             pool.shutdown(wait=True, cancel_futures=True)
     write_splits(root, records)
     return with_preview(_summary(params, shard, root, records, todo, time.perf_counter() - t0), shard)
+
+
+def disk_full(root: Path, params: Params, shard) -> DiskFullError:
+    """The one line for a disk that filled up part-way: the folder, and the space the rest needs, estimated from
+    the bytes per finished sample so far (every sample writes files of about the same size)."""
+    remove_partial_writes(root)  # writes of other workers cut short by the same full disk
+    done = len(Manifest(root / MANIFEST).read())
+    total = len(shard_indices(params.dataset.num_samples, shard))
+    left = total - done
+    if done:
+        used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and "shards" not in p.relative_to(root).parts)
+        per = used / done
+        need = f"about {_size(per * left)} more for the {left} samples left ({_size(per)} a sample so far)"
+    else:
+        need = f"space for all {left} samples (none finished, so no estimate yet)"
+    return DiskFullError(f"{root}: the disk is full (no space left on device) after {done} of {total} samples; it needs "
+                         f"{need}; free that much, or set dataset.out_dir to a larger disk, and re-run to resume")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def _summary(params: Params, shard, root: Path, records: dict[int, dict], todo: list[int], seconds: float) -> dict[str, Any]:

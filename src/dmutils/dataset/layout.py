@@ -17,6 +17,7 @@ import numpy as np
 from dmutils.config import Params, deep_merge, explain
 from dmutils.data import voc
 from dmutils.errors import DataError, DataNotFoundError, ParamsError
+from dmutils.locks import LOCK_NAME
 from dmutils.paths import atomic_write_bytes, ensure_writable_dir
 
 MANIFEST = "manifest.jsonl"
@@ -231,7 +232,7 @@ def prepare_output(root: Path, meta: dict, overwrite: bool = False) -> None:
                                   f"{meta['params_hash']}: {shown}); pass --overwrite to replace it, or set "
                                   "dataset.out_dir to another folder")
             clear_output(root)
-    elif root.is_dir() and any(p.name != "shards" for p in root.iterdir()):
+    elif root.is_dir() and any(p.name not in ("shards", LOCK_NAME) for p in root.iterdir()):
         if not overwrite:
             raise ParamsError(f"{root} is not empty and holds no {META}: not a dataset this project wrote; "
                               "choose an empty dataset.out_dir, or pass --overwrite")

@@ -175,7 +175,7 @@ def generate_with_ray(params: Params, root: Path, meta: dict, todo: list[int], r
                       address: str | None = LOCAL, progress: bool = True, die_at: tuple[int, str] | None = None) -> dict:
     """Generate the samples ``todo`` on a Ray cluster, appending their manifest lines (index order) as they
     finish. Returns the number of actors and ``busy_span_s``: first batch started to last sample finished."""
-    from tqdm.auto import tqdm
+    from dmutils.progress import progress_bar
 
     started = connect(address)
     try:
@@ -202,7 +202,7 @@ def generate_with_ray(params: Params, root: Path, meta: dict, todo: list[int], r
         t0, t1 = float("inf"), 0.0
         order = iter(todo)
         nxt = next(order, None)
-        with tqdm(total=len(todo), desc=f"generate {root.name} (ray, {n} actors)", unit="sample", disable=not progress) as bar:
+        with progress_bar(total=len(todo), desc=f"generate {root.name} (ray, {n} actors)", unit="sample", disable=not progress) as bar:
             for row in ds.iter_rows():
                 rec = json.loads(row["record"])
                 t0, t1 = min(t0, float(row["t0"])), max(t1, float(row["t1"]))

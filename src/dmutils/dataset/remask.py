@@ -36,8 +36,10 @@ from dmutils.dataset.layout import (
 from dmutils.dataset.pool import Finished, make_pool
 from dmutils.dataset.preview import with_preview
 from dmutils.errors import ParamsError
+from dmutils.locks import folder_lock
 from dmutils.masks.refine import uses_self_attention
 from dmutils.paths import atomic_write_bytes
+from dmutils.progress import progress_bar
 
 
 def remask_sample(job: dict) -> dict:
@@ -77,8 +79,6 @@ def mask_overrides(params_file: str | None, sets: list[str]) -> dict:
 def remask_dataset(src: str | Path, overrides: dict | None = None, out: str | Path | None = None, workers: int | None = None,
                    progress: bool = True) -> dict:
     """Re-make the masks of dataset ``src`` with mask ``overrides`` (``{"masks": {...}}``); returns the summary."""
-    from tqdm.auto import tqdm
-
     src = Path(src)
     meta = read_meta(src, need_params=True)
     params = params_from_meta(meta, overrides)
@@ -91,6 +91,12 @@ def remask_dataset(src: str | Path, overrides: dict | None = None, out: str | Pa
                           "was generated with masks that do not read them (tau=0 or refine!='self_attention'), so none were "
                           "saved; remask with masks.tau=0, or generate again with the tau you want")
     out = Path(out) if out else src
+    with folder_lock(out, "--out"):  # one job a folder: not while a generate or another remask writes there
+        return _remask_into(src, out, params, records, todo, workers, progress)
+
+
+def _remask_into(src: Path, out: Path, params, records: dict[int, dict], todo: list[dict], workers: int | None,
+                 progress: bool) -> dict:
     new_meta = dataset_meta(params)
     if out != src:
         prepare_output(out, new_meta, overwrite=False)
@@ -101,7 +107,7 @@ def remask_dataset(src: str | Path, overrides: dict | None = None, out: str | Pa
     jobs = [{**common, "record": r, "class_ids": [class_index[c] for c in r["classes"]]} for r in sorted(todo, key=lambda r: r["index"])]
     try:
         futures = [pool.submit(remask_sample, j) if pool else Finished(remask_sample(j)) for j in jobs]
-        new = {r["index"]: r for r in (f.result() for f in tqdm(futures, desc="remask", unit="sample", disable=not progress))}
+        new = {r["index"]: r for r in (f.result() for f in progress_bar(futures, desc="remask", unit="sample", disable=not progress))}
     finally:
         if pool:
             pool.shutdown(wait=True)

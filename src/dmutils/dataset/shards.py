@@ -23,6 +23,7 @@ from dmutils.dataset.layout import (
 )
 from dmutils.dataset.preview import with_preview
 from dmutils.errors import ParamsError
+from dmutils.locks import folder_lock
 from dmutils.paths import atomic_write_bytes
 
 SHARD_NAME = re.compile(r"^(\d+)-of-(\d+)$")
@@ -57,24 +58,25 @@ def merge_shards(out: str | Path, shards: list[str | Path] | None = None, partia
         if len(counts) > 1 or have != want:
             raise ParamsError(f"shards {sorted(s.name for s in shards)} are not a complete set "
                               f"(missing {sorted(want - have) or 'a consistent n'}); pass --partial to merge them anyway")
-    prepare_output(out, next(iter(metas.values())))
-    manifest = Manifest(out / MANIFEST)
-    records = manifest.read()
-    for s in shards:
-        for index, rec in Manifest(s / MANIFEST).read().items():
-            if index in records and records[index] != rec:
-                raise ParamsError(f"sample {index} ({rec['id']}) differs between {s} and another shard or {out}")
-            records[index] = rec
-            if rec["status"] != "ok":
-                continue
-            for sub, ext in ((voc.IMAGES, "jpg"), (voc.LABELS, "png"), (MAPS, "npz")):
-                src = s / sub / f"{rec['id']}.{ext}"
-                if src.is_file():
-                    atomic_write_bytes(out / sub / src.name, src.read_bytes())
-                elif ext != "npz":
-                    raise ParamsError(f"{src} is missing although the shard's manifest lists {rec['id']} as written; "
-                                      "re-run that shard's 'dmutils generate' to repair it")
-    manifest.rewrite([records[i] for i in sorted(records)])
-    write_splits(out, records)
-    classes = next(iter(metas.values()))["classes"][1:]
-    return with_preview({"out_dir": str(out), "shards": len(shards), **summarize(records, classes)})
+    with folder_lock(out, "--out"):  # one job a folder: not two merges, nor a merge while generate writes there
+        prepare_output(out, next(iter(metas.values())))
+        manifest = Manifest(out / MANIFEST)
+        records = manifest.read()
+        for s in shards:
+            for index, rec in Manifest(s / MANIFEST).read().items():
+                if index in records and records[index] != rec:
+                    raise ParamsError(f"sample {index} ({rec['id']}) differs between {s} and another shard or {out}")
+                records[index] = rec
+                if rec["status"] != "ok":
+                    continue
+                for sub, ext in ((voc.IMAGES, "jpg"), (voc.LABELS, "png"), (MAPS, "npz")):
+                    src = s / sub / f"{rec['id']}.{ext}"
+                    if src.is_file():
+                        atomic_write_bytes(out / sub / src.name, src.read_bytes())
+                    elif ext != "npz":
+                        raise ParamsError(f"{src} is missing although the shard's manifest lists {rec['id']} as written; "
+                                          "re-run that shard's 'dmutils generate' to repair it")
+        manifest.rewrite([records[i] for i in sorted(records)])
+        write_splits(out, records)
+        classes = next(iter(metas.values()))["classes"][1:]
+        return with_preview({"out_dir": str(out), "shards": len(shards), **summarize(records, classes)})

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
-from tqdm.auto import tqdm
 
 from dmutils.config import SpliceParams
 from dmutils.data import voc
 from dmutils.dataset.prompts import hash_int
 from dmutils.errors import ParamsError
-from dmutils.paths import atomic_write_bytes, ensure_writable_dir
+from dmutils.locks import folder_lock
+from dmutils.paths import atomic_write_bytes
+from dmutils.progress import progress_bar
 
 
 def _edges(n: int, parts: int) -> list[int]:
@@ -127,31 +128,31 @@ def splice_dataset(src: str | Path, out: str | Path, splice_params: SpliceParams
     check_grids(splice_params, len(ids), str(src))
     if out.resolve() == src.resolve():
         raise ParamsError("splice output must be a new folder, not the source dataset")
-    ensure_writable_dir(out, "--out")
-    first = voc.read_image(src / voc.IMAGES / f"{ids[0]}.jpg")
-    size = first.shape[:2]
-    count = splice_params.count or len(ids)
-    manifest, written = [], []
-    for k in tqdm(range(count), desc="splice", unit="mosaic", disable=not progress):
-        grid, tiles, rng = draw_mosaic(k, len(ids), splice_params, seed)
-        picks = [ids[j] for j in tiles]
-        images = [voc.read_image(src / voc.IMAGES / f"{i}.jpg") for i in picks]
-        labels = [voc.read_label(src / voc.LABELS / f"{i}.png") for i in picks]
-        image, label = splice(images, labels, grid, size)
-        image = photometric(image, rng, splice_params.blur, splice_params.color_jitter)
-        sid = f"splice_{k:06d}"
-        voc.write_sample(out, sid, image, label)
-        present = [int(v) for v in np.unique(label) if v != voc.IGNORE_INDEX]
-        manifest.append({"id": sid, "grid": list(grid), "sources": picks, "labels": present})
-        written.append(sid)
-    voc.write_split(out, "train", written)
-    atomic_write_bytes(out / "manifest.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in manifest).encode())
-    new_meta = {k: v for k, v in meta.items() if k in ("classes", "palette", "image_size")}
-    new_meta.update(name=f"{meta.get('name', src.name)}-spliced", source=str(src), seed=seed,
-                    splice=splice_params.model_dump(mode="json"))
-    atomic_write_bytes(out / "dataset.json", json.dumps(new_meta, indent=2, sort_keys=True).encode())
-    grid_counts: dict[str, int] = {}
-    for m in manifest:
-        key = "x".join(map(str, m["grid"]))
-        grid_counts[key] = grid_counts.get(key, 0) + 1
-    return {"out_dir": str(out), "written": len(written), "grids": grid_counts}
+    with folder_lock(out, "--out"):  # one job a folder
+        first = voc.read_image(src / voc.IMAGES / f"{ids[0]}.jpg")
+        size = first.shape[:2]
+        count = splice_params.count or len(ids)
+        manifest, written = [], []
+        for k in progress_bar(range(count), desc="splice", unit="mosaic", disable=not progress):
+            grid, tiles, rng = draw_mosaic(k, len(ids), splice_params, seed)
+            picks = [ids[j] for j in tiles]
+            images = [voc.read_image(src / voc.IMAGES / f"{i}.jpg") for i in picks]
+            labels = [voc.read_label(src / voc.LABELS / f"{i}.png") for i in picks]
+            image, label = splice(images, labels, grid, size)
+            image = photometric(image, rng, splice_params.blur, splice_params.color_jitter)
+            sid = f"splice_{k:06d}"
+            voc.write_sample(out, sid, image, label)
+            present = [int(v) for v in np.unique(label) if v != voc.IGNORE_INDEX]
+            manifest.append({"id": sid, "grid": list(grid), "sources": picks, "labels": present})
+            written.append(sid)
+        voc.write_split(out, "train", written)
+        atomic_write_bytes(out / "manifest.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in manifest).encode())
+        new_meta = {k: v for k, v in meta.items() if k in ("classes", "palette", "image_size")}
+        new_meta.update(name=f"{meta.get('name', src.name)}-spliced", source=str(src), seed=seed,
+                        splice=splice_params.model_dump(mode="json"))
+        atomic_write_bytes(out / "dataset.json", json.dumps(new_meta, indent=2, sort_keys=True).encode())
+        grid_counts: dict[str, int] = {}
+        for m in manifest:
+            key = "x".join(map(str, m["grid"]))
+            grid_counts[key] = grid_counts.get(key, 0) + 1
+        return {"out_dir": str(out), "written": len(written), "grids": grid_counts}

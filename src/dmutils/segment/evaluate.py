@@ -17,9 +17,9 @@ from torchmetrics.classification import (
     MulticlassConfusionMatrix,
     MulticlassJaccardIndex,
 )
-from tqdm.auto import tqdm
 
 from dmutils.errors import DataError, ParamsError
+from dmutils.progress import progress_bar
 from dmutils.segment.data import IGNORE_INDEX, center_inputs
 from dmutils.segment.models import Segmenter
 
@@ -115,7 +115,7 @@ def evaluate(seg: Segmenter, dataset, tta: bool = False, scales: list[float] = (
     c = seg.num_classes
     jaccard = MulticlassJaccardIndex(c, average=None, ignore_index=IGNORE_INDEX)
     confmat = MulticlassConfusionMatrix(c, ignore_index=IGNORE_INDEX)
-    for start in tqdm(range(0, len(dataset), batch_size), desc="evaluate", disable=not progress, leave=False):
+    for start in progress_bar(range(0, len(dataset), batch_size), desc="evaluate", disable=not progress, leave=False):
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         probs = predict_images(seg, [im for im, _ in samples], tta, scales)
         for p, (_, lab) in zip(probs, samples):

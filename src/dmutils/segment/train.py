@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from dmutils.config import Params
 from dmutils.errors import DataError, DataNotFoundError, ParamsError
 from dmutils.paths import atomic_write_bytes
+from dmutils.progress import progress_bar
 from dmutils.segment.data import (
     SegmentationDataset,
     TensorCache,
@@ -164,8 +164,8 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
 
     seg.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start, train.steps), initial=start, total=train.steps, desc=f"train {train.architecture}",
-               disable=not progress or not main, leave=False)
+    bar = progress_bar(range(start, train.steps), initial=start, total=train.steps, desc=f"train {train.architecture}",
+                       disable=not progress or not main, leave=False)
     part = slice(rank * train.batch_size // world, (rank + 1) * train.batch_size // world)
     done = start
     try:

@@ -244,7 +244,7 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
     ``pipe_factory`` is called once, and only when some score is not cached; samples are generated
     once per generation key. ``oracle`` default: :func:`dmutils.oracles.get_oracle`; ``test`` (the
     segmenters' test set) default: the real test split; both loaded lazily."""
-    from tqdm.auto import tqdm
+    from dmutils.progress import progress_bar
 
     from dmutils.paths import atomic_write_bytes
     from dmutils.studies import ablation_segmenter as seg
@@ -271,7 +271,7 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
         from dmutils.oracles import get_oracle
 
         oracle = get_oracle(params)
-    for group in tqdm(list(todo.values()), desc="ablations: generation groups", disable=not progress):
+    for group in progress_bar(list(todo.values()), desc="ablations: generation groups", disable=not progress):
         samples = generate(pipe, generation_params([vparams[v.name] for v in group]), oracle)
         for v in group:
             p = vparams[v.name]

@@ -116,14 +116,14 @@ def generate_samples(pipe, params: Params, oracle, progress: bool = True) -> tup
     """Generate the study's samples in batches of ``dataset.batch_size``; label them with ``oracle``.
 
     Returns the samples and the rejected ones (``{"prompt", "reason"}``: a class word not in the prompt)."""
-    from tqdm.auto import tqdm
+    from dmutils.progress import progress_bar
 
     from dmutils.dataset.batch import generate_batch
 
     specs, gen_params = study_specs(params), generation_params(params)
     batch = params.dataset.batch_size
     samples, rejected = [], []
-    for start in tqdm(range(0, len(specs), batch), desc="study 02: generating", disable=not progress):
+    for start in progress_bar(range(0, len(specs), batch), desc="study 02: generating", disable=not progress):
         chunk = specs[start:start + batch]
         items = generate_batch(pipe, chunk, gen_params, batch)
         labels = oracle.predict(np.stack([it["image"] for it in items]))
@@ -199,13 +199,13 @@ def sweep(samples: Sequence[Sample], params: Params, progress: bool = False) -> 
     """One row per (sample, class, tau, crf, threshold) with its IoU (see the module docstring).
 
     CRF-on conditions are swept at ``study.crf_thresholds`` (all of ``study.thresholds`` when None)."""
-    from tqdm.auto import tqdm
+    from dmutils.progress import progress_bar
 
     check(params)
     rows = []
     conds = conditions(params)
     with one_thread():
-        for s in tqdm(samples, desc="study 02: sweeping", disable=not progress):
+        for s in progress_bar(samples, desc="study 02: sweeping", disable=not progress):
             for tau, crf in conds:
                 grid = params.study.crf_thresholds if crf and params.study.crf_thresholds is not None else params.study.thresholds
                 for t, labels in zip(grid, threshold_labels(s, params, tau, crf, grid)):

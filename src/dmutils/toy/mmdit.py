@@ -38,10 +38,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from dmutils.data.toyworld import CLASS_NAMES, CLASSES
 from dmutils.paths import ensure_writable_dir
+from dmutils.progress import progress_bar
 from dmutils.toy import build
 from dmutils.toy.unet import (
     Log,
@@ -169,7 +169,7 @@ def train_transformer(transformer, text_encoders, tokenizer, scheduler, latents,
     for te in text_encoders:
         te.train().to(device)
     t0 = time.time()
-    bar = tqdm(range(args.steps), desc="transformer")
+    bar = progress_bar(range(args.steps), desc="transformer")
     step = -1
     for step in bar:
         idx = torch.randint(0, len(latents), (args.batch,), generator=gen)

@@ -68,7 +68,7 @@ def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold:
     ``class_prompts``: maps over the class prompt "circle star" carried beside the caption (ConceptAttention).
     ``iou_by_word``: the IoU of the first and of the second class the prompt names (pooled over the images): a word
     whose key takes in its neighbour's meaning ("a circle and a star": star absorbing circle) scores low."""
-    from tqdm.auto import tqdm
+    from dmutils.progress import progress_bar
 
     from dmutils.attention import capture
 
@@ -77,7 +77,7 @@ def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold:
     items = two_class_prompts(n)
     found = named = 0
     preds, targets, images = [], [], []
-    for start in tqdm(range(0, n, batch), desc="bench toy-model", disable=not progress):
+    for start in progress_bar(range(0, n, batch), desc="bench toy-model", disable=not progress):
         chunk = items[start:start + batch]
         gens = [torch.Generator().manual_seed(start + k) for k in range(len(chunk))]
         with capture(pipe, spec, class_prompts=[" ".join(c) for _, c in chunk] if class_prompts else None) as rec:

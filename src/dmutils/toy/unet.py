@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from dmutils.data.toyworld import CLASS_NAMES, CLASSES, make_scene
 from dmutils.paths import ensure_writable_dir
+from dmutils.progress import progress_bar
+from dmutils.progress import write as progress_write
 from dmutils.toy import build
 
 
@@ -31,7 +32,7 @@ def render_corpus(n: int, seed: int, append_fraction: float = 0.25) -> tuple[tor
     """n scenes as a uint8 tensor (n, 3, 64, 64) and their captions; some with class words appended."""
     rng = np.random.default_rng(seed)
     images, captions = [], []
-    for i in tqdm(range(n), desc="render", leave=False):
+    for i in progress_bar(range(n), desc="render", leave=False):
         s = make_scene(seed * 10_000_000 + i, size=build.IMAGE_SIZE)
         cap = s.caption
         if rng.random() < append_fraction:
@@ -55,7 +56,7 @@ class Log:
 
     def __call__(self, msg: str) -> None:
         line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        tqdm.write(line)
+        progress_write(line)
         self.f.write(line + "\n")
         self.f.flush()
 
@@ -72,7 +73,7 @@ def train_vae(vae, images: torch.Tensor, steps: int, batch: int, lr: float, devi
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train().to(device)
     t0 = time.time()
-    bar = tqdm(range(steps), desc="vae")
+    bar = progress_bar(range(steps), desc="vae")
     for step in bar:
         idx = torch.randint(0, len(images), (batch,), generator=gen)
         # the VAE is fully convolutional: 32 px crops teach it the same at a quarter of the cost
@@ -110,7 +111,7 @@ def finetune_decoder(vae, images: torch.Tensor, latents: torch.Tensor, steps: in
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     vae.decoder.train().to(device)
     t0 = time.time()
-    bar = tqdm(range(steps), desc="decoder")
+    bar = progress_bar(range(steps), desc="decoder")
     for step in bar:
         idx = torch.randint(0, len(images), (batch,), generator=gen)
         x = _to_unit(images[idx]).to(device)
@@ -158,7 +159,7 @@ def train_unet(unet, text_encoder, tokenizer, scheduler, latents, captions, args
     unet.train().to(device)
     text_encoder.train().to(device)
     t0 = time.time()
-    bar = tqdm(range(args.steps), desc="unet")
+    bar = progress_bar(range(args.steps), desc="unet")
     for step in bar:
         idx = torch.randint(0, len(latents), (args.batch,), generator=gen)
         x0 = latents[idx].to(device)
