@@ -3,12 +3,15 @@ the grid is validated up front, mask-only variants share one generation, scores 
 hash, a rerun computes only what changed, and the scores are the mIoU make_mask's labels get."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
+from dmutils import stats
 from dmutils.config import load_params
 from dmutils.errors import ParamsError
 from dmutils.masks.refine import make_mask
@@ -98,6 +101,11 @@ def test_run_grid_generates_once_per_key_and_caches(tmp_path, params, pipe, monk
     assert not first["cached"].any() and (first["n"] > 0).all()
     assert first["miou"].between(0, 1).all()
     assert first.loc[first["group"] == "band", "ignored"].item() > 0 == first.loc[first["group"] == "tau", "ignored"].max()
+    assert first[["miou_lo", "miou_hi", "tuned_miou"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (first["miou_lo"] <= first["miou"] + 1e-12).all() and (first["miou"] <= first["miou_hi"] + 1e-12).all()
+    assert first.loc[0, "delta"] == 0 == first.loc[0, "tuned_delta"]
+    cached = json.loads((tmp_path / "cache" / f"{first.loc[0, 'key']}.json").read_text())
+    assert len(cached["inter"]) == cached["n"] == len(cached["sweep_inter"])  # intervals recomputable from the cache
 
     again = ablations.run_grid(count, params, variants, tmp_path / "cache", oracle, progress=False)
     assert count.factory_calls == 1 and len(count.generated) == 2  # nothing recomputed, not even the pipeline
@@ -127,7 +135,69 @@ def test_score_is_pooled_miou_of_make_mask_labels(params, pipe):
                 conf[t, q] += int(((s.oracle == t) & (labels == q)).sum())
     present = (conf.sum(0) + conf.sum(1)) > 0
     expected = np.mean([conf[c, c] / (conf[c].sum() + conf[:, c].sum() - conf[c, c]) for c in np.flatnonzero(present)])
-    assert ablations.score(samples, p)["miou"] == pytest.approx(expected)
+    res = ablations.score(samples, p)
+    assert res["miou"] == pytest.approx(expected)
+    # the cache keeps per-image counts that sum to the pooled confusion's, and the sweep at every threshold
+    assert res["images"] == [s.spec.id for s in samples] and res["num_classes"] == k
+    np.testing.assert_array_equal(np.sum(res["inter"], 0), np.diag(conf))
+    np.testing.assert_array_equal(np.sum(res["union"], 0), conf.sum(0) + conf.sum(1) - np.diag(conf))
+    assert res["thresholds"] == p.study.thresholds and np.shape(res["sweep_inter"]) == (len(samples), len(p.study.thresholds), k)
+
+
+@pytest.mark.parametrize("over", [{}, {"masks.uncertain_band": [0.4, 0.6]}, {"masks.crf.enabled": True}])
+def test_the_threshold_sweep_equals_make_mask_at_each_threshold(params, pipe, over):
+    """The shortcut (make_mask once, then threshold, band and small regions per threshold) gives make_mask's labels."""
+    samples = ablations.generate(pipe, ablations.generation_params([params]), get_oracle(params))[:2]
+    p = ablations.apply(params, {**over, "study.thresholds": [0.3, 0.5], "study.crf_thresholds": [0.4]})
+    res = ablations.score(samples, p)
+    assert res["thresholds"] == ([0.4] if over.get("masks.crf.enabled") else [0.3, 0.5])
+    k = len(params.classes) + 1
+    for j, t in enumerate(res["thresholds"]):
+        q = ablations.apply(p, {"masks.threshold": t})
+        for s, got_i, got_u in zip(samples, res["sweep_inter"], res["sweep_union"]):
+            labels, _ = make_mask(s.cross, s.image, q.masks, s.class_ids, s.self_attn)
+            i, u = stats.confusion_counts(labels, s.oracle, k)
+            assert got_i[j] == i.tolist() and got_u[j] == u.tolist()
+    none = ablations.score(samples, ablations.apply(p, {"masks.threshold_mode": "adaptive"}))
+    assert none["thresholds"] == [] and "sweep_inter" not in none  # nothing to choose
+
+
+def fake_score(inter, union, ids=None, thresholds=()):
+    """A cached score as score() writes it, from [images, classes] (or [images, thresholds, classes]) counts."""
+    inter, union = np.asarray(inter), np.asarray(union)
+    sweep = inter.ndim == 3
+    own_i, own_u = (inter[:, 0], union[:, 0]) if sweep else (inter, union)
+    res = {"miou": float(stats.pooled_miou(own_i, own_u)), "n": len(inter), "ignored": 0.0,
+           "images": ids or [f"s{i}" for i in range(len(inter))], "num_classes": inter.shape[-1],
+           "inter": own_i.tolist(), "union": own_u.tolist(), "thresholds": list(thresholds)}
+    if sweep:
+        res |= {"sweep_inter": inter.tolist(), "sweep_union": union.tolist()}
+    return res
+
+
+def test_intervals_pair_images_and_tune_each_variant_on_other_images():
+    rng = np.random.default_rng(0)
+    n, k = 20, 3
+    union = rng.integers(50, 200, size=(n, 2, k))
+    # baseline is best at threshold 0.3 (index 0), "tau: 0" at 0.5 (index 1): a shared fixed 0.3 would sink tau 0
+    base_i = np.stack([0.7 * union[:, 0], 0.5 * union[:, 1]], 1).astype(int)
+    tau0_i = np.stack([0.4 * union[:, 0], 0.72 * union[:, 1]], 1).astype(int)
+    scores = {"baseline: params": fake_score(base_i, union, thresholds=[0.3, 0.5]),
+              "tau: 0": fake_score(tau0_i, union, thresholds=[0.3, 0.5]),
+              "splicing: on": fake_score(base_i, union, thresholds=[0.3, 0.5]),
+              "mode: adaptive": fake_score(base_i[3:, 1], union[3:, 1], ids=[f"s{i}" for i in range(3, n)])}
+    bars = ablations.intervals(scores, "baseline: params")
+    same = bars["splicing: on"]
+    assert same["delta"] == same["delta_lo"] == same["delta_hi"] == 0 == same["tuned_delta"]
+    tau0 = bars["tau: 0"]
+    assert tau0["delta_hi"] < 0  # at the shared threshold, tau 0 looks worse
+    assert tau0["tuned_thresholds"] == "0.5" and bars["baseline: params"]["tuned_thresholds"] == "0.3"
+    assert tau0["tuned_delta"] == pytest.approx(0.02, abs=0.01)  # at its own threshold it is slightly better
+    assert tau0["miou_lo"] <= scores["tau: 0"]["miou"] <= tau0["miou_hi"]
+    adaptive = bars["mode: adaptive"]
+    assert adaptive["paired_n"] == n - 3 and adaptive["tuned_thresholds"] == ""  # paired on the shared images
+
+
 
 
 def test_miou_and_confusion_by_hand():

@@ -144,9 +144,11 @@ def test_best_threshold_is_the_argmax_and_the_csv_is_read_by_masks(study02, para
     best = thresholds.best_thresholds(curve)
     assert curve.groupby("class")["n"].nunique().eq(1).all()  # every point of a curve averages the same images
     for cls in params.class_names:
-        means = main[main["class"] == cls].groupby("threshold")["iou"].mean()
+        sums = main[main["class"] == cls].groupby("threshold")[["inter", "union"]].sum()
+        means = sums["inter"] / sums["union"].where(sums["union"] > 0)  # pooled IoU: counts summed over the images
         row = curve[curve["class"] == cls]
         np.testing.assert_allclose(row["mean"].to_numpy(), means.to_numpy())
+        assert (row["ci_lo"] <= row["mean"] + 1e-12).all() and (row["mean"] <= row["ci_hi"] + 1e-12).all()
         want = float(means.idxmax()) if means.notna().any() else 0.5
         assert best.set_index("class").loc[cls, "threshold"] == want
     path = tmp_path / "class_thresholds.csv"
@@ -156,18 +158,46 @@ def test_best_threshold_is_the_argmax_and_the_csv_is_read_by_masks(study02, para
     assert list(modes["mode"]) == ["fixed 0.5", "per class", "adaptive"] and modes["n"].gt(0).all()
 
 
-def test_summary_is_the_t_interval():
-    from scipy import stats
+def test_records_keep_counts_and_the_summary_is_the_pooled_bootstrap(study02):
+    """The records keep each image's pixel counts, so a curve's interval can be recomputed: a point is the pooled
+    IoU with the bootstrap interval over whole images of dmutils.stats, not a t-interval on per-instance IoUs."""
+    from dmutils import stats
 
-    rng = np.random.default_rng(0)
-    values = rng.random(9)
-    s = thresholds.summarize(np.append(values, np.nan))
-    lo, hi = stats.t.interval(0.95, 8, loc=values.mean(), scale=stats.sem(values))
-    assert s["n"] == 9 and s["mean"] == pytest.approx(values.mean())
-    assert (s["ci_lo"], s["ci_hi"]) == pytest.approx((max(lo, 0), min(hi, 1)))
-    records = pd.DataFrame({"class": ["a", "a", "b", "b"], "threshold": [0.3, 0.5, 0.3, 0.5], "iou": [0.2, 0.2, 0.4, 0.1]})
-    best = thresholds.best_thresholds(thresholds.curves(records, ["class", "threshold"]))
+    records = study02[2]
+    assert (records["inter"] <= records["union"]).all()
+    with_class = records["union"] > 0
+    np.testing.assert_allclose(records.loc[with_class, "iou"], records.loc[with_class, "inter"] / records.loc[with_class, "union"])
+    assert records.loc[~with_class, "iou"].isna().all()
+    g = records[(records["tau"] == 0) & (records["threshold"] == 0.4) & ~records["crf"]]
+    inter, union = thresholds.counts_by_image(g)
+    assert len(inter) == g.loc[g["union"] > 0, "sample"].nunique()
+    want = stats.bootstrap_ci(inter, union)
+    got = thresholds.summarize(g)
+    assert (got["mean"], got["ci_lo"], got["ci_hi"], got["n"]) == (want["miou"], want["ci_lo"], want["ci_hi"], want["n"])
+    records2 = pd.DataFrame({"sample": ["s0", "s0", "s1", "s1"], "class": ["a", "a", "b", "b"], "threshold": [0.3, 0.5, 0.3, 0.5],
+                             "inter": [2, 2, 4, 1], "union": [10, 10, 10, 10]})
+    best = thresholds.best_thresholds(thresholds.curves(records2, ["class", "threshold"]))
     assert dict(zip(best["class"], best["threshold"])) == {"a": 0.3, "b": 0.3}  # ties: the lower threshold
+
+
+def test_taus_are_compared_at_their_own_threshold_chosen_on_other_images(study02, params):
+    from dmutils import stats
+
+    records = study02[2]
+    table = thresholds.tuned_comparison(records, params, "tau")
+    assert list(table["tau"]) == [0, 1, 2]
+    ref = table.set_index("tau").loc[params.masks.tau]
+    assert ref["diff"] == 0 and ref["diff_lo"] == 0 == ref["diff_hi"]  # the reference against itself
+    # by hand for tau 0: the cross-fitted counts of dmutils.stats on the tau-0 sweep
+    sub = records[(records["tau"] == 0) & ~records["crf"]]
+    samples = sorted(records.loc[records["union"] > 0, "sample"].astype(str).unique())
+    inter, union, grid = thresholds.sweep_counts(sub, samples, params.class_names)
+    assert grid == params.study.thresholds and inter.shape == (len(samples), 3, len(params.class_names))
+    fit = stats.cross_fit(inter, union, thresholds.FOLDS, 0)
+    row = table.set_index("tau").loc[0]
+    assert row["miou"] == pytest.approx(stats.pooled_miou(*fit.scores)) and row["n"] == len(samples)
+    crf = thresholds.tuned_comparison(records, params, "crf")
+    assert list(crf["crf"]) == [False, True] and crf["miou"].between(0, 1).all()
 
 
 # ---------------------------------------------------------------------------------------------

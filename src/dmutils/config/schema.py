@@ -302,7 +302,7 @@ class StudyParams(_Strict):
 class OracleParams(_Strict):
     """What labels generated images as ground truth in the studies."""
 
-    kind: Literal["toy", "transformers", "none"] = "toy"
+    kind: Literal["toy", "toy_heuristic", "transformers", "none"] = "toy"
     model: str | None = Field(None, description="transformers segmentation model (hub id or folder)")
     class_map: dict[str, str] = Field(default_factory=dict, description="oracle label -> our class")
 

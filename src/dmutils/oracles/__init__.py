@@ -5,6 +5,8 @@ Every oracle has ``predict(images) -> labels``: (N, H, W, 3) uint8 in, (N, H, W)
 
 - ``oracle.kind='toy'``: the toy world's labeller (:mod:`dmutils.oracles.toy_unet`), its classes mapped to
   ours by name.
+- ``oracle.kind='toy_heuristic'``: the toy world's colour-and-shape rules (:mod:`dmutils.oracles.toy_heuristic`), no
+  learned weights: a second, independent labeller that measures the toy oracle's error on generated images.
 - ``oracle.kind='transformers'``: a semantic-segmentation model of transformers, as DiffuMask used a
   pretrained Mask2Former. ``oracle.model`` is a folder (or hub id) with the model and its image
   processor; SegFormer/BEiT/DPT/UperNet-style models load with ``AutoModelForSemanticSegmentation``,
@@ -73,6 +75,23 @@ class ToyOracle:
         if not ((self.lut > 0) & (self.lut < 255)).any():
             raise OracleError(f"the toy oracle's classes {oracle.CLASS_NAMES} share none with params.classes "
                               f"{params.class_names}; use oracle.kind='transformers' or map them with oracle.class_map")
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.lut[self.model.predict(_images(images))]
+
+
+class ToyHeuristicOracle:
+    """The toy world's colour-and-shape labeller with its labels mapped to ours."""
+
+    def __init__(self, params: Params):
+        from dmutils.oracles.toy_heuristic import HeuristicLabeller
+
+        self.model = HeuristicLabeller()
+        self.labels = list(self.model.labels)
+        self.lut = label_lookup(self.labels, params.class_names, params.oracle.class_map)
+        if not ((self.lut > 0) & (self.lut < 255)).any():
+            raise OracleError(f"the toy heuristic's classes {self.labels[1:]} share none with params.classes "
+                              f"{params.class_names}; map them with oracle.class_map")
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         return self.lut[self.model.predict(_images(images))]
@@ -158,7 +177,9 @@ def get_oracle(params: Params):
     kind = params.oracle.kind
     if kind == "toy":
         return ToyOracle(params, params.oracle.model and params.resolve_path(params.oracle.model))
+    if kind == "toy_heuristic":
+        return ToyHeuristicOracle(params)
     if kind == "transformers":
         return TransformersOracle(params)
     raise OracleError(f"oracle.kind={kind!r}: the studies need an oracle to measure masks against; "
-                      "set oracle.kind='toy' (toy world) or 'transformers' with oracle.model")
+                      "set oracle.kind='toy' (toy world), 'toy_heuristic' or 'transformers' with oracle.model")

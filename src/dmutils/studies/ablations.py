@@ -19,8 +19,17 @@ their attention through the capture processors, which can move the images by flo
 variant scored in a grid with other resolutions may differ from a fresh score in the 4th digit. The steps::
 
     variants = load_grid(params)                                   # [Variant(group, setting, overrides)]
-    results  = run_grid(pipe_factory, params, variants, cache_dir)  # one row per variant: miou, n
+    results  = run_grid(pipe_factory, params, variants, cache_dir)  # one row per variant: miou with intervals, n
     tables   = pivot_tables(results)                                # paper-style: one table per group
+
+Error bars (:mod:`dmutils.stats`). A cached score keeps each image's per-class intersection and union, so
+intervals are recomputed from the cache, never from pooled numbers: mIoU's 95% interval is a bootstrap over
+whole images, and a variant's change against the baseline is a *paired* bootstrap over the images both scored
+(matched by prompt and seed). A variant with a fixed threshold also keeps its counts at every threshold of
+the study's grid (``study.thresholds``; ``study.crf_thresholds`` with DenseCRF), and its *tuned* score is at
+its own best threshold chosen on other images (5-fold, the same folds for every variant): one shared fixed
+threshold would favour the variants it happens to suit (tau 0's maps peak lower than tau 2's, so 0.5 is
+off-optimum for tau 0), and a best threshold picked on the scored images is optimistic.
 """
 from __future__ import annotations
 
@@ -33,10 +42,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dmutils import stats
 from dmutils.config import Params, deep_merge, explain
 from dmutils.errors import ParamsError
 from dmutils.studies.ablation_segmenter import training_only
 from dmutils.studies.thresholds import (
+    FOLDS,
     Sample,
     one_thread,
     stable_hash,
@@ -47,6 +58,7 @@ from dmutils.studies.thresholds import (
 BASELINE = ("baseline", "params")
 GENERATION_SECTIONS = ("model", "classes", "prompts")
 CAPTURE_SHARED = ("cross_resolutions", "self_resolutions")  # read per variant, not per generation
+SCORE_VERSION = 2  # 2: per-image counts and the threshold sweep kept in the cache (1: pooled mIoU only)
 
 
 @dataclass
@@ -152,9 +164,24 @@ def generation_key(params: Params) -> str:
 
 
 def variant_hash(params: Params) -> str:
-    """Hash of everything a variant's score depends on: the cache key."""
+    """Hash of everything a variant's masks depend on (the segmenter's cache key builds on it)."""
     d = params.model_dump(mode="json")
     return stable_hash({"generation": generation_key(params), "capture": d["capture"], "masks": d["masks"]})
+
+
+def threshold_grid(params: Params) -> list[float]:
+    """The thresholds a fixed-threshold variant is also scored at: ``study.thresholds``, or with DenseCRF (slow)
+    ``study.crf_thresholds`` when set; none for per-class or adaptive thresholds (nothing to choose)."""
+    if params.masks.threshold_mode != "fixed":
+        return []
+    s = params.study
+    return list(s.crf_thresholds if params.masks.crf.enabled and s.crf_thresholds is not None else s.thresholds)
+
+
+def score_key(params: Params) -> str:
+    """The mask score's cache key: the masks' key, the threshold grid and :data:`SCORE_VERSION` (bumped when what
+    a cached score holds changes, so older entries are recomputed rather than read without their counts)."""
+    return stable_hash({"masks": variant_hash(params), "thresholds": threshold_grid(params), "score": SCORE_VERSION})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,20 +244,99 @@ def miou(conf: np.ndarray) -> float:
     return float((inter[union > 0] / union[union > 0]).mean()) if (union > 0).any() else float("nan")
 
 
+def _labels_at(sample: Sample, cross, self_attn, mp, grid: Sequence[float]) -> list[np.ndarray]:
+    """``make_mask``'s labels at each threshold of ``grid``. Without DenseCRF the scores do not depend on the
+    threshold, so make_mask runs once and its last steps (threshold, band, small regions) per threshold: the same
+    labels (tested); with DenseCRF it runs per threshold."""
+    from dmutils.masks.refine import label_map, make_mask, remove_small_regions
+
+    if mp.crf.enabled:
+        return [make_mask(cross, sample.image, mp.model_copy(update={"threshold": float(t)}), sample.class_ids, self_attn)[0]
+                for t in grid]
+    _, scores = make_mask(cross, sample.image, mp, sample.class_ids, self_attn)
+    min_pixels = int(np.ceil(mp.min_area * scores[0].size))
+    return [remove_small_regions(label_map(scores, sample.class_ids, float(t), mp.uncertain_band), min_pixels) for t in grid]
+
+
 def score(samples: Sequence[Sample], params: Params) -> dict[str, Any]:
-    """mIoU of the masks ``params`` make from ``samples`` against the oracle (pooled over images),
-    with the fraction of pixels the masks leave as 255 (the uncertain band's cost)."""
+    """mIoU of the masks ``params`` make from ``samples`` against the oracle (pooled over images), with the
+    fraction of pixels the masks leave as 255 (the uncertain band's cost), and what intervals are recomputed
+    from: ``images`` (sample ids), ``inter`` / ``union`` ``[images][classes]`` at the params' own settings and,
+    for a fixed threshold, ``sweep_inter`` / ``sweep_union`` ``[images][thresholds][classes]`` at each of
+    ``thresholds`` (:func:`threshold_grid`)."""
     from dmutils.masks.refine import make_mask
 
     k = len(params.classes) + 1
-    conf, ignored = np.zeros((k, k), dtype=np.int64), []
+    grid = threshold_grid(params)
+    inter, union, sweep_i, sweep_u, ignored = [], [], [], [], []
     with one_thread():
         for s in samples:
             cross, self_attn = variant_maps(s, params)
             labels, _ = make_mask(cross, s.image, params.masks, s.class_ids, self_attn, class_names=list(s.spec.classes))
-            conf += confusion(labels, s.oracle, k)
+            i, u = stats.confusion_counts(labels, s.oracle, k)
+            inter.append(i.tolist())
+            union.append(u.tolist())
             ignored.append(float((labels == 255).mean()))
-    return {"miou": miou(conf), "n": len(samples), "ignored": float(np.mean(ignored)) if ignored else float("nan")}
+            if grid:
+                at = [stats.confusion_counts(lab, s.oracle, k) for lab in _labels_at(s, cross, self_attn, params.masks, grid)]
+                sweep_i.append([c[0].tolist() for c in at])
+                sweep_u.append([c[1].tolist() for c in at])
+    n = len(samples)
+    out = {"miou": float(stats.pooled_miou(np.reshape(inter, (n, k)), np.reshape(union, (n, k)))) if n else float("nan"),
+           "n": n, "ignored": float(np.mean(ignored)) if ignored else float("nan"),
+           "images": [s.spec.id for s in samples], "num_classes": k, "inter": inter, "union": union, "thresholds": grid}
+    if grid:
+        out |= {"sweep_inter": sweep_i, "sweep_union": sweep_u}
+    return out
+
+
+COUNT_FIELDS = ("images", "num_classes", "inter", "union", "thresholds", "sweep_inter", "sweep_union")
+
+
+def _aligned(res: dict, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """A cached score's count arrays restricted to ``ids``, in that order."""
+    row = {i: r for r, i in enumerate(res["images"])}
+    take = np.asarray([row[i] for i in ids], dtype=np.int64)
+    n, k, t = len(res["images"]), res["num_classes"], len(res["thresholds"])
+    out = {"inter": np.reshape(res["inter"], (n, k)).astype(np.int64)[take],
+           "union": np.reshape(res["union"], (n, k)).astype(np.int64)[take]}
+    if t:
+        out |= {"sweep_inter": np.reshape(res["sweep_inter"], (n, t, k)).astype(np.int64)[take],
+                "sweep_union": np.reshape(res["sweep_union"], (n, t, k)).astype(np.int64)[take]}
+    return out
+
+
+def intervals(scores: dict[str, dict], baseline: str, folds: int = FOLDS, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per variant, from its cached per-image counts: the 95% bootstrap interval of its mIoU (``miou_lo``,
+    ``miou_hi``); its change against ``baseline`` with the paired bootstrap interval over the images both scored
+    (``delta``, ``delta_lo``, ``delta_hi``); and the same at each one's own threshold chosen on other images
+    (``tuned_*``; a variant without a threshold sweep is its own tuned score), with the thresholds chosen."""
+    base = scores[baseline]
+    out = {}
+    for name, res in scores.items():
+        shared = set(base["images"])
+        ids = [i for i in res["images"] if i in shared]
+        mine, ref = _aligned(res, ids), _aligned(base, ids)
+
+        def tuned(a: dict) -> tuple[tuple[np.ndarray, np.ndarray], list[int]]:
+            if "sweep_inter" not in a:
+                return (a["inter"], a["union"]), []
+            fit = stats.cross_fit(a["sweep_inter"], a["sweep_union"], folds, seed)
+            return fit.scores, sorted(set(fit.chosen.tolist()))
+
+        every = _aligned(res, res["images"])
+        own = stats.bootstrap_ci(every["inter"], every["union"], seed=seed)
+        delta = stats.paired_bootstrap((ref["inter"], ref["union"]), (mine["inter"], mine["union"]), seed=seed)
+        (ti, tu), chosen = tuned(mine)
+        (bi, bu), _ = tuned(ref)
+        t_one = stats.bootstrap_ci(ti, tu, seed=seed)
+        t_delta = stats.paired_bootstrap((bi, bu), (ti, tu), seed=seed)
+        out[name] = {"miou_lo": own["ci_lo"], "miou_hi": own["ci_hi"], "delta": delta["diff"], "delta_lo": delta["ci_lo"],
+                     "delta_hi": delta["ci_hi"], "paired_n": delta["n"], "tuned_miou": t_one["miou"], "tuned_lo": t_one["ci_lo"],
+                     "tuned_hi": t_one["ci_hi"], "tuned_delta": t_delta["diff"], "tuned_delta_lo": t_delta["ci_lo"],
+                     "tuned_delta_hi": t_delta["ci_hi"],
+                     "tuned_thresholds": " ".join(f"{res['thresholds'][c]:g}" for c in chosen)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +344,8 @@ def score(samples: Sequence[Sample], params: Params) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence[Variant], cache_dir: str | Path,
              oracle=None, progress: bool = True, test=None) -> pd.DataFrame:
-    """Score every variant: one row each (variant, group, setting, miou, n, ignored, cached, key,
+    """Score every variant: one row each (variant, group, setting, miou, the interval columns of :func:`intervals`,
+    n, ignored, cached, key,
     and for ``Variant.segmenter`` ones segmenter_miou, train_samples, train_seconds; NaN otherwise).
 
     ``pipe_factory`` is called once, and only when some score is not cached; samples are generated
@@ -252,9 +359,10 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     vparams = {v.name: apply(params, v.overrides, f"variant '{v.name}'") for v in variants}
-    keys = {v.name: variant_hash(vparams[v.name]) for v in variants}
+    keys = {v.name: score_key(vparams[v.name]) for v in variants}
     seg_params = {v.name: apply(vparams[v.name], v.segmenter_overrides, f"variant '{v.name}'") for v in variants if v.segmenter}
-    seg_keys = {name: seg.segmenter_key(p, keys[name]) for name, p in seg_params.items()}
+    # the segmenter's key builds on the masks' key (variant_hash), not the score's: a new score format retrains nothing
+    seg_keys = {name: seg.segmenter_key(p, variant_hash(vparams[name])) for name, p in seg_params.items()}
 
     def cached(key: str) -> dict | None:
         f = cache / f"{key}.json"
@@ -287,30 +395,45 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
                 res = seg.segmenter_score(samples, seg_params[v.name], test)
                 seg_results[v.name] = {**res, "cached": False}
                 atomic_write_bytes(cache / f"{seg_keys[v.name]}.json", json.dumps({**res, "variant": v.name}).encode())
+    bars = intervals(results, variants[0].name)
     rows = []
     for v in variants:
         r, sr = results[v.name], seg_results.get(v.name) or seg.nan_score()
-        rows.append({"variant": v.name, "group": v.group, "setting": v.setting, "miou": r["miou"], "n": r["n"],
+        rows.append({"variant": v.name, "group": v.group, "setting": v.setting, "miou": r["miou"], **bars[v.name], "n": r["n"],
                      "ignored": r["ignored"], "segmenter_miou": sr["segmenter_miou"], "train_samples": sr["train_samples"],
                      "train_seconds": sr["train_seconds"], "cached": r["cached"] and (sr.get("cached", True)),
                      "key": keys[v.name]})
     return pd.DataFrame(rows)
 
 
+PERCENT_COLUMNS = {"miou_lo": "lo", "miou_hi": "hi", "delta_lo": "Δ lo", "delta_hi": "Δ hi",
+                   "tuned_miou": "tuned mIoU (%)", "tuned_lo": "tuned lo", "tuned_hi": "tuned hi",
+                   "tuned_delta": "tuned Δ", "tuned_delta_lo": "tuned Δ lo", "tuned_delta_hi": "tuned Δ hi"}
+
+
 def pivot_tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """One paper-style table per group: the baseline row, then the group's settings, mIoU in % and
-    the change against the baseline; plus the segmenter's mIoU where the group has one."""
+    the change against the baseline; plus the segmenter's mIoU where the group has one.
+
+    With :func:`intervals`' columns (``run_grid`` adds them) each figure has its 95% interval in points, the
+    change is the paired one (images both scored), and the tuned columns give each setting at its own
+    threshold chosen on other images, with the thresholds chosen."""
     base = results[results["group"] == BASELINE[0]]
     base_miou = float(base["miou"].iloc[0]) if len(base) else float("nan")
     base_seg = float(base["segmenter_miou"].iloc[0]) if len(base) and "segmenter_miou" in base else float("nan")
+    bars = [c for c in PERCENT_COLUMNS if c in results]
     out = {}
     for group, g in results[results["group"] != BASELINE[0]].groupby("group", sort=False):
         t = pd.concat([base, g])
         has_seg = "segmenter_miou" in t and t["segmenter_miou"].iloc[1:].notna().any()
-        t = t[["setting", "miou", "n", *(["segmenter_miou"] if has_seg else [])]].copy()
-        t["delta"] = (t["miou"] - base_miou) * 100
+        paired = "delta" in t
+        t = t[["setting", "miou", "n", *(["segmenter_miou"] if has_seg else []), *(["delta"] if paired else []), *bars,
+               *(["tuned_thresholds"] if "tuned_thresholds" in t else [])]].copy()
+        t["delta"] = (t["delta"] if paired else t["miou"] - base_miou) * 100
         t["miou"] = t["miou"] * 100
-        names = {"miou": "mIoU (%)", "delta": "Δ vs baseline"}
+        for c in bars:
+            t[c] = t[c] * 100
+        names = {"miou": "mIoU (%)", "delta": "Δ vs baseline", **PERCENT_COLUMNS}
         if has_seg:
             t["segmenter_delta"] = (t["segmenter_miou"] - base_seg) * 100
             t["segmenter_miou"] = t["segmenter_miou"] * 100

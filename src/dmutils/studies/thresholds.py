@@ -8,8 +8,9 @@ reads. The steps, each a function of the one before::
     specs   = study_specs(params)                          # N prompts per class, one- and two-class
     samples = generate_samples(pipe, params, oracle)       # images + maps as dataset generation makes them
     records = sweep(samples, params)                       # one IoU per (sample, class, tau, crf, threshold)
-    curves  = threshold_curves(records, params)            # per class: mean, 95% CI, n per threshold
+    curves  = threshold_curves(records, params)            # per class: pooled IoU, 95% CI, n per threshold
     table   = threshold_table(best_thresholds(curves))     # class,threshold: the argmax of each curve
+    tuned   = tuned_comparison(records, params, "tau")     # each tau at its own threshold, chosen on other images
 
 IoU of a class in one image is the binary IoU of ``mask == class`` and ``oracle == class``, pixels
 that either marks 255 (ignore) left out. An image whose oracle labels have no pixel of a class (the
@@ -18,6 +19,13 @@ threshold, so every point of a curve averages the same images (``n``). Masks com
 the params' mask settings, except that the threshold mode is ``fixed`` at the swept value, there is
 no uncertain band (it would hide the pixels the threshold decides), and tau / CRF are the swept ones
 (DenseCRF is slow: CRF-on masks are swept at the coarser ``study.crf_thresholds``).
+
+Every record keeps its pixel counts (``inter``, ``union``: 0 and 0 where the oracle has no pixel of the
+class), so a curve's point is the *pooled* IoU (counts summed over the images, as mIoU is defined), and its
+95% interval is a bootstrap over whole images (:mod:`dmutils.stats`), recomputable from the saved records. A
+comparison of taus or of CRF off/on scores each at its own best threshold chosen on other images (k-fold
+cross-fitting), with the paired bootstrap interval of the difference: one fixed threshold would favour
+whichever setting it happens to suit, and the best threshold picked on the scored images is optimistic.
 Samples are generated with :func:`dmutils.dataset.batch.generate_batch`, the code the dataset
 is made with, so the study measures exactly what generation would produce.
 """
@@ -33,13 +41,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dmutils import stats
 from dmutils.config import MaskParams, Params
 from dmutils.dataset.pool import one_thread
 from dmutils.dataset.prompts import SampleSpec, TemplateSource, template_words
 from dmutils.errors import ParamsError
 from dmutils.masks.refine import label_map, make_mask, remove_small_regions
 
-CONFIDENCE = 0.95
+CONFIDENCE = stats.LEVEL
+FOLDS = 5  # cross-fitting of thresholds: each fold scored at the threshold chosen on the other four
 
 
 @dataclass
@@ -164,6 +174,16 @@ def mask_params(params: Params, tau: int, crf: bool, threshold: float | None = N
     return m.model_copy(update=update)
 
 
+def class_counts(labels: np.ndarray, oracle: np.ndarray, class_id: int) -> tuple[int, int]:
+    """Pixel counts (intersection, union) of ``labels == class_id`` and ``oracle == class_id``, pixels 255 in
+    either left out; (0, 0) when the oracle has no pixel of the class, so such an image adds nothing to a pooled IoU."""
+    keep = (labels != 255) & (oracle != 255)
+    pred, true = (labels == class_id) & keep, (oracle == class_id) & keep
+    if not true.any():
+        return 0, 0
+    return int((pred & true).sum()), int((pred | true).sum())
+
+
 def class_ious(labels: np.ndarray, oracle: np.ndarray, class_id: int) -> float:
     """Binary IoU of ``labels == class_id`` against ``oracle == class_id``, pixels 255 in either left
     out; NaN when the oracle has no pixel of the class (the model did not draw it)."""
@@ -174,10 +194,10 @@ def class_ious(labels: np.ndarray, oracle: np.ndarray, class_id: int) -> float:
     return float((pred & true).sum()) / float((pred | true).sum())
 
 
-def sample_ious(sample: Sample, mp: MaskParams, class_names: Sequence[str]) -> list[float]:
-    """IoU of each of the sample's classes for the mask ``make_mask`` makes with ``mp``."""
+def sample_counts(sample: Sample, mp: MaskParams, class_names: Sequence[str]) -> list[tuple[int, int]]:
+    """(intersection, union) of each of the sample's classes for the mask ``make_mask`` makes with ``mp``."""
     labels, _ = make_mask(sample.cross, sample.image, mp, sample.class_ids, sample.self_attn, class_names=list(class_names))
-    return [class_ious(labels, sample.oracle, k) for k in sample.class_ids]
+    return [class_counts(labels, sample.oracle, k) for k in sample.class_ids]
 
 
 def threshold_labels(sample: Sample, params: Params, tau: int, crf: bool, thresholds: Sequence[float]) -> list[np.ndarray]:
@@ -195,8 +215,11 @@ def threshold_labels(sample: Sample, params: Params, tau: int, crf: bool, thresh
 
 
 
+RECORD_COLUMNS = ["sample", "prompt", "seed", "class", "tau", "crf", "threshold", "iou", "inter", "union"]
+
+
 def sweep(samples: Sequence[Sample], params: Params, progress: bool = False) -> pd.DataFrame:
-    """One row per (sample, class, tau, crf, threshold) with its IoU (see the module docstring).
+    """One row per (sample, class, tau, crf, threshold) with its IoU and pixel counts (see the module docstring).
 
     CRF-on conditions are swept at ``study.crf_thresholds`` (all of ``study.thresholds`` when None)."""
     from dmutils.progress import progress_bar
@@ -210,32 +233,40 @@ def sweep(samples: Sequence[Sample], params: Params, progress: bool = False) -> 
                 grid = params.study.crf_thresholds if crf and params.study.crf_thresholds is not None else params.study.thresholds
                 for t, labels in zip(grid, threshold_labels(s, params, tau, crf, grid)):
                     for cls, k in zip(s.spec.classes, s.class_ids):
+                        inter, union = class_counts(labels, s.oracle, k)
                         rows.append({"sample": s.spec.id, "prompt": s.spec.prompt, "seed": s.spec.seed, "class": cls,
-                                     "tau": tau, "crf": crf, "threshold": float(t), "iou": class_ious(labels, s.oracle, k)})
-    return pd.DataFrame(rows, columns=["sample", "prompt", "seed", "class", "tau", "crf", "threshold", "iou"])
+                                     "tau": tau, "crf": crf, "threshold": float(t),
+                                     "iou": inter / union if union else float("nan"), "inter": inter, "union": union})
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
 
 
 # ---------------------------------------------------------------------------------------------
 # Curves and the table
 # ---------------------------------------------------------------------------------------------
-def summarize(values: pd.Series | np.ndarray) -> dict[str, float]:
-    """Mean of per-image IoUs with the t-interval (95%) ``mean ± t(0.975, n-1) · sd / sqrt(n)``,
-    clipped to [0, 1] where IoUs live (n = 1: no spread, the band is the mean)."""
-    from scipy import stats
+def counts_by_image(records: pd.DataFrame, classes: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``inter``, ``union`` arrays ``[images, classes]`` from records (one row per sample and class at most);
+    images without any union (the oracle found none of their classes) are left out: they hold no score."""
+    samples, s_idx = np.unique(records["sample"].astype(str).to_numpy(), return_inverse=True)
+    classes = list(classes) if classes is not None else sorted(records["class"].unique())
+    c_idx = records["class"].map({c: k for k, c in enumerate(classes)}).to_numpy()
+    inter = np.zeros((len(samples), len(classes)), dtype=np.int64)
+    union = np.zeros_like(inter)
+    np.add.at(inter, (s_idx, c_idx), records["inter"].to_numpy(np.int64))
+    np.add.at(union, (s_idx, c_idx), records["union"].to_numpy(np.int64))
+    keep = union.sum(1) > 0
+    return inter[keep], union[keep]
 
-    v = np.asarray(values, dtype=np.float64)
-    v = v[~np.isnan(v)]
-    n = len(v)
-    if n == 0:
-        return {"mean": float("nan"), "ci_lo": float("nan"), "ci_hi": float("nan"), "n": 0}
-    mean = float(v.mean())
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * v.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-    return {"mean": mean, "ci_lo": max(mean - half, 0.0), "ci_hi": min(mean + half, 1.0), "n": n}
+
+def summarize(records: pd.DataFrame, seed: int = 0) -> dict[str, float]:
+    """Pooled IoU of the records' classes (mean over classes of summed intersection / summed union) with its 95%
+    bootstrap interval over whole images (:func:`dmutils.stats.bootstrap_ci`); n = images with a score."""
+    r = stats.bootstrap_ci(*counts_by_image(records), seed=seed)
+    return {"mean": r["miou"], "ci_lo": r["ci_lo"], "ci_hi": r["ci_hi"], "n": r["n"]}
 
 
 def curves(records: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """Mean IoU and confidence interval per group of ``by`` columns (``threshold`` among them)."""
-    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **summarize(g["iou"])}
+    """Pooled IoU and its bootstrap interval per group of ``by`` columns (``threshold`` among them)."""
+    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **summarize(g)}
             for key, g in records.groupby(list(by), sort=True)]
     return pd.DataFrame(rows, columns=[*by, "mean", "ci_lo", "ci_hi", "n"])
 
@@ -267,8 +298,53 @@ def crf_curves(records: pd.DataFrame, params: Params) -> pd.DataFrame:
     return curves(_at(records, tau=main_condition(params)[0]), ["crf", "threshold"])
 
 
+def sweep_counts(records: pd.DataFrame, samples: Sequence[str], classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """``inter``, ``union`` ``[images, thresholds, classes]`` of one (tau, crf) condition's records, rows in the
+    order of ``samples`` (every condition's arrays share it, so they can be paired), and the thresholds."""
+    grid = sorted(records["threshold"].unique())
+    s_idx = records["sample"].astype(str).map({s: k for k, s in enumerate(samples)}).to_numpy()
+    t_idx = records["threshold"].map({t: k for k, t in enumerate(grid)}).to_numpy()
+    c_idx = records["class"].map({c: k for k, c in enumerate(classes)}).to_numpy()
+    inter = np.zeros((len(samples), len(grid), len(classes)), dtype=np.int64)
+    union = np.zeros_like(inter)
+    np.add.at(inter, (s_idx, t_idx, c_idx), records["inter"].to_numpy(np.int64))
+    np.add.at(union, (s_idx, t_idx, c_idx), records["union"].to_numpy(np.int64))
+    return inter, union, [float(t) for t in grid]
+
+
+def tuned_comparison(records: pd.DataFrame, params: Params, by: str = "tau", folds: int = FOLDS, seed: int = 0) -> pd.DataFrame:
+    """Each tau (``by='tau'``, at the params' CRF setting) or CRF off/on (``by='crf'``, at the params' tau) at its
+    own best threshold, chosen on other images: one row per setting with its cross-fitted mIoU (pooled over the
+    classes the images name) and 95% bootstrap interval, the thresholds its folds chose, and the paired bootstrap
+    difference against the params' own setting (``diff``, ``diff_lo``, ``diff_hi``; b minus the reference).
+
+    Folds are drawn over the images (seeded), the same for every setting, so the difference is paired."""
+    tau, crf = main_condition(params)
+    sub = _at(records, crf=crf) if by == "tau" else _at(records, tau=tau)
+    reference = tau if by == "tau" else crf
+    classes = params.class_names
+    settings = sorted(sub[by].unique())
+    # images that hold a score in some setting (the oracle drew a named class); the same rows for every setting
+    scored = records[records["union"] > 0]["sample"].astype(str).unique()
+    samples = sorted(scored)
+    fits, grids = {}, {}
+    for v in settings:
+        inter, union, grids[v] = sweep_counts(sub[sub[by] == v], samples, classes)
+        fits[v] = stats.cross_fit(inter, union, folds, seed)
+    rows = []
+    for v in settings:
+        f = fits[v]
+        one = stats.bootstrap_ci(*f.scores, seed=seed)
+        diff = stats.paired_bootstrap(fits[reference].scores, f.scores, seed=seed) if reference in fits else {}
+        chosen = sorted({grids[v][c] for c in f.chosen})
+        rows.append({by: v, "miou": one["miou"], "ci_lo": one["ci_lo"], "ci_hi": one["ci_hi"], "n": one["n"],
+                     "thresholds": " ".join(f"{t:g}" for t in chosen), "diff": diff.get("diff", np.nan),
+                     "diff_lo": diff.get("ci_lo", np.nan), "diff_hi": diff.get("ci_hi", np.nan)})
+    return pd.DataFrame(rows, columns=[by, "miou", "ci_lo", "ci_hi", "n", "thresholds", "diff", "diff_lo", "diff_hi"])
+
+
 def best_thresholds(curve: pd.DataFrame, fallback: float = 0.5) -> pd.DataFrame:
-    """Per class the threshold where its mean IoU is highest (the first one on ties); a class
+    """Per class the threshold where its pooled IoU is highest (the first one on ties); a class
     without any IoU gets ``fallback`` (``n = 0`` says so)."""
     rows = []
     for cls, g in curve.groupby("class", sort=False):
@@ -289,7 +365,7 @@ def threshold_table(best: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare_modes(samples: Sequence[Sample], params: Params, table_path: str | Path) -> pd.DataFrame:
-    """Mean IoU of the three threshold modes at the params' tau and CRF: fixed (``masks.threshold``),
+    """Pooled IoU (with its bootstrap interval) of the three threshold modes at the params' tau and CRF: fixed (``masks.threshold``),
     per class (the table at ``table_path``, read by make_mask itself) and adaptive (DiffuMask's per-image choice).
 
     The per-class row is measured on the images its table was chosen on: an optimistic estimate."""
@@ -301,8 +377,9 @@ def compare_modes(samples: Sequence[Sample], params: Params, table_path: str | P
     rows = []
     with one_thread():
         for name, mp in modes.items():
-            ious = [iou for s in samples for iou in sample_ious(s, mp, s.spec.classes)]
-            rows.append({"mode": name, **summarize(np.asarray(ious))})
+            recs = [{"sample": s.spec.id, "class": c, "inter": i, "union": u}
+                    for s in samples for c, (i, u) in zip(s.spec.classes, sample_counts(s, mp, s.spec.classes))]
+            rows.append({"mode": name, **summarize(pd.DataFrame(recs, columns=["sample", "class", "inter", "union"]))})
     return pd.DataFrame(rows)
 
 

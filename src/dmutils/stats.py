@@ -1,0 +1,175 @@
+"""Error bars for mask scores: bootstrap over whole images, and thresholds chosen on other images.
+
+Why this shape:
+
+- **mIoU is pooled, so the statistic is pooled.** mIoU sums each class's intersection and union over the images
+  before dividing; a mean of per-image IoUs is a different number. A score is kept as two arrays ``inter`` and
+  ``union`` of shape ``[images, classes]`` (pixel counts), and every resample recomputes the pooled mIoU from them.
+- **Images are the unit.** The classes of one image and its pixels are not independent draws, so a resample draws
+  whole images (the rows) with replacement, keeping each image's classes together; a t-interval on IoUs of class
+  instances treats them as independent and is symmetric where IoU is bounded and often bimodal. The interval is the
+  95% percentile interval of the resampled statistic.
+- **Paired.** Two variants scored on the same images are compared by resampling the *same* rows for both, so
+  image-to-image difficulty cancels in the difference; identical variants give a difference of exactly 0.
+- **No selection on the scored images.** A variant's best threshold, chosen on the images it is then scored on,
+  is optimistic, the more so the more thresholds are tried. :func:`cross_fit` splits the images into k seeded
+  folds and scores each fold at the threshold :func:`choose_threshold` picks on the other folds, so each variant is
+  compared at its own best threshold, chosen on other images.
+
+The resampling is a multinomial weight matrix ``[n_boot, images]`` times the count arrays: an index resample and
+a sum, vectorised. numpy only, so every layer can use it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+LEVEL = 0.95
+N_BOOT = 2000
+
+
+def confusion_counts(pred: np.ndarray, true: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class (intersection, union) pixel counts of one label map against another, pixels 255 in either left out."""
+    keep = (pred != 255) & (true != 255)
+    p, t = pred[keep].astype(np.int64), true[keep].astype(np.int64)
+    inter = np.bincount(t[p == t], minlength=num_classes)[:num_classes]
+    union = np.bincount(p, minlength=num_classes)[:num_classes] + np.bincount(t, minlength=num_classes)[:num_classes] - inter
+    return inter, union
+
+
+def image_counts(preds, trues, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``inter``, ``union`` arrays ``[images, classes]`` for a stack (or list) of label maps against their truths."""
+    pairs = [confusion_counts(np.asarray(p), np.asarray(t), num_classes) for p, t in zip(preds, trues)]
+    if not pairs:
+        return np.zeros((0, num_classes), np.int64), np.zeros((0, num_classes), np.int64)
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def pooled_miou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """mIoU of counts summed over the images axis (-2): the mean over classes with a union of the per-class
+    intersection / union. ``[images, classes]`` gives a number, ``[..., images, classes]`` one per leading index;
+    NaN where no class has a union."""
+    i, u = np.asarray(inter, np.float64).sum(-2), np.asarray(union, np.float64).sum(-2)
+    return _mean_iou(i, u)
+
+
+def _mean_iou(i: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Mean over the last axis of i / u where u > 0 (NaN where no class has a union)."""
+    iou = np.divide(i, u, out=np.full_like(i, np.nan), where=u > 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN is the answer
+        return np.nanmean(iou, axis=-1)
+
+
+def _weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """``[n_boot, n]``: how many times each image is drawn in each resample (n draws with replacement)."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+
+
+def _resampled(weights: np.ndarray, inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """Pooled mIoU of each resample: the weighted image counts summed per class (``weights @ counts``)."""
+    return _mean_iou(weights @ np.asarray(inter, np.float64), weights @ np.asarray(union, np.float64))
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    v = values[~np.isnan(values)]
+    if not len(v):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(v, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def _check(inter, union) -> tuple[np.ndarray, np.ndarray]:
+    inter, union = np.asarray(inter), np.asarray(union)
+    if inter.shape != union.shape or inter.ndim != 2:
+        raise ValueError(f"inter and union must be [images, classes] arrays of one shape, got {inter.shape} and {union.shape}")
+    if (inter > union).any() or (inter < 0).any():
+        raise ValueError("counts must satisfy 0 <= intersection <= union")
+    return inter, union
+
+
+def bootstrap_ci(inter, union, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict[str, float]:
+    """Pooled mIoU of ``[images, classes]`` counts with its percentile interval over images resampled whole:
+    ``{"miou", "ci_lo", "ci_hi", "n"}`` (n = images; an empty set gives NaNs)."""
+    inter, union = _check(inter, union)
+    n = len(inter)
+    if n == 0:
+        return {"miou": float("nan"), "ci_lo": float("nan"), "ci_hi": float("nan"), "n": 0}
+    lo, hi = _interval(_resampled(_weights(n, n_boot, seed), inter, union), level)
+    return {"miou": float(pooled_miou(inter, union)), "ci_lo": lo, "ci_hi": hi, "n": n}
+
+
+def paired_bootstrap(scores_a, scores_b, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict[str, float]:
+    """Difference of pooled mIoU, b minus a, of two variants scored on the same images (row k of each is image k),
+    with the percentile interval of the difference over the same resampled images for both.
+
+    ``scores_a``, ``scores_b``: ``(inter, union)`` pairs of ``[images, classes]`` arrays. Returns ``{"diff",
+    "ci_lo", "ci_hi", "miou_a", "miou_b", "n"}``."""
+    ia, ua = _check(*scores_a)
+    ib, ub = _check(*scores_b)
+    if ia.shape != ib.shape:
+        raise ValueError(f"a paired comparison needs the same images and classes in both, got {ia.shape} and {ib.shape}")
+    n = len(ia)
+    if n == 0:
+        return {"diff": float("nan"), "ci_lo": float("nan"), "ci_hi": float("nan"), "miou_a": float("nan"),
+                "miou_b": float("nan"), "n": 0}
+    w = _weights(n, n_boot, seed)
+    lo, hi = _interval(_resampled(w, ib, ub) - _resampled(w, ia, ua), level)
+    a, b = float(pooled_miou(ia, ua)), float(pooled_miou(ib, ub))
+    return {"diff": b - a, "ci_lo": lo, "ci_hi": hi, "miou_a": a, "miou_b": b, "n": n}
+
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds chosen on other images
+# ---------------------------------------------------------------------------------------------
+def folds(n: int, k: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold index (0..k-1) of each of ``n`` images: a seeded permutation cut into k near-equal parts
+    (k is capped at n, so every fold has an image and every image is scored once)."""
+    k = max(1, min(k, n))
+    out = np.empty(n, dtype=np.int64)
+    out[np.random.default_rng(seed).permutation(n)] = np.arange(n) % k
+    return out
+
+
+def choose_threshold(inter, union) -> int:
+    """Index of the threshold with the highest pooled mIoU on these images; the first on ties, 0 when none scores.
+
+    ``inter``, ``union``: ``[images, thresholds, classes]`` counts of one variant swept over thresholds."""
+    per_t = pooled_miou(np.moveaxis(np.asarray(inter), 1, 0), np.moveaxis(np.asarray(union), 1, 0))
+    return int(np.nanargmax(per_t)) if not np.isnan(per_t).all() else 0
+
+
+@dataclass
+class CrossFit:
+    """Each image's counts at the threshold chosen on the other folds."""
+
+    inter: np.ndarray  # [images, classes]
+    union: np.ndarray  # [images, classes]
+    chosen: np.ndarray  # [images]: index of the threshold each image was scored at
+    fold: np.ndarray  # [images]
+
+    @property
+    def scores(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.inter, self.union
+
+
+def cross_fit(inter, union, k: int = 5, seed: int = 0) -> CrossFit:
+    """Score every image at the threshold :func:`choose_threshold` picks on the images of the other folds.
+
+    ``inter``, ``union``: ``[images, thresholds, classes]``. Variants scored on the same images with the same
+    ``k`` and ``seed`` share their folds, so their cross-fitted scores can be compared with :func:`paired_bootstrap`.
+    A single image has no other images to choose on: it is scored at threshold index 0, never at a choice made on
+    itself."""
+    inter, union = np.asarray(inter), np.asarray(union)
+    if inter.shape != union.shape or inter.ndim != 3:
+        raise ValueError(f"inter and union must be [images, thresholds, classes], got {inter.shape} and {union.shape}")
+    n = len(inter)
+    fold = folds(n, k, seed)
+    chosen = np.zeros(n, dtype=np.int64)
+    for f in np.unique(fold):
+        train = fold != f
+        chosen[fold == f] = choose_threshold(inter[train], union[train]) if train.any() else 0
+    rows = np.arange(n)
+    return CrossFit(inter[rows, chosen], union[rows, chosen], chosen, fold)
