@@ -61,7 +61,25 @@ SANA = Family("sana", CrossAttentionDiTAdapter, denoisers=("SanaTransformer2DMod
               blocks=(Blocks("transformer_blocks", "cross", "cross", DIT_ATTNS),), grid=patch_grid, grid_note=PATCH_NOTE,
               text_ids=sana_text_ids, linear_self=True)
 
-FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA)
+FLUX2 = Family("flux2", JointAttentionAdapter, denoisers=("Flux2Transformer2DModel",),
+               pipelines=("Flux2Pipeline", "Flux2KleinPipeline"),
+               blocks=(Blocks("transformer_blocks", "dual", "dual"), Blocks("single_transformer_blocks", "single", "single")),
+               text_first=True, grid=ids_grid, grid_note="packed token grid, image side / 16", cfg="none")
+
+QWEN_TEMPLATE_TOKENS = 34  # pipeline_qwenimage's prompt_template_encode_start_idx: the template before the prompt
+
+
+def qwen_text_ids(ids: torch.Tensor, text_len: int) -> torch.Tensor:
+    """Qwen-Image drops its prompt template's first 34 tokens from the embeddings: the same ids."""
+    ids = ids[:, QWEN_TEMPLATE_TOKENS:]
+    return ids[:, :text_len] if text_len else ids
+
+
+QWEN_IMAGE = Family("qwenimage", JointAttentionAdapter, denoisers=("QwenImageTransformer2DModel",), pipelines=("QwenImagePipeline",),
+                    blocks=(Blocks("transformer_blocks", "dual", "dual"),), text_first=True, grid=img_shapes_grid,
+                    grid_note="packed token grid, image side / 16", cfg="none", text_ids=qwen_text_ids)
+
+FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE)
 
 
 def family_for(pipe) -> Family:
