@@ -10,12 +10,8 @@ from diffusers import DiffusionPipeline
 from diffusers.models.attention_processor import Attention, SanaLinearAttnProcessor2_0
 
 from dmutils.attention import CaptureSpec, capture
-from dmutils.attention.adapters import (
-    CaptureError,
-    PixArtAdapter,
-    SanaAdapter,
-    adapter_class,
-)
+from dmutils.attention.adapters import CaptureError, family_for
+from dmutils.attention.adapters.families import PIXART, SANA
 from dmutils.attention.adapters.dit import LinearAttentionRecorder, _SideRecorder
 from dmutils.attention.processors import CaptureAttnProcessor
 from dmutils.data import voc
@@ -24,7 +20,7 @@ from dmutils.testing.dits import save_tiny_pixart_sigma, save_tiny_sana
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SAVERS = {"pixart": save_tiny_pixart_sigma, "sana": save_tiny_sana}
-ADAPTER = {"pixart": PixArtAdapter, "sana": SanaAdapter}
+ADAPTER = {"pixart": PIXART, "sana": SANA}
 PROMPTS = ["a man riding a horse", "an aeroplane and a potted plant"]
 GRID = 16  # both tiny pipelines generate at their smallest bin (256 / 512 px): a 16x16 patch grid
 SPEC = CaptureSpec(cross_resolutions=(GRID,), self_resolutions=(GRID,))
@@ -88,7 +84,7 @@ def test_tiny_pipelines_load_from_disk_and_generate_deterministically(saved):
 
 def test_family_and_layer_table(saved):
     family, _, pipe = saved
-    assert adapter_class(pipe) is ADAPTER[family]
+    assert family_for(pipe) is ADAPTER[family]
     with capture(pipe, SPEC) as rec:
         layers = rec.adapter.attention_layers()
         assert [(layer.level, layer.kind) for layer in layers] == [(i, k) for i in range(4) for k in ("self", "cross")]

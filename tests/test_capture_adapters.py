@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dmutils.attention import CaptureError, CaptureSpec, capture
-from dmutils.attention.adapters import ADAPTERS, UNetAdapter, adapter_class
+from dmutils.attention.adapters import FAMILIES, UNetAdapter, family_for
 from dmutils.config import ModelParams
 from dmutils.errors import ParamsError
 from dmutils.pipeline import load_pipeline, pipeline_class
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_unet_pipeline_gets_the_unet_adapter_and_its_layer_table():
     pipe = tiny_sd15_pipeline()
-    assert adapter_class(pipe) is UNetAdapter
+    assert family_for(pipe).adapter is UNetAdapter
     with capture(pipe) as rec:
         assert rec.adapter.family == "unet" and rec.denoiser is pipe.unet and rec.unet is pipe.unet
         layers = rec.adapter.attention_layers()
@@ -30,8 +30,8 @@ def test_a_pipeline_of_no_known_family_is_refused_by_name():
         transformer = torch.nn.Linear(1, 1)
 
     with pytest.raises(ValueError, match=r"cannot capture attention from NoDenoiser \(denoiser Linear\).*supported families"):
-        adapter_class(NoDenoiser())
-    assert [cls.family for cls in ADAPTERS][0] == "unet"
+        family_for(NoDenoiser())
+    assert [f.name for f in FAMILIES][0] == "unet"
 
 
 def test_load_pipeline_auto_family_reads_model_index(tmp_path):

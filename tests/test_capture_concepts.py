@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dmutils.attention import CaptureSpec, capture
-from dmutils.attention.adapters import CaptureError, FluxAdapter, MMDiTAdapter
+from dmutils.attention.adapters import CaptureError, JointAttentionAdapter
 from dmutils.testing.dits import tiny_flux_pipeline, tiny_sd3_pipeline
 from dmutils.testing.sd import tiny_sd15_pipeline
 
@@ -12,8 +12,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a dog on the grass", "an aeroplane in the sky"]
 GRID, TEXT = 8, 16
 FAMILIES = {
-    "sd3": (lambda: tiny_sd3_pipeline(), MMDiTAdapter, {"max_sequence_length": TEXT}),
-    "flux": (lambda: tiny_flux_pipeline(), FluxAdapter,
+    "sd3": (lambda: tiny_sd3_pipeline(), JointAttentionAdapter, {"max_sequence_length": TEXT}),
+    "flux": (lambda: tiny_flux_pipeline(), JointAttentionAdapter,
              {"max_sequence_length": TEXT, "guidance_scale": 3.5, "height": 32, "width": 32}),
 }
 

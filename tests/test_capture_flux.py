@@ -7,7 +7,8 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
 from dmutils.attention import CaptureSpec, capture, joint
-from dmutils.attention.adapters import CaptureError, FluxAdapter, adapter_class
+from dmutils.attention.adapters import CaptureError, family_for
+from dmutils.attention.adapters.families import FLUX1
 from dmutils.testing.dits import save_tiny_flux, tiny_flux_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +32,7 @@ def spec(**kw):
 
 
 def test_images_unchanged_processors_restored_also_on_error(pipe):
-    assert adapter_class(pipe) is FluxAdapter
+    assert family_for(pipe) is FLUX1
     before = dict(pipe.transformer.attn_processors)
     plain = generate(pipe)
     with capture(pipe, spec()) as rec:

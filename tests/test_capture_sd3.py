@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dmutils.attention import CaptureSpec, capture, joint
-from dmutils.attention.adapters import CaptureError, MMDiTAdapter, adapter_class
+from dmutils.attention.adapters import CaptureError, family_for
+from dmutils.attention.adapters.families import SD3
 from dmutils.testing.dits import save_tiny_sd3, tiny_sd3_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +30,7 @@ def spec(**kw):
 
 
 def test_images_unchanged_processors_restored_also_on_error(pipe):
-    assert adapter_class(pipe) is MMDiTAdapter
+    assert family_for(pipe) is SD3
     before = dict(pipe.transformer.attn_processors)
     plain = generate(pipe)
     with capture(pipe, spec()) as rec:

@@ -10,8 +10,8 @@
     maps.word_map(0, "potted plant", size=64); maps.class_maps(0, {"person": "man"}, size=64)
     maps.self_attention(0, 32); maps.truncated(0)
 
-Modules: ``spec`` (what to capture), ``capture`` (the context manager and hooks), ``adapters`` (one
-per model family: its layers, map grid, text layout and recording processors), ``processors``
+Modules: ``spec`` (what to capture), ``capture`` (the context manager and hooks), ``adapters`` (a
+descriptor per model family: its blocks, map grid and text layout, read by one adapter per kind of attention), ``processors``
 (the UNet's recording attention processor), ``state`` (running sums, flat in steps), ``maps`` (results and
 look-up by word), ``prompts`` (class-prompt appending / class-prompt cross-attention), ``ablations``
 (interventions for studies: ``text_isolated`` cuts MMDiT's text-to-text attention).

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
 
-from dmutils.attention.adapters.mmdit import joint_outputs, joint_qkv
 
 
 class TextIsolatedJointProcessor(JointAttnProcessor2_0):
@@ -34,6 +33,43 @@ class TextIsolatedJointProcessor(JointAttnProcessor2_0):
         query, key, value, _ = joint_qkv(attn, hidden_states, encoder_hidden_states)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=self.joint_mask(n_img, query.shape[2], query.device))
         return joint_outputs(attn, out, n_img, True)
+
+
+def joint_qkv(attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None):
+    """Query, key and value (batch, heads, seq, d) of SD3's joint attention over [image, text], as
+    ``JointAttnProcessor2_0`` makes them, and the text's slice of the sequence (None without text)."""
+    query, key, value = (_heads(attn, p(hidden_states)) for p in (attn.to_q, attn.to_k, attn.to_v))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    if encoder_hidden_states is None:
+        return query, key, value, None
+    eq, ek, ev = (_heads(attn, p(encoder_hidden_states)) for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+    if attn.norm_added_q is not None:
+        eq = attn.norm_added_q(eq)
+    if attn.norm_added_k is not None:
+        ek = attn.norm_added_k(ek)
+    n_img = query.shape[2]
+    query, key, value = torch.cat([query, eq], 2), torch.cat([key, ek], 2), torch.cat([value, ev], 2)
+    return query, key, value, slice(n_img, query.shape[2])
+
+
+def joint_outputs(attn: Attention, out: torch.Tensor, n_img: int, has_text: bool):
+    """The layer's outputs from the attention ``out`` (batch, heads, seq, d): the image's, and the text's when it had text."""
+    out = out.transpose(1, 2).reshape(out.shape[0], -1, attn.heads * out.shape[-1])
+    image_out = attn.to_out[1](attn.to_out[0](out[:, :n_img]))
+    if not has_text:
+        return image_out
+    text_out = out[:, n_img:]
+    if not attn.context_pre_only:
+        text_out = attn.to_add_out(text_out)
+    return image_out, text_out
+
+
+def _heads(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """(batch, seq, heads * d) -> (batch, heads, seq, d)."""
+    return x.view(x.shape[0], -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
 
 
 @contextmanager

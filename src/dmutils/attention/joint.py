@@ -39,8 +39,7 @@ def attend_and_record(state: CaptureState, kinds: tuple[str, ...], resolution: i
     queries into ``state`` under ``resolution``. ``image`` / ``text`` are the token slices of the
     sequence (``text`` None: no text in this attention); ``text_part`` a slice within the text.
     At most ``max_chunk_bytes`` (default: the module's ``MAX_CHUNK_BYTES``) of scores exist at once.
-    ``attn_mask``: SDPA's mask of an ablation; it must leave the image queries' rows whole, as the maps
-    are computed from their unmasked scores."""
+    ``attn_mask``: SDPA's mask (a padding mask, an ablation's), applied to the maps' scores as to the output."""
     lse = None
     if "cross" in kinds and joint_norm == "joint_slice" and text is not None and _has_lse_kernel(query, key, value, attn_mask):
         # the kernel plain SDPA dispatches to on the CPU (same output, bit for bit), with each row's logsumexp
@@ -48,7 +47,8 @@ def attend_and_record(state: CaptureState, kinds: tuple[str, ...], resolution: i
     else:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)  # the layer's output, as its processor computes it
     if kinds:
-        record_joint(state, kinds, resolution, query, key, image, text, text_part, joint_norm, max_chunk_bytes, lse=lse)
+        record_joint(state, kinds, resolution, query, key, image, text, text_part, joint_norm, max_chunk_bytes, lse=lse,
+                     mask=attn_mask)
     return out
 
 
@@ -68,12 +68,13 @@ def _has_lse_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 def record_joint(state: CaptureState, kinds: tuple[str, ...], resolution: int, query: torch.Tensor, key: torch.Tensor,
                  image: slice, text: slice | None, text_part: slice | None = None, joint_norm: str = "joint_slice",
-                 max_chunk_bytes: int | None = None, lse: torch.Tensor | None = None) -> None:
+                 max_chunk_bytes: int | None = None, lse: torch.Tensor | None = None,
+                 mask: torch.Tensor | None = None) -> None:
     """Add the probabilities ``kinds`` of the conditional rows' image queries to ``state``.
 
     ``lse``: the attention's own row logsumexp (batch, heads, seq; float32), from the kernel that made
     the output; given, a ``joint_slice`` cross map is exp(q k_text^T * scale - lse) and costs the text
-    columns only.
+    columns only. ``mask``: SDPA's boolean or additive mask, broadcastable to (batch, heads, seq, seq).
 
     Only the score columns a map needs are computed (float32): the text part for ``text_softmax``
     cross maps, the image columns for self maps (the renormalised image slice of the joint softmax
@@ -97,19 +98,25 @@ def record_joint(state: CaptureState, kinds: tuple[str, ...], resolution: int, q
     per_head = n * queries * max(cols, 1) * 4 * 2  # scores and their softmax
     step = max(1, min(heads, (max_chunk_bytes or MAX_CHUNK_BYTES) // per_head))
     reduce_max = state.head_reduce == "max"
+    bias = _bias(mask, cond, img_cols)
     reduced: dict[str, torch.Tensor] = {}
     for h in range(0, heads, step):
         hs = slice(h, h + step)
         qh = q[:, hs]
-        s_img = torch.matmul(qh, k[:, hs, img_cols].transpose(-1, -2)).float() if need_image else None
+
+        def scores(cols: slice) -> torch.Tensor:
+            s = torch.matmul(qh, k[:, hs, cols].transpose(-1, -2)).float()
+            return s if bias is None else s.add_((bias[:, hs] if bias.shape[1] > 1 else bias)[..., cols])
+
+        s_img = scores(img_cols) if need_image else None
         parts = {}
         if "cross" in kinds:
             if joint_norm == "text_softmax":
-                parts["cross"] = _softmax_(torch.matmul(qh, k[:, hs, txt_cols].transpose(-1, -2)).float())
+                parts["cross"] = _softmax_(scores(txt_cols))
             elif row_lse is not None:  # the text columns of the joint softmax, normalised by the layer's own logsumexp
-                parts["cross"] = torch.matmul(qh, k[:, hs, txt_cols].transpose(-1, -2)).float().sub_(row_lse[:, hs]).exp_()
+                parts["cross"] = scores(txt_cols).sub_(row_lse[:, hs]).exp_()
             else:  # the text columns of the joint softmax: exp(score - logsumexp over every column)
-                s_txt = torch.matmul(qh, k[:, hs, txt_all].transpose(-1, -2)).float()
+                s_txt = scores(txt_all)
                 norm = torch.logaddexp(s_img.logsumexp(-1, keepdim=True), s_txt.logsumexp(-1, keepdim=True))
                 part = range(txt_all.stop - txt_all.start)[text_part] if text_part is not None else None
                 s_txt = s_txt if part is None else s_txt[..., part.start:part.stop]
@@ -123,6 +130,18 @@ def record_joint(state: CaptureState, kinds: tuple[str, ...], resolution: int, q
         del s_img, parts
     for kind, r in reduced.items():
         state.add(kind, resolution, r if reduce_max else r.div_(heads))
+
+
+def _bias(mask: torch.Tensor | None, cond: slice, rows: slice) -> torch.Tensor | None:
+    """SDPA's mask for the conditional rows' image queries as a float32 bias (batch|1, heads|1, queries|1, keys)."""
+    if mask is None:
+        return None
+    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    m = m[cond] if m.shape[0] > 1 else m
+    m = m[:, :, rows] if m.shape[2] > 1 else m
+    if m.dtype == torch.bool:
+        return torch.zeros(m.shape, dtype=torch.float32, device=m.device).masked_fill_(~m, float("-inf"))
+    return m.float()
 
 
 def _softmax_(scores: torch.Tensor) -> torch.Tensor:

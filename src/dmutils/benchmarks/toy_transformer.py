@@ -24,7 +24,7 @@ empty caption, ``pooled_only`` the token sequence of the empty caption; a model 
 from __future__ import annotations
 
 from dmutils.attention.ablations import text_isolated
-from dmutils.attention.adapters import MMDiTAdapter
+from dmutils.attention.adapters.families import SD3
 from dmutils.toy.probe import (
     KINDS,
     PROTOCOL_GUIDANCE,
@@ -47,7 +47,7 @@ def run_transformer(pipe, params, orc, n: int, batch: int, steps: int, quick: bo
     best = max(by_kind, key=lambda k: by_kind[k]["attention_miou"])
     by_block = {str(b): round(score(best, b)["attention_miou"], 4) for b in range(blocks)}
     isolated = None
-    if MMDiTAdapter.matches(pipe):  # joint attention: the text tokens can attend to each other
+    if SD3.matches(pipe):  # joint attention: the text tokens can attend to each other
         with text_isolated(tr):
             cut = score(best)
             isolated = {"attention_miou": round(cut["attention_miou"], 4), "presence_rate": round(cut["presence_rate"], 4),

@@ -75,7 +75,7 @@ def _settings(pipe, params: Params, windows: int):
 def score_model(params: Params, path: str, images: int, windows: int, orc=None, progress: bool = False) -> dict:
     """Scores of one model: rows (view, setting, miou, presence) and the best kind's examples."""
     from dmutils.attention.ablations import text_isolated
-    from dmutils.attention.adapters import MMDiTAdapter
+    from dmutils.attention.adapters.families import SD3
     from dmutils.oracles import toy_unet as oracle_mod
     from dmutils.pipeline import load_pipeline
     from dmutils.toy.probe import PROTOCOL_GUIDANCE, evaluate_model, uses_concepts
@@ -101,7 +101,7 @@ def score_model(params: Params, path: str, images: int, windows: int, orc=None, 
         r = score(dataclasses.replace(kinds[best], **change), uses_concepts(best))
         rows.append({"view": view, "setting": label, "miou": r["attention_miou"], "presence": r["presence_rate"]})
     rows += [{"view": "named word", "setting": word, "miou": iou, "presence": None} for word, iou in results[best]["iou_by_word"].items()]
-    if MMDiTAdapter.matches(pipe):  # the ablation: text tokens attend to the image and themselves, not to each other
+    if SD3.matches(pipe):  # the ablation: text tokens attend to the image and themselves, not to each other
         with text_isolated(pipe.transformer):
             r = score(kinds[best], uses_concepts(best))
         rows.append({"view": "text-to-text attention", "setting": "cut", "miou": r["attention_miou"], "presence": r["presence_rate"]})

@@ -63,3 +63,35 @@ def save_tokenizer(tokenizer, folder: str | Path) -> Path:
     folder = Path(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+QWEN_TEMPLATE_WORDS = ("system user assistant Describe the image by detailing color shape size texture quantity text spatial "
+                       "relationships of objects and background").split()
+QWEN_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_qwen_tokenizer(model_max_length: int = 32768):
+    """A Qwen2-style tokenizer (byte-level BPE, 'Ġ' word starts, <|im_start|> / <|im_end|> chat markers and a
+    chat template), the tokenizer of Qwen-Image's Qwen2.5-VL and FLUX.2 Klein's Qwen3. The words of Qwen-Image's
+    prompt template are whole tokens, so its fixed prefix is 34 tokens as with the real tokenizer."""
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=100_000, min_frequency=1, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    split_tails = {p for ps in SPLIT_WORDS.values() for p in ps[1:]}
+    words = _pieces() + list(QWEN_TEMPLATE_WORDS)
+    corpus = [p for p in words if p in split_tails] + [s + p for p in words if p not in split_tails for s in ("", " ")]
+    bpe.train_from_iterator(corpus, trainer)
+    import json
+
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tok = Qwen2Tokenizer(vocab=model["vocab"], merges=merges, model_max_length=model_max_length)
+    tok.add_special_tokens({"additional_special_tokens": specials[1:]})
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    return tok

@@ -1,19 +1,22 @@
-"""The adapter interface: what :func:`dmutils.attention.capture` needs to know about one model family.
+"""The adapter interface and the family descriptor: what :func:`dmutils.attention.capture` needs to know.
 
-A family (UNet SD 1.x/2.x/XL, MMDiT SD3/SD3.5, FLUX.1, cross-attention DiTs) differs in where its
-attention layers are, how a layer's map grid follows from the denoiser's input, how the text tokens
-lie in the attention keys, and which recording processor computes a layer's probabilities. One
-subclass of :class:`DenoiserAdapter` per family answers those questions; the capture context manager,
-the running sums (:class:`~dmutils.attention.state.CaptureState`) and the maps above them are shared.
+A family differs from another in where its attention layers are, how a layer's map grid follows from
+the denoiser's input, where the text tokens lie in the attention keys, and which encoder the words come
+from. For the transformers of diffusers >= 0.35 that is data, not code: a :class:`Family` descriptor
+(a frozen dataclass) names the denoiser class, its block lists and their streams, the text's place in the
+keys, the grid and the text parts; one adapter class per *kind* of attention reads it
+(:class:`~dmutils.attention.adapters.joint.JointAttentionAdapter` for joint image+text attention,
+:class:`~dmutils.attention.adapters.dit.CrossAttentionDiTAdapter` for image-to-text cross-attention,
+:class:`~dmutils.attention.adapters.unet.UNetAdapter`). The capture context manager, the running sums
+(:class:`~dmutils.attention.state.CaptureState`) and the maps above them are shared.
 
-Adding a family is one file: subclass :class:`DenoiserAdapter`, implement the abstract methods and
-put the class in ``ADAPTERS`` (``dmutils.attention.adapters``); :func:`adapter_for` picks the first
-whose :meth:`~DenoiserAdapter.matches` accepts the pipeline.
+Adding a family is one descriptor in ``dmutils.attention.adapters.families.FAMILIES``.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -67,23 +70,83 @@ class TextSource:
     positions: slice | None = None
 
 
-class DenoiserAdapter:
-    """One model family's layout. Subclasses set ``family`` and ``denoiser_attr`` and implement the
-    methods that raise ``NotImplementedError``; the rest has defaults that suit most families."""
+@dataclass(frozen=True)
+class Blocks:
+    """One list of blocks of a transformer: the denoiser attribute that holds them, the label its layers get
+    (``AttentionLayer.block``), whether the text has its own stream in them (``dual``: separate text
+    projections, ``single``: one sequence, one set of weights) and their attention modules as
+    (attribute, kind) pairs, kind ``joint`` (image and text), ``self`` or ``cross``."""
 
-    family: ClassVar[str] = ""
-    denoiser_attr: ClassVar[str] = "unet"  # the pipeline attribute that holds the denoiser
+    attr: str
+    label: str
+    stream: str = "dual"
+    attns: tuple[tuple[str, str], ...] = (("attn", "joint"),)
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """A part of the text keys with its own encoder and tokenizer (pipeline attributes): positions
+    ``start``..``stop`` of the text (``stop`` None: to the end). ``name`` is what ``capture.text_part`` names."""
+
+    name: str
+    encoder: str = "text_encoder"
+    tokenizer: str = "tokenizer"
+    start: int = 0
+    stop: int | None = None
+
+
+@dataclass(frozen=True)
+class Family:
+    """Everything capture needs to know about one family of pipelines.
+
+    ``denoisers``: class names of the denoiser (any class in its MRO matches; empty: any); ``pipelines``: the
+    diffusers pipelines it serves (documentation and presets); ``adapter``: the adapter class that reads the
+    descriptor; ``blocks``: the block lists in execution order; ``text_first``: [text, image] in the joint
+    keys (else [image, text]); ``grid(denoiser, inputs)``: the map grid (h, w) from the denoiser call's bound
+    arguments, ``grid_note`` what it is in words; ``text``: the text parts, the first the default;
+    ``cfg``: how a CFG batch is recognised (``flag``: ``pipe.do_classifier_free_guidance``; ``halves``: two
+    identical latent halves; ``none``: no CFG batch, true CFG runs a second call per step, which capture
+    skips); ``text_ids(ids, text_len)``: the encoder ids at the positions the denoiser attends to, when the
+    pipeline drops some; ``encode(pipe, prompts)``: class prompts as a caption is encoded (concept stream),
+    None: refused; ``linear_self``: self-attention is linear (SANA)."""
+
+    name: str
+    adapter: type
+    denoiser_attr: str = "transformer"
+    denoisers: tuple[str, ...] = ()
+    pipelines: tuple[str, ...] = ()
+    blocks: tuple[Blocks, ...] = ()
+    text_first: bool = False
+    grid: Callable[[Any, dict], tuple[int, int]] | None = None
+    grid_note: str = ""
+    text: tuple[TextPart, ...] = (TextPart("text"),)
+    cfg: str = "flag"
+    text_ids: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    encode: Callable[[Any, list[str]], torch.Tensor] | None = None
+    linear_self: bool = False
+
+    def matches(self, pipe) -> bool:
+        denoiser = getattr(pipe, self.denoiser_attr, None)
+        if denoiser is None:
+            return False
+        return not self.denoisers or any(c.__name__ in self.denoisers for c in type(denoiser).__mro__)
+
+
+def call_inputs(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+    """A forward pre-hook's arguments by parameter name (the denoiser's ``forward`` signature)."""
+    return inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+
+
+class DenoiserAdapter:
+    """Capture's questions about a denoiser, answered from a family descriptor ``desc``. Subclasses implement
+    the methods that raise ``NotImplementedError``; the rest has defaults that suit most families."""
+
     uses_step_index: ClassVar[bool] = False  # read the step from scheduler.step_index (flow matching) instead of timesteps
 
-    def __init__(self, pipe, spec: CaptureSpec) -> None:
-        self.pipe, self.spec = pipe, spec
-        self.denoiser: torch.nn.Module = getattr(pipe, self.denoiser_attr)
-
-    # -- recognising the family -----------------------------------------------------------------
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        """True when ``pipe`` is of this family (its denoiser's class, its processors)."""
-        raise NotImplementedError
+    def __init__(self, pipe, spec: CaptureSpec, desc: Family) -> None:
+        self.pipe, self.spec, self.desc = pipe, spec, desc
+        self.family = desc.name
+        self.denoiser: torch.nn.Module = getattr(pipe, desc.denoiser_attr)
 
     # -- layers -------------------------------------------------------------------------------
     def attention_layers(self) -> list[AttentionLayer]:

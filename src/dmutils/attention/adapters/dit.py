@@ -1,4 +1,5 @@
-"""Cross-attention diffusion transformers: PixArt-Σ (``PixArtTransformer2DModel``) and SANA (``SanaTransformer2DModel``).
+"""Cross-attention diffusion transformers: PixArt-Σ (``PixArtTransformer2DModel``) and SANA (``SanaTransformer2DModel``),
+one adapter read from their descriptors (:mod:`dmutils.attention.adapters.families`).
 
 Every block ``transformer_blocks.i`` has a self-attention ``attn1`` over the image tokens and a
 cross-attention ``attn2`` from the image tokens to the text tokens (T5's for PixArt, Gemma-2's for SANA,
@@ -27,35 +28,20 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserCall
-from dmutils.attention.adapters.transformer import TransformerAdapter, depth_of
+from dmutils.attention.adapters.transformer import TransformerAdapter
 from dmutils.attention.processors import CaptureAttnProcessor, attention_probs
 from dmutils.attention.state import CaptureState
 
 
-def block_layers(transformer: torch.nn.Module) -> list[AttentionLayer]:
-    """attn1 (self) and attn2 (cross) of every ``transformer_blocks.i``, with the block's index and depth."""
-    blocks = transformer.transformer_blocks
-    layers = []
-    for i, block in enumerate(blocks):
-        for attr, kind in (("attn1", "self"), ("attn2", "cross")):
-            module = getattr(block, attr, None)
-            if isinstance(module, Attention):
-                layers.append(AttentionLayer(f"transformer_blocks.{i}.{attr}", "cross", i, kind, module, depth_of(i, len(blocks))))
-    return layers
-
-
 class CrossAttentionDiTAdapter(TransformerAdapter):
-    """What PixArt-Σ and SANA share: the layer table (blocks by ``transformer_blocks`` / ``depth``, maps
-    on the patch grid: :class:`TransformerAdapter`) and the call's layout."""
+    """PixArt-Σ, SANA and any DiT whose text enters by cross-attention only: the layer table from the
+    descriptor (``attn1`` self, ``attn2`` cross), maps on the patch grid. Softmax layers get the UNet's
+    :class:`~dmutils.attention.processors.CaptureAttnProcessor` (the same processor class); with
+    ``linear_self`` (SANA) both get recorders that leave the layer's own processor to compute the output.
+    ``cfg: halves``: the pipeline keeps its CFG flag local (PixArt), so a CFG batch is recognised by its
+    two identical latent halves."""
 
-    transformer_class = ""
-
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return type(getattr(pipe, "transformer", None)).__name__ == cls.transformer_class
-
-    def attention_layers(self) -> list[AttentionLayer]:
-        return block_layers(self.denoiser)
+    _cfg = False
 
     def extra_hooks(self, state: CaptureState, class_prompts: list[str] | None) -> list:
         """No concept stream: the text enters these blocks only as cross-attention keys, it has no stream of its own."""
@@ -65,55 +51,31 @@ class CrossAttentionDiTAdapter(TransformerAdapter):
         return []
 
     def read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        text = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
-        t = kwargs.get("timestep", args[2] if len(args) > 2 else 0)
-        return DenoiserCall(hidden.shape[0], tuple(hidden.shape[-2:]), float(torch.as_tensor(t).flatten()[0]),
-                            text_len=0 if text is None else text.shape[1])
-
-
-class PixArtAdapter(CrossAttentionDiTAdapter):
-    """PixArt-α/Σ: ``AttnProcessor2_0`` on attn1 and attn2, so the UNet's recording processor serves both.
-    The pipeline keeps its CFG flag local: a CFG batch is recognised by its two identical latent halves."""
-
-    family = "pixart"
-    transformer_class = "PixArtTransformer2DModel"
-    _cfg = False
-
-    def read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        n = hidden.shape[0]
-        self._cfg = n % 2 == 0 and torch.equal(hidden[: n // 2], hidden[n // 2:])
-        return super().read_call(args, kwargs)
+        call = super().read_call(args, kwargs)
+        if self.desc.cfg == "halves":
+            hidden = args[0] if args else kwargs["hidden_states"]
+            n = hidden.shape[0]
+            self._cfg = n % 2 == 0 and torch.equal(hidden[: n // 2], hidden[n // 2:])
+        return call
 
     def cfg_batch(self) -> bool:
-        return self._cfg
-
-    def recording_processor(self, layer: AttentionLayer, state: CaptureState, kinds: tuple[str, ...], resolution: int,
-                            original) -> CaptureAttnProcessor:
-        return CaptureAttnProcessor(state, layer.kind, resolution, original)
-
-
-class SanaAdapter(CrossAttentionDiTAdapter):
-    """SANA: softmax cross-attention (``SanaAttnProcessor2_0``, q/k norms across heads) and linear
-    self-attention (see the module docstring). The pipeline prepends a long instruction to the prompt,
-    encodes both and keeps the first and the last ``max_sequence_length - 1`` embeddings: :meth:`text_ids`
-    keeps the same ids."""
-
-    family = "sana"
-    transformer_class = "SanaTransformer2DModel"
+        return self._cfg if self.desc.cfg == "halves" else super().cfg_batch()
 
     def recording_processor(self, layer: AttentionLayer, state: CaptureState, kinds: tuple[str, ...], resolution: int,
                             original) -> Any:
+        if not self.desc.linear_self:
+            return CaptureAttnProcessor(state, layer.kind, resolution, original)
         if layer.kind == "self":
             return LinearAttentionRecorder(state, resolution, original)
         return SoftmaxCrossAttentionRecorder(state, resolution, original)
 
-    def text_ids(self, ids: torch.Tensor, text_len: int) -> torch.Tensor:
-        """The encoder's input ids at the positions of the embeddings the transformer attends to."""
-        if text_len and ids.shape[1] > text_len:  # pipeline_sana: select_index = [0] + list(range(-max_length + 1, 0))
-            return torch.cat([ids[:, :1], ids[:, ids.shape[1] - text_len + 1:]], dim=1)
-        return ids
+
+def sana_text_ids(ids: torch.Tensor, text_len: int) -> torch.Tensor:
+    """SANA prepends a long instruction to the prompt, encodes both and keeps the first and the last
+    ``max_sequence_length - 1`` embeddings (pipeline_sana's ``select_index``): the same ids."""
+    if text_len and ids.shape[1] > text_len:
+        return torch.cat([ids[:, :1], ids[:, ids.shape[1] - text_len + 1:]], dim=1)
+    return ids
 
 
 class _SideRecorder:

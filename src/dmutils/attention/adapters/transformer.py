@@ -1,8 +1,10 @@
-"""What diffusion transformers share: one block stack, maps on the patch grid, flow-matching steps.
+"""What diffusion transformers share, read from their :class:`~dmutils.attention.adapters.base.Family`
+descriptor: block lists, maps on the patch grid, flow-matching steps, the text parts.
 
-Blocks are chosen by index (``spec.transformer_blocks``) or by a fraction of the depth
-(``spec.depth``: block i of n sits at (i + 0.5) / n); every block's maps have the same size, the
-patch grid, so ``cross_resolutions`` / ``self_resolutions`` name its side (or are empty).
+Blocks are chosen by index (``spec.transformer_blocks``, counted over every block list in order) or by a
+fraction of the depth (``spec.depth``: block i of n sits at (i + 0.5) / n), and with two block lists by
+stream (``spec.flux_streams``: dual / single / both); every block's maps have the same size, the patch
+grid, so ``cross_resolutions`` / ``self_resolutions`` name its side (or are empty).
 """
 from __future__ import annotations
 
@@ -15,30 +17,129 @@ from dmutils.attention.adapters.base import (
     CaptureError,
     DenoiserAdapter,
     DenoiserCall,
+    TextPart,
+    TextSource,
+    call_inputs,
 )
 from dmutils.attention.concepts import ConceptStream
 from dmutils.attention.state import CaptureState
 
 
 class TransformerAdapter(DenoiserAdapter):
-    """Base of the transformer families: layer selection by block index or depth, the patch grid."""
+    """Base of the transformer adapters: the layer table from the descriptor's blocks, selection by block
+    index, depth or stream, the grid and the text from the descriptor."""
 
-    denoiser_attr = "transformer"
     uses_step_index = True
     stream: ConceptStream | None = None  # class/concept tokens carried through the text stream (class_prompts given)
+    call: DenoiserCall | None = None  # the last denoiser call
+
+    # -- layers -------------------------------------------------------------------------------
+    def attention_layers(self) -> list[AttentionLayer]:
+        lists = [(b, getattr(self.denoiser, b.attr)) for b in self.desc.blocks]
+        n, layers, index = sum(len(blocks) for _, blocks in lists), [], 0
+        for spec_blocks, blocks in lists:
+            for i, block in enumerate(blocks):
+                for attr, kind in spec_blocks.attns:
+                    module = getattr(block, attr, None)
+                    if module is not None:
+                        layers.append(AttentionLayer(f"{spec_blocks.attr}.{i}.{attr}", spec_blocks.label, index, kind, module,
+                                                     depth_of(index, n)))
+                index += 1
+        return layers
+
+    def num_blocks(self) -> int:
+        """Blocks in the stack (the denominator of ``depth``)."""
+        return sum(len(getattr(self.denoiser, b.attr)) for b in self.desc.blocks)
+
+    def selected_layers(self) -> list[AttentionLayer]:
+        spec, layers, n = self.spec, self.attention_layers(), self.num_blocks()
+        if spec.transformer_blocks is not None:
+            bad = sorted(b for b in spec.transformer_blocks if b >= n)
+            if bad:
+                raise CaptureError(f"transformer_blocks {bad} do not exist: the {self.family} transformer has blocks 0-{n - 1}")
+            chosen = [layer for layer in layers if layer.level in spec.transformer_blocks]
+        else:
+            lo, hi = spec.depth
+            chosen = [layer for layer in layers if lo <= layer.depth < hi]
+        chosen = [layer for layer in chosen if self.in_streams(layer)]
+        if not chosen:
+            raise CaptureError(f"no {self.family} attention layer is selected by transformer_blocks={spec.transformer_blocks}, "
+                               f"depth={spec.depth}{self.streams_note()} (the transformer has {n} blocks; block i sits at depth "
+                               f"(i + 0.5) / {n})")
+        return chosen
+
+    def in_streams(self, layer: AttentionLayer) -> bool:
+        """Whether ``spec.flux_streams`` keeps ``layer`` (only families with dual- and single-stream blocks have a choice)."""
+        if len(self.desc.blocks) < 2:
+            return True
+        stream = next(b.stream for b in self.desc.blocks if b.label == layer.block)
+        return self.spec.flux_streams in ("both", stream)
+
+    def streams_note(self) -> str:
+        return f", flux_streams={self.spec.flux_streams!r}" if len(self.desc.blocks) > 1 else ""
+
+    # -- one call -----------------------------------------------------------------------------
+    def read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
+        inputs = call_inputs(self.denoiser, args, kwargs)
+        hidden = inputs.get("hidden_states", args[0] if args else None)
+        text = inputs.get("encoder_hidden_states")
+        t = inputs.get("timestep")
+        self.call = DenoiserCall(hidden.shape[0], tuple(self.desc.grid(self.denoiser, inputs)),
+                                 0.0 if t is None else float(torch.as_tensor(t).flatten()[0]),
+                                 0 if text is None or not hasattr(text, "shape") else text.shape[1])
+        return self.call
+
+    def map_shape(self, layer: AttentionLayer, call: DenoiserCall) -> tuple[int, int]:
+        return call.latent_hw  # the descriptor's grid reader gives the map grid itself
+
+    def describe_resolutions(self) -> str:
+        return (f"(the {self.family} transformer's maps are its {self.desc.grid_note}: set capture.cross_resolutions / "
+                f"self_resolutions to that side)")
+
+    def cfg_batch(self) -> bool:
+        return self.desc.cfg == "flag" and super().cfg_batch()
+
+    # -- text ---------------------------------------------------------------------------------
+    def text_part(self) -> TextPart:
+        """The part of the text the maps are over: ``spec.text_part`` when the family has it, else its first."""
+        parts = {p.name: p for p in self.desc.text}
+        return parts.get(self.spec.text_part, self.desc.text[0])
+
+    def text_slice(self) -> slice | None:
+        """The positions of :meth:`text_part` within the text keys (None: all of them)."""
+        part = self.text_part()
+        return None if (part.start, part.stop) == (0, None) else slice(part.start, part.stop)
+
+    def text_source(self) -> TextSource:
+        part = self.text_part()
+        encoder = getattr(self.pipe, part.encoder, None)
+        if encoder is None and len(self.desc.text) > 1:
+            raise CaptureError(f"capture.text_part is {part.name!r} but this {self.family.upper()} pipeline has no "
+                               f"{part.name.upper()} ({part.encoder} is None); set capture.text_part: {self.desc.text[0].name} "
+                               f"or load the pipeline with its {part.name.upper()}")
+        return TextSource(encoder, getattr(self.pipe, part.tokenizer, None), self.text_slice())
+
+    def text_ids(self, ids: torch.Tensor, text_len: int) -> torch.Tensor:
+        return ids if self.desc.text_ids is None else self.desc.text_ids(ids, text_len)
+
+    def encode_class_prompts(self, prompts: list[str]) -> torch.Tensor:
+        if self.desc.encode is None:
+            return super().encode_class_prompts(prompts)
+        with torch.no_grad():
+            return self.desc.encode(self.pipe, prompts).to(self.denoiser.dtype)
 
     # -- concept tokens (class-prompt maps, ConceptAttention) ------------------------------------
     def concept_blocks(self) -> list[torch.nn.Module]:
         """The blocks with a text stream, in order: concept tokens go through all of them."""
-        return list(self.denoiser.transformer_blocks)
+        return [block for b in self.desc.blocks if b.stream == "dual" for block in getattr(self.denoiser, b.attr)]
 
     def concept_part(self) -> slice | None:
         """The positions of the concept sequence the maps are over (None: all)."""
-        return None
+        return self.text_slice()
 
     def has_concept_stream(self, layer: AttentionLayer) -> bool:
         """Whether ``layer`` is the joint attention of a block with a text stream."""
-        return layer.kind == "joint"
+        return layer.kind == "joint" and any(b.label == layer.block and b.stream == "dual" for b in self.desc.blocks)
 
     def layer_kinds(self, layer: AttentionLayer) -> tuple[str, ...]:
         kinds = super().layer_kinds(layer)
@@ -63,45 +164,20 @@ class TransformerAdapter(DenoiserAdapter):
                 original = originals[f"{layer.name}.processor"]
                 self.set_processor(layer, self.recording_processor(layer, state, (), resolution, original))
 
-    def num_blocks(self) -> int:
-        """Blocks in the stack (the denominator of ``depth``)."""
-        return 1 + max(layer.level for layer in self.attention_layers())
-
-    def selected_layers(self) -> list[AttentionLayer]:
-        spec, layers, n = self.spec, self.attention_layers(), self.num_blocks()
-        if spec.transformer_blocks is not None:
-            bad = sorted(b for b in spec.transformer_blocks if b >= n)
-            if bad:
-                raise CaptureError(f"transformer_blocks {bad} do not exist: the {self.family} transformer has blocks 0-{n - 1}")
-            chosen = [layer for layer in layers if layer.level in spec.transformer_blocks]
-        else:
-            lo, hi = spec.depth
-            chosen = [layer for layer in layers if lo <= layer.depth < hi]
-        chosen = [layer for layer in chosen if self.in_streams(layer)]
-        if not chosen:
-            raise CaptureError(f"no {self.family} attention layer is selected by transformer_blocks={spec.transformer_blocks}, "
-                             f"depth={spec.depth}{self.streams_note()} (the transformer has {n} blocks; block i sits at depth "
-                             f"(i + 0.5) / {n})")
-        return chosen
-
-    def in_streams(self, layer: AttentionLayer) -> bool:
-        """Whether the spec's stream choice keeps ``layer`` (only FLUX.1 has streams)."""
-        return True
-
-    def streams_note(self) -> str:
-        return ""
-
-    def patch_size(self) -> int:
-        return int(self.denoiser.config.patch_size)
-
-    def map_shape(self, layer: AttentionLayer, call: DenoiserCall) -> tuple[int, int]:
-        return call.latent_hw[0] // self.patch_size(), call.latent_hw[1] // self.patch_size()
-
-    def describe_resolutions(self) -> str:
-        return (f"(a {self.family} transformer's maps are its patch grid, latent side / patch size {self.patch_size()}: set "
-                f"capture.cross_resolutions / self_resolutions to that side)")
-
 
 def depth_of(index: int, blocks: int) -> float:
     """Where block ``index`` of ``blocks`` sits in the stack: (index + 0.5) / blocks."""
     return (index + 0.5) / blocks
+
+
+def patch_grid(denoiser: torch.nn.Module, inputs: dict) -> tuple[int, int]:
+    """Latent (batch, channels, h, w) / the transformer's patch size (SD3, PixArt, SANA)."""
+    hidden, p = inputs["hidden_states"], int(denoiser.config.patch_size)
+    return hidden.shape[-2] // p, hidden.shape[-1] // p
+
+
+def ids_grid(denoiser: torch.nn.Module, inputs: dict) -> tuple[int, int]:
+    """The packed token grid from the image position ids, axes 1 and 2 (FLUX.1: (t, h, w); FLUX.2: (t, h, w, l))."""
+    ids = inputs["img_ids"]
+    ids = ids[0] if ids.ndim == 3 else ids
+    return int(ids[:, 1].max() - ids[:, 1].min()) + 1, int(ids[:, 2].max() - ids[:, 2].min()) + 1

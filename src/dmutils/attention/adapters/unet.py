@@ -48,13 +48,6 @@ def side_at_level(latent: int, level: int) -> int:
 class UNetAdapter(DenoiserAdapter):
     """SD 1.x / 2.x / XL: ``spec.blocks`` (down / mid / up) selects layers, resolutions select levels."""
 
-    family = "unet"
-    denoiser_attr = "unet"
-
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return getattr(pipe, "unet", None) is not None
-
     def attention_layers(self) -> list[AttentionLayer]:
         return attention_layers(self.denoiser)
 

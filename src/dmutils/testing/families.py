@@ -1,0 +1,115 @@
+"""Random-weight pipelines of the families added with the descriptors (FLUX.2 Klein, Qwen-Image), for tests.
+
+As :mod:`dmutils.testing.dits` does, these keep the *block structure and attention layout* of the real
+models with tiny widths (1-2 blocks of each kind, 2 heads x 8): 32 px images, a 16x16 latent, an 8x8
+token grid. Their text encoders are language models (Qwen3, Qwen2.5-VL) at the smallest config the class
+allows, with the byte-level BPE tokenizer of :func:`dmutils.testing.tokenizers.tiny_qwen_tokenizer`; where
+the pipeline reads fixed hidden layers (FLUX.2 Klein: 9, 18 and 27) the encoder has that many layers, 16 wide.
+Each has a ``save_tiny_*`` that writes it with ``save_pretrained`` (``from_pretrained`` reads it back).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dmutils.testing.sd import pipeline_class
+from dmutils.testing.tokenizers import tiny_qwen_tokenizer
+
+TEXT_HIDDEN = 16
+
+
+def _qwen3(vocab: int, layers: int = 28):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=vocab, hidden_size=TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+                         pad_token_id=0, eos_token_id=0, tie_word_embeddings=True)
+    return Qwen3ForCausalLM(config).eval()
+
+
+def _flux2_vae():
+    """FLUX.2's VAE (2x2 patchified latents with batch-norm statistics) downsampling by 2, 4 latent channels."""
+    from diffusers import AutoencoderKLFlux2
+
+    return AutoencoderKLFlux2(latent_channels=4, block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                              up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8).eval()
+
+
+def tiny_flux2_transformer(guidance_embeds: bool = False):
+    """FLUX.2's layout (dual-stream blocks, then single-stream blocks with fused QKV + MLP, 4-axis rotary) with
+    1 + 2 blocks of 2 heads x 8; text is three stacked encoder layers (3 x 16 channels)."""
+    from diffusers import Flux2Transformer2DModel
+
+    return Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=8,
+                                   num_attention_heads=2, joint_attention_dim=3 * TEXT_HIDDEN, timestep_guidance_channels=16,
+                                   axes_dims_rope=(2, 2, 2, 2), guidance_embeds=guidance_embeds).eval()
+
+
+def tiny_flux2_klein_pipeline(seed: int = 0):
+    """``Flux2KleinPipeline``: Qwen3 (28 layers of 16, the pipeline stacks layers 9, 18, 27), CFG by a second call."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    tok = tiny_qwen_tokenizer()
+    pipe = pipeline_class("Flux2KleinPipeline")(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flux2_vae(),
+                                                text_encoder=_qwen3(len(tok)), tokenizer=tok,
+                                                transformer=tiny_flux2_transformer(), is_distilled=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_flux2_klein(folder: str | Path, seed: int = 0) -> Path:
+    """A FLUX.2 Klein-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_flux2_klein_pipeline(seed).save_pretrained(folder)
+    return Path(folder)
+
+
+def _qwen25_vl(vocab: int):
+    """Qwen2.5-VL at the smallest config it allows: 2 text layers of 16 (multimodal rotary sections 1+1+2),
+    a 1-block vision tower (never run: the pipeline encodes text only)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}
+    text = dict(vocab_size=vocab, hidden_size=TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, max_position_embeddings=2048, rope_parameters=rope, bos_token_id=None, eos_token_id=0,
+                pad_token_id=0)
+    vision = dict(depth=1, hidden_size=16, num_heads=2, intermediate_size=32, out_hidden_size=TEXT_HIDDEN, fullatt_block_indexes=[0])
+    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision)).eval()
+
+
+def _qwen_image_vae():
+    """Qwen-Image's causal 3-D VAE downsampling by 2 (one level), 4 latent channels."""
+    from diffusers import AutoencoderKLQwenImage
+
+    return AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 1], num_res_blocks=1, temperal_downsample=[False],
+                                  latents_mean=[0.0] * 4, latents_std=[1.0] * 4).eval()
+
+
+def tiny_qwen_image_transformer():
+    """Qwen-Image's layout (double-stream blocks, text first in the joint keys, 3-axis rotary for image and text)
+    with 2 blocks of 2 heads x 8."""
+    from diffusers import QwenImageTransformer2DModel
+
+    return QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=8,
+                                       num_attention_heads=2, joint_attention_dim=TEXT_HIDDEN, axes_dims_rope=(2, 2, 4)).eval()
+
+
+def tiny_qwen_image_pipeline(seed: int = 0):
+    """``QwenImagePipeline``: Qwen2.5-VL text encoder (its prompt template's 34 tokens dropped, as the real one's),
+    true CFG by a second call when a negative prompt is given."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    tok = tiny_qwen_tokenizer()
+    pipe = pipeline_class("QwenImagePipeline")(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_qwen_image_vae(),
+                                               text_encoder=_qwen25_vl(len(tok)), tokenizer=tok,
+                                               transformer=tiny_qwen_image_transformer())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_qwen_image(folder: str | Path, seed: int = 0) -> Path:
+    """A Qwen-Image-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_qwen_image_pipeline(seed).save_pretrained(folder)
+    return Path(folder)

@@ -1,0 +1,162 @@
+"""Capture from the families that came with the descriptors (FLUX.2 Klein, Qwen-Image): tiny random-weight
+pipelines saved with save_pretrained and loaded with from_pretrained, read by the one joint-attention adapter."""
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from dmutils.attention import CaptureSpec, capture, joint
+from dmutils.attention.adapters import family_for
+from dmutils.attention.adapters.families import FLUX2, QWEN_IMAGE
+from dmutils.testing.families import save_tiny_flux2_klein, save_tiny_qwen_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PROMPTS = ["a dog on the grass", "an aeroplane in the sky"]
+GRID = 8  # 32 px image, VAE factor 2, 2x2 packing
+CASES = {  # saver, descriptor, generation settings (a second, negative call per step: true CFG, not read)
+    "flux2-klein": (save_tiny_flux2_klein, FLUX2, {"guidance_scale": 4.0, "max_sequence_length": 24}),
+    "qwenimage": (save_tiny_qwen_image, QWEN_IMAGE, {"true_cfg_scale": 4.0, "negative_prompt": ["blurry"] * 2}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def case(request, tmp_path_factory):
+    save, desc, kw = CASES[request.param]
+    folder = save(tmp_path_factory.mktemp(request.param) / "model")
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return request.param, folder, pipe, desc, kw
+
+
+def generate(pipe, kw, steps=2, **extra):
+    gens = [torch.Generator().manual_seed(s) for s in range(len(PROMPTS))]
+    return pipe(prompt=PROMPTS, generator=gens, num_inference_steps=steps, height=32, width=32, output_type="np",
+                **kw, **extra).images
+
+
+def spec(**kw):
+    return CaptureSpec(**{"cross_resolutions": (GRID,), "self_resolutions": (GRID,), **kw})
+
+
+def test_images_unchanged_processors_restored_also_on_error(case):
+    name, _, pipe, desc, kw = case
+    assert family_for(pipe) is desc
+    before = dict(pipe.transformer.attn_processors)
+    plain = generate(pipe, kw)
+    with capture(pipe, spec()) as rec:
+        images = generate(pipe, kw)
+    np.testing.assert_array_equal(images, plain)  # the layer's own processor and kernel: bit for bit
+    assert dict(pipe.transformer.attn_processors) == before
+    layers = {"flux2-klein": 3, "qwenimage": 2}[name]  # Klein: 1 dual + 2 single blocks; Qwen-Image: 2 double-stream
+    assert rec.state.counts == {("cross", GRID): 2 * layers, ("self", GRID): 2 * layers}  # 2 steps, the negative calls skipped
+    assert rec.state.cond == slice(0, 2) and rec.state.steps_recorded == [0, 1]
+
+    def stop(*args, **kwargs):
+        assert type(pipe.transformer.transformer_blocks[0].attn.processor).__name__ == "JointCaptureProcessor"
+        raise RuntimeError("stop mid-generation")
+
+    with pytest.raises(RuntimeError, match="stop mid-generation"), capture(pipe, spec()):
+        generate(pipe, kw, callback_on_step_end=stop)
+    assert dict(pipe.transformer.attn_processors) == before
+
+
+def _attention_inputs(pipe, kw, layer: str):
+    """The query, key and mask one layer's processor attends with at the first step (its attention call, watched)."""
+    attn = pipe.transformer.get_submodule(layer)
+    module = sys.modules[type(attn.processor).__module__]
+    real, seen = module.dispatch_attention_fn, []
+
+    def watch(q, k, v, attn_mask=None, **rest):
+        seen.append((q, k, attn_mask))
+        return real(q, k, v, attn_mask=attn_mask, **rest)
+
+    hook = attn.register_forward_pre_hook(lambda *a: setattr(module, "dispatch_attention_fn", watch))
+    after = attn.register_forward_hook(lambda *a: setattr(module, "dispatch_attention_fn", real))
+    try:
+        generate(pipe, kw, steps=1)
+    finally:
+        hook.remove(), after.remove()
+        module.dispatch_attention_fn = real
+    return seen[0]  # the positive call (the negative one comes second)
+
+
+@pytest.mark.parametrize("joint_norm", ["text_softmax", "joint_slice"])
+def test_maps_equal_the_joint_softmax_computed_directly(case, joint_norm):
+    name, _, pipe, _, kw = case
+    layer = "transformer_blocks.0.attn"
+    q, k, mask = _attention_inputs(pipe, kw, layer)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (batch, heads, seq, d); text first for both families
+    n_text = k.shape[2] - GRID * GRID
+    scores = (q[:, :, n_text:] @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    if mask is not None:  # Qwen-Image: padding of the shorter prompt masked out
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(-1)
+    cross_ref = scores[..., :n_text].softmax(-1) if joint_norm == "text_softmax" else probs[..., :n_text]
+    self_ref = probs[..., n_text:] / probs[..., n_text:].sum(-1, keepdim=True)
+    with capture(pipe, spec(transformer_blocks=(0,), joint_norm=joint_norm)) as rec:
+        generate(pipe, kw, steps=1)
+        assert [layer.name for layer in rec.layers] == [layer]
+    maps = rec.maps()
+    got = torch.stack([maps.cross(i, GRID) for i in range(2)]).flatten(2).transpose(1, 2)  # (N, pixels, text)
+    torch.testing.assert_close(got, cross_ref.mean(1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.stack([maps.self_attention(i, GRID) for i in range(2)]), self_ref.mean(1), atol=1e-5,
+                               rtol=1e-4)
+    sums = got.sum(-1)
+    if joint_norm == "text_softmax":
+        torch.testing.assert_close(sums, torch.ones_like(sums))
+    else:
+        assert bool((sums > 0).all() and (sums < 1).all())
+    rows = maps.self_attention(0, GRID).sum(-1)
+    torch.testing.assert_close(rows, torch.ones_like(rows))
+
+
+def test_chunked_heads_equal_unchunked(case, monkeypatch):
+    _, _, pipe, _, kw = case
+    with capture(pipe, spec()) as rec:
+        generate(pipe, kw)
+    whole = rec.maps()
+    monkeypatch.setattr(joint, "MAX_CHUNK_BYTES", 1)  # one head at a time
+    with capture(pipe, spec()) as rec:
+        generate(pipe, kw)
+    torch.testing.assert_close(rec.maps().cross(1, GRID), whole.cross(1, GRID), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(rec.maps().self_attention(1, GRID), whole.self_attention(1, GRID), atol=1e-6, rtol=1e-5)
+
+
+def test_word_lookup_with_the_qwen_tokenizer(case):
+    """The prompt reaches the encoder inside a chat template: the words come from the ids the transformer attends to."""
+    name, _, pipe, _, kw = case
+    with capture(pipe, spec(self_resolutions=())) as rec:
+        generate(pipe, kw)
+    maps = rec.maps(PROMPTS)
+    assert rec.tokenizer is pipe.tokenizer
+    assert ["an", "aeroplane", "in", "the", "sky"] == [w for w in maps.words(1) if w.isalpha()][
+        {"flux2-klein": 1, "qwenimage": 0}[name]:][:5]  # Klein's template has "user" before the prompt
+    ids = maps.token_ids[1].tolist()
+    pos = maps.token_positions(1, "aeroplane")
+    assert len(pos) == 2 and pipe.tokenizer.decode([ids[p] for p in pos]).strip() == "aeroplane"
+    assert maps.word_map(0, "dog").shape == (GRID, GRID)
+
+
+@pytest.mark.parametrize("preset", ["flux2-klein", "qwenimage"])
+def test_generate_end_to_end_with_the_preset(preset, tmp_path):
+    """``dmutils generate params/voc_<family>.yaml`` on a saved tiny pipeline of the family."""
+    from dmutils.commands import main
+    from dmutils.paths import REPO_ROOT
+
+    model = CASES[preset][0](tmp_path / "model")
+    assert json.loads((model / "model_index.json").read_text())["_class_name"] in ("Flux2KleinPipeline", "QwenImagePipeline")
+    out = tmp_path / "data"
+    sets = [f"model.path={model}", "model.dtype=float32", "model.device=cpu", "model.height=32", "model.width=32",
+            "model.num_inference_steps=2", f"capture.cross_resolutions=[{GRID}]", f"capture.self_resolutions=[{GRID}]",
+            "capture.depth=[0.0,1.0]", "dataset.num_samples=2", "dataset.batch_size=2", "dataset.workers=0", "dataset.min_area=0",
+            f"dataset.out_dir={out}"]  # every block: the tiny transformers have 2-3
+    params = REPO_ROOT / f"params/voc_{preset.replace('-', '_')}.yaml"
+    assert main(["generate", str(params), "--no-progress"] + [a for s in sets for a in ("--set", s)]) == 0
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    ok = [r for r in records if r["status"] == "ok"]
+    assert len(records) == 2 and ok, records
+    with np.load(out / "maps" / f"{ok[0]['id']}.npz") as z:
+        assert z[f"cross_{GRID}"].shape == (len(ok[0]["classes"]), GRID, GRID)
