@@ -20,7 +20,6 @@ import sys
 import threading
 import types
 
-import torch
 import torch.nn.functional as F
 
 from dmutils.attention.adapters.base import AttentionLayer
