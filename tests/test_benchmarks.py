@@ -169,3 +169,15 @@ def test_bench_generate_quick_ray_1_makes_the_same_files_as_one_process_and_says
     over = {"model": {"num_inference_steps": 4, "device": "cpu"}, "dataset": {"batch_size": 4, "workers": 1, "min_area": 0.0,
                                                                                "num_samples": 8}}
     assert p["params_digest"] == load_params(REPO_ROOT / "params" / "toy.yaml", overrides=over).digest()
+
+
+def test_bench_oracle_error_quick_measures_both_labellers_and_bounds_the_oracle(capsys):
+    """`dmutils bench oracle-error --quick --json`: on real renders the oracle and the heuristic both label well above
+    what a broken labeller gets (background alone is ~0.14), and on generated images the bound follows the agreement."""
+    assert bench.main(argparse.Namespace(name="oracle-error", json=True, quick=True)) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["images_real"] == 24 and out["oracle_miou_real"] > 0.85 and out["heuristic_miou_real"] > 0.7
+    assert out["agreement_real"] > 0.7
+    assert out["images_generated"] == 4
+    assert out["oracle_error_bound_generated"] == pytest.approx((1 - out["agreement_generated"]) + (1 - out["heuristic_miou_real"]))
+    _provenance_sane(out, "dmutils bench oracle-error --quick --json", model="models/toy-oracle", device=None)

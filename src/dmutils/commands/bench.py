@@ -22,6 +22,7 @@ BENCHMARKS = {
     "generate": "dataset throughput vs plain generation",
     "toy-model": "quality of the embedded toy model: presence rate, attention mIoU, speed, oracle mIoU",
     "segmenter": "segmenter trained on synthetic vs real toy data",
+    "oracle-error": "the oracle's mIoU on real toy renders, and a bound on its error on generated images (a second labeller)",
 }
 
 

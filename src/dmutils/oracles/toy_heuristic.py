@@ -20,7 +20,6 @@ the training split's seeds (0-149), never on the test split's.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -108,44 +107,3 @@ def oracle_error(oracle, heuristic, real_images: np.ndarray, real_labels: np.nda
         out |= {"images_generated": int(len(generated)), "agreement_generated": agree,
                 "oracle_error_bound_generated": (1 - agree) + (1 - out["heuristic_miou_real"])}
     return out
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """``python -m dmutils.oracles.toy_heuristic [--images N] [--out FILE]``: the oracle's and the heuristic's mIoU on
-    N real renders of the test split's seeds, and their agreement, as JSON with its provenance block."""
-    import argparse
-    import json
-    import sys
-
-    from dmutils.config import load_params
-    from dmutils.data.toyworld import SPLIT_SEED_OFFSET, make_scene
-    from dmutils.oracles import get_oracle
-    from dmutils.paths import atomic_write_bytes
-    from dmutils.provenance import provenance
-
-    ap = argparse.ArgumentParser(prog="python -m dmutils.oracles.toy_heuristic")
-    ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    scenes = [make_scene(SPLIT_SEED_OFFSET["test"] + i) for i in range(args.images)]
-    params = load_params(None, [])
-    oracle = get_oracle(params)
-    result = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in oracle_error(
-        oracle.model, HeuristicLabeller(), np.stack([s.image for s in scenes]), np.stack([s.label for s in scenes])).items()}
-    result["provenance"] = provenance(["python", "-m", "dmutils.oracles.toy_heuristic", *(argv if argv is not None else sys.argv[1:])],
-                                      params, model_dir=oracle_dir(params))
-    text = json.dumps(result, indent=2)
-    if args.out:
-        atomic_write_bytes(Path(args.out), (text + "\n").encode())
-    print(text)
-    return result
-
-
-def oracle_dir(params):
-    from dmutils.oracles import toy_unet
-
-    return params.resolve_path(params.oracle.model) if params.oracle.model else toy_unet.DEFAULT_DIR
-
-
-if __name__ == "__main__":
-    main()

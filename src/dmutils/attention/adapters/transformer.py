@@ -113,7 +113,7 @@ class TransformerAdapter(DenoiserAdapter):
     def text_source(self) -> TextSource:
         part = self.text_part()
         encoder = getattr(self.pipe, part.encoder, None)
-        if encoder is None and len(self.desc.text) > 1:
+        if encoder is None and part is not self.desc.text[0]:  # the first part's absence only matters for word look-up
             raise CaptureError(f"capture.text_part is {part.name!r} but this {self.family.upper()} pipeline has no "
                                f"{part.name.upper()} ({part.encoder} is None); set capture.text_part: {self.desc.text[0].name} "
                                f"or load the pipeline with its {part.name.upper()}")
