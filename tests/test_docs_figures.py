@@ -86,7 +86,10 @@ def test_quoted_figure_matches_its_file(where: str, figure: str, file: str, key:
     value = json.loads(path.read_text())
     if file.startswith("results/"):  # models/*/training_summary.json are the training runs' own records (seeds, steps, sources)
         assert isinstance(value.get("provenance"), dict), f"{where}: {file} has no provenance block (dmutils bench NAME --out FILE writes one)"
-    for part in key.split("."):
+    for part in key.split("."):  # a number indexes a list: ratio_sd3_512_bf16_range.0
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+            continue
         assert isinstance(value, dict) and part in value, f"{where}: {file} has no key {key!r}"
         value = value[part]
     assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {file} {key} = {value!r} is not a number"
