@@ -94,6 +94,14 @@ def _rel(path: str | Path) -> str:
         return str(p)
 
 
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (None where the platform has none): how busy the machine was."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine(device: str | None = None) -> dict[str, Any]:
     """Cores, platform, device, torch threads (when torch is loaded) and load average, now."""
     torch = sys.modules.get("torch")
@@ -103,13 +111,9 @@ def machine(device: str | None = None) -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = None
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
     return {"cpu_count": os.cpu_count(), "cpus_usable": usable, "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "device": device,
-            "torch_threads": torch.get_num_threads() if torch is not None else None, "load_average": load}
+            "torch_threads": torch.get_num_threads() if torch is not None else None, "load_average": load_average()}
 
 
 def provenance(command: list[str] | str, params=None, model_dir: str | Path | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -73,15 +72,8 @@ def command_line(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _load() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def main(args: argparse.Namespace) -> int:
-    from dmutils.provenance import git_info, machine, provenance
+    from dmutils.provenance import git_info, load_average, machine, provenance
 
     out = getattr(args, "out", None)
     if out:
@@ -93,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
 
             raise OutputDirError(problem)
     module = importlib.import_module(f"dmutils.benchmarks.{args.name.replace('-', '_')}")
-    git, load_start, t0 = git_info(), _load(), time.perf_counter()  # the code as it was when the benchmark started
+    git, load_start, t0 = git_info(), load_average(), time.perf_counter()  # the code as it was when the benchmark started
     result = module.run(args)
     seconds = time.perf_counter() - t0
     inputs = result.pop("_inputs", None) or {}

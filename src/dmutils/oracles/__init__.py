@@ -63,38 +63,38 @@ def label_lookup(oracle_labels: Sequence[str], class_names: Sequence[str], class
     return lut
 
 
-class ToyOracle:
+class MappedOracle:
+    """A labeller (``model.predict``: uint8 images -> its label ids) with its ``labels`` mapped to ours
+    (:func:`label_lookup`); refuses a labeller that shares no class with the params, naming the way out (``hint``)."""
+
+    def __init__(self, params: Params, model, labels: list[str], name: str, hint: str):
+        self.model, self.labels = model, labels
+        self.lut = label_lookup(self.labels, params.class_names, params.oracle.class_map)
+        if not ((self.lut > 0) & (self.lut < 255)).any():
+            raise OracleError(f"{name}'s classes {self.labels[1:]} share none with params.classes {params.class_names}; {hint}")
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.lut[self.model.predict(_images(images))]
+
+
+class ToyOracle(MappedOracle):
     """The toy world's labeller with its labels mapped to ours."""
 
     def __init__(self, params: Params, folder: str | Path | None = None):
         from dmutils.oracles import toy_unet as oracle
 
-        self.model = oracle.load(folder or oracle.DEFAULT_DIR)
-        self.labels = ["background", *oracle.CLASS_NAMES]
-        self.lut = label_lookup(self.labels, params.class_names, params.oracle.class_map)
-        if not ((self.lut > 0) & (self.lut < 255)).any():
-            raise OracleError(f"the toy oracle's classes {oracle.CLASS_NAMES} share none with params.classes "
-                              f"{params.class_names}; use oracle.kind='transformers' or map them with oracle.class_map")
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return self.lut[self.model.predict(_images(images))]
+        super().__init__(params, oracle.load(folder or oracle.DEFAULT_DIR), ["background", *oracle.CLASS_NAMES],
+                         "the toy oracle", "use oracle.kind='transformers' or map them with oracle.class_map")
 
 
-class ToyHeuristicOracle:
+class ToyHeuristicOracle(MappedOracle):
     """The toy world's colour-and-shape labeller with its labels mapped to ours."""
 
     def __init__(self, params: Params):
         from dmutils.oracles.toy_heuristic import HeuristicLabeller
 
-        self.model = HeuristicLabeller()
-        self.labels = list(self.model.labels)
-        self.lut = label_lookup(self.labels, params.class_names, params.oracle.class_map)
-        if not ((self.lut > 0) & (self.lut < 255)).any():
-            raise OracleError(f"the toy heuristic's classes {self.labels[1:]} share none with params.classes "
-                              f"{params.class_names}; map them with oracle.class_map")
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return self.lut[self.model.predict(_images(images))]
+        model = HeuristicLabeller()
+        super().__init__(params, model, list(model.labels), "the toy heuristic", "map them with oracle.class_map")
 
 
 class TransformersOracle:
