@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from dmutils.config import SpliceParams
 from dmutils.data import voc
@@ -104,3 +105,39 @@ def test_splice_needs_enough_train_samples(source, tmp_path):
     voc.write_split(source, "train", ["s0", "s1", "s2"])
     with pytest.raises(ParamsError, match="needs at least 9"):
         splice_dataset(source, tmp_path / "x", SpliceParams(grids=[(3, 3)]), progress=False)
+
+
+def test_mosaic_set_draws_what_splice_dataset_writes(source, tmp_path):
+    """Training's on-the-fly mosaics (``dmutils train`` with dataset.splice.enabled) are the written ones."""
+    from dmutils.dataset.splice import MosaicSet, mosaics
+    from dmutils.segment.data import VOCLayoutDataset
+
+    params = SpliceParams(count=5, grids=[(1, 2), (2, 2)])
+    splice_dataset(source, tmp_path / "a", params, seed=3, progress=False)
+    made = MosaicSet(VOCLayoutDataset(source, "train"), params, seed=3)
+    assert len(made) == 5 and made.classes[0] == "background" and made.root.endswith("[mosaics]")
+    for k, sid in enumerate(voc.read_split(tmp_path / "a", "train")):
+        image, label = made[k]
+        assert np.array_equal(label, voc.read_label(tmp_path / "a" / voc.LABELS / f"{sid}.png"))
+        written = voc.read_image(tmp_path / "a" / voc.IMAGES / f"{sid}.jpg").astype(int)
+        assert np.abs(written - image.astype(int)).mean() < 6  # the same image, through JPEG
+    pairs = [made.source[j] for j in range(len(made.source))]
+    listed = mosaics([p[0] for p in pairs], [p[1] for p in pairs], params, seed=3)
+    assert all(np.array_equal(a[1], made[k][1]) and np.array_equal(a[0], made[k][0]) for k, a in enumerate(listed))
+    with pytest.raises(IndexError):
+        made[5]
+
+
+def test_train_adds_mosaics_when_splicing_is_on(source, tmp_path, capsys):
+    from dmutils.commands import main
+
+    params = {"classes": [{"name": n} for n in ("a", "b", "c", "d")],
+              "train": {"config": {"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1],
+                                   "decoder_hidden_size": 16}, "image_size": 32, "steps": 2, "batch_size": 2},
+              "dataset": {"splice": {"enabled": True, "count": 4, "grids": [[1, 2]]}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    assert main(["train", str(tmp_path / "p.yaml"), "--data", "synthetic", "--data-dir", str(source), "--no-eval",
+                 "--out", str(tmp_path / "seg")]) == 0
+    out = capsys.readouterr().out
+    assert f"synthetic training data: {source}, split train, 10 images" in out
+    assert f"mosaics of the synthetic data (dataset.splice): {source}[mosaics], 4 images" in out

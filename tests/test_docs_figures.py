@@ -22,7 +22,8 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 NUMBER = r"(\d[\d,]*(?:\.\d+)?)"
 # the figure, then at most eight words without digits or brackets ("0.958 of the named objects"), then the marker
 PROSE = re.compile(NUMBER + r"\**(?:\s+[^\s\d()]+){0,8}\s*\(from\s+`([^`]+\.json)`,\s+key\s+`([^`]+)`\)")
-LINK = re.compile(r"\[" + NUMBER + r"\]\(([^)\s]+\.json)\s+\"([^\"]+)\"\)")
+# a link may carry a sign ("[+2.1](results/claims.json "rows.0.segmenter.diff")"): differences are quoted with theirs
+LINK = re.compile(r"\[([+-]?" + NUMBER[1:] + r"\]\(([^)\s]+\.json)\s+\"([^\"]+)\"\)")
 
 
 def table_figures(page: Path, text: str) -> list[tuple[str, str, str, str]]:
@@ -93,7 +94,7 @@ def test_quoted_figure_matches_its_file(where: str, figure: str, file: str, key:
         assert isinstance(value, dict) and part in value, f"{where}: {file} has no key {key!r}"
         value = value[part]
     assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {file} {key} = {value!r} is not a number"
-    quoted = figure.replace(",", "")
+    quoted = figure.replace(",", "").lstrip("+")
     decimals = len(quoted.split(".")[1]) if "." in quoted else 0
     expected = round(value, decimals)
     assert float(quoted) == pytest.approx(expected, abs=10 ** -(decimals + 3)), (

@@ -173,3 +173,57 @@ def cross_fit(inter, union, k: int = 5, seed: int = 0) -> CrossFit:
         chosen[fold == f] = choose_threshold(inter[train], union[train]) if train.any() else 0
     rows = np.arange(n)
     return CrossFit(inter[rows, chosen], union[rows, chosen], chosen, fold)
+
+
+# ---------------------------------------------------------------------------------------------
+# Over seeds: a paired difference whose interval covers both the seeds and the images
+# ---------------------------------------------------------------------------------------------
+def seeds_paired_bootstrap(pairs, shared_images: bool = False, paired: bool = True, n_boot: int = N_BOOT, seed: int = 0,
+                           level: float = LEVEL) -> dict:
+    """Mean over seeds of the paired difference of pooled mIoU (b minus a), with a two-level percentile interval:
+    each resample draws the seeds with replacement, and within each seed its images with replacement.
+
+    ``pairs``: one ``((inter_a, union_a), (inter_b, union_b))`` per seed, each ``[images, classes]``. With
+    ``shared_images`` every seed was scored on the same images (a segmenter per seed, one test split): a resample
+    draws the same images for all seeds, so the test split's sampling is counted once. Otherwise each seed has
+    images of its own (generated per seed), drawn independently. ``paired=False``: a and b were scored on different
+    images (settings that generate other images), so each side draws its own (their counts may differ in length).
+
+    Why two levels: a training seed or a set of prompts is itself a random draw, and a claim should hold across
+    them, not just across the images of one. With 3 seeds the interval is about the range of the seeds' differences
+    widened by the images' noise: it excludes 0 only when every seed agrees in sign. Returns ``{"diff", "ci_lo",
+    "ci_hi", "per_seed", "miou_a", "miou_b", "seeds", "n"}`` (``n``: images per seed)."""
+    checked = [(_check(*a), _check(*b)) for a, b in pairs]
+    k = len(checked)
+    if k == 0 or any(len(a[0]) == 0 for a, _ in checked):
+        nan = float("nan")
+        return {"diff": nan, "ci_lo": nan, "ci_hi": nan, "per_seed": [], "miou_a": nan, "miou_b": nan, "seeds": k, "n": []}
+    for (ia, _), (ib, _) in checked:
+        if paired and ia.shape != ib.shape:
+            raise ValueError(f"a paired comparison needs the same images and classes in both, got {ia.shape} and {ib.shape}")
+    if shared_images and len({len(x[0]) for pair in checked for x in pair}) != 1:
+        raise ValueError("shared_images needs every seed scored on the same number of images")
+    rng = np.random.default_rng(seed)
+    shared = _weights(len(checked[0][0][0]), n_boot, seed + 1) if shared_images else None
+    deltas = []  # [seeds][n_boot]
+    for s, ((ia, ua), (ib, ub)) in enumerate(checked):
+        w = shared if shared is not None else _weights(len(ia), n_boot, seed + 1 + s)
+        wb = w if paired else _weights(len(ib), n_boot, seed + 1001 + s)
+        deltas.append(_resampled(wb, ib, ub) - _resampled(w, ia, ua))
+    draws = rng.integers(k, size=(n_boot, k))
+    stat = np.stack(deltas)[draws, np.arange(n_boot)[:, None]].mean(1)
+    lo, hi = _interval(stat, level)
+    a = [float(pooled_miou(ia, ua)) for (ia, ua), _ in checked]
+    b = [float(pooled_miou(ib, ub)) for _, (ib, ub) in checked]
+    per_seed = [y - x for x, y in zip(a, b)]
+    return {"diff": float(np.mean(per_seed)), "ci_lo": lo, "ci_hi": hi, "per_seed": per_seed, "miou_a": float(np.mean(a)),
+            "miou_b": float(np.mean(b)), "seeds": k, "n": [len(x[0]) for x, _ in checked]}
+
+
+def verdict(ci_lo: float, ci_hi: float, direction: int = 1) -> str:
+    """``holds`` when the interval lies on the claimed side of 0 (``direction`` +1: the variant is better),
+    ``does not hold`` when it lies on the other side, ``inconclusive`` when it holds 0 (or is NaN)."""
+    if np.isnan(ci_lo) or np.isnan(ci_hi):
+        return "inconclusive"
+    lo, hi = (ci_lo, ci_hi) if direction >= 0 else (-ci_hi, -ci_lo)
+    return "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"

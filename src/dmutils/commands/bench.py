@@ -22,6 +22,7 @@ BENCHMARKS = {
     "toy-model": "quality of the embedded toy model: presence rate, attention mIoU, speed, oracle mIoU",
     "segmenter": "segmenter trained on synthetic vs real toy data",
     "oracle-error": "the oracle's mIoU on real toy renders, and a bound on its error on generated images (a second labeller)",
+    "claims": "the claims ledger: each paper claim measured over seeds, with intervals and a verdict",
 }
 
 
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instead of params/toy.yaml (e.g. params/toy_sd3.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="segmenter: run.seed (prompts, sample seeds, training), to see "
                         "how much its figures move between seeds")
+    from dmutils.benchmarks import claims
+
+    claims.add_arguments(parser)
 
 
 MIN_REPEATS = 3  # a ratio from fewer pairs is within the noise of one measure
@@ -50,6 +54,8 @@ def format_result(result: dict, targets: dict[str, str]) -> tuple[list[str], lis
     width = max(map(len, result), default=0)
     lines = []
     for k, v in result.items():
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            v = f"{len(v)} entries (see --json)"
         line = f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}"
         lines.append(line + (f"  (target {targets[k]})" if k in targets else ""))
     warnings = [f"warning: {k.removesuffix('_repeats')} rests on {v} repeat(s), under {MIN_REPEATS}: noise, not a "
@@ -61,9 +67,11 @@ def format_result(result: dict, targets: dict[str, str]) -> tuple[list[str], lis
 def command_line(args: argparse.Namespace) -> list[str]:
     """The ``dmutils bench ...`` argv that gives ``args`` (the provenance's command)."""
     argv = ["dmutils", "bench", args.name]
-    for flag in ("model", "params", "ray"):
+    for flag in ("model", "params", "ray", "ledger", "seeds"):
         if getattr(args, flag, None) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
+    for row in getattr(args, "only", None) or []:
+        argv += ["--only", row]
     if getattr(args, "seed", 0):
         argv += ["--seed", str(args.seed)]
     argv += [f"--{flag}" for flag in ("quick", "json") if getattr(args, flag, False)]

@@ -57,8 +57,14 @@ def main(args: argparse.Namespace) -> int:
         synthetic, scores = noise_learning(params, synthetic, progress=True)
         out.mkdir(parents=True, exist_ok=True)
         scores.to_csv(out / "noise_scores.csv", index=False)
-    datasets = [d for d in (real_train, synthetic) if d is not None]
-    for role, d in (("real training data", real_train), ("synthetic training data", synthetic)):
+    mosaics = None
+    if synthetic is not None and params.dataset.splice.enabled:  # DiffuMask's splicing, of the kept samples
+        from dmutils.dataset.splice import MosaicSet
+
+        mosaics = MosaicSet(synthetic, params.dataset.splice, params.run.seed)
+    datasets = [d for d in (real_train, synthetic, mosaics) if d is not None]
+    for role, d in (("real training data", real_train), ("synthetic training data", synthetic),
+                    ("mosaics of the synthetic data (dataset.splice)", mosaics)):
         if d is not None and rank == 0:
             print(describe_data(role, d))
     result = train_segmenter(params, datasets, out, resume=args.resume)

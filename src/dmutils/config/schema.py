@@ -314,7 +314,7 @@ class RunParams(_Strict):
     seed: int = 0
     notebooks: list[str] = Field(
         default_factory=lambda: ["01_attention_analysis", "02_threshold_vs_iou", "03_generate_dataset", "04_train_segmenter", "05_ablations",
-                                 "06_model_families"],
+                                 "06_model_families", "07_paper_claims"],
         description="names in notebooks_dir ('.ipynb' optional) or paths; run in this order",
     )
     notebooks_dir: str = Field("notebooks", description="where notebook names are looked up")

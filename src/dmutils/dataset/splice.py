@@ -100,17 +100,35 @@ def check_grids(splice_params: SpliceParams, n: int, what: str) -> None:
                           f"(generate more or drop the larger grids from dataset.splice.grids)")
 
 
+class MosaicSet:
+    """DiffuMask's mosaics of a dataset's samples, made when read: mosaic ``k`` is drawn from (seed, k) as
+    :func:`splice_dataset` draws it, from ``source[j]`` = (image, label). ``dmutils train`` adds one to the synthetic
+    data when ``dataset.splice.enabled``, and the studies to their in-memory samples, without writing a dataset."""
+
+    def __init__(self, source, splice_params: SpliceParams, seed: int = 0):
+        self.root = f"{getattr(source, 'root', 'samples')}[mosaics]"
+        check_grids(splice_params, len(source), str(getattr(source, "root", "the sample list")))
+        self.source, self.params, self.seed = source, splice_params, seed
+        self.classes = list(getattr(source, "classes", []))
+        self.size = np.asarray(source[0][0]).shape[:2]
+
+    def __len__(self) -> int:
+        return self.params.count or len(self.source)
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        grid, tiles, rng = draw_mosaic(k, len(self.source), self.params, self.seed)
+        images, labels = zip(*(self.source[j] for j in tiles))
+        image, label = splice(list(images), list(labels), grid, self.size)
+        return photometric(image, rng, self.params.blur, self.params.color_jitter), label
+
+
 def mosaics(images: list[np.ndarray], labels: list[np.ndarray], splice_params: SpliceParams,
             seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``splice_params.count`` mosaics (0 = as many as samples) of in-memory samples, drawn as
-    :func:`splice_dataset` draws them: the ablation study splices without writing a dataset."""
-    check_grids(splice_params, len(images), "the sample list")
-    out = []
-    for k in range(splice_params.count or len(images)):
-        grid, picks, rng = draw_mosaic(k, len(images), splice_params, seed)
-        image, label = splice([images[j] for j in picks], [labels[j] for j in picks], grid, images[0].shape[:2])
-        out.append((photometric(image, rng, splice_params.blur, splice_params.color_jitter), label))
-    return out
+    """Every mosaic of in-memory samples, as a list (:class:`MosaicSet` read to the end)."""
+    made = MosaicSet(list(zip(images, labels)), splice_params, seed)
+    return [made[k] for k in range(len(made))]
 
 
 def _read_meta(src: Path) -> dict:

@@ -128,3 +128,20 @@ def evaluate(seg: Segmenter, dataset, tta: bool = False, scales: list[float] = (
     per_class = pd.Series(iou, index=seg.classes, name="iou")
     groups = split_groups(per_class, seen_classes) if seen_classes is not None else {}
     return EvalResult(float(np.nanmean(iou)), per_class, cm, groups)
+
+
+def per_image_counts(seg: Segmenter, dataset, tta: bool = False, scales: list[float] = (0.75, 1.0, 1.25),
+                     batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Each test image's per-class intersection and union (``[images, classes]``, :mod:`dmutils.stats`): what
+    intervals over test images and paired comparisons of two segmenters are recomputed from."""
+    from dmutils import stats
+
+    inter, union = [], []
+    for start in range(0, len(dataset), batch_size):
+        samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        probs = predict_images(seg, [im for im, _ in samples], tta, scales)
+        for p, (_, lab) in zip(probs, samples):
+            i, u = stats.confusion_counts(p.argmax(0).numpy(), np.asarray(lab), seg.num_classes)
+            inter.append(i)
+            union.append(u)
+    return np.stack(inter), np.stack(union)

@@ -209,11 +209,12 @@ def generation_params(variants_params: Sequence[Params]) -> Params:
         "masks": first.masks.model_copy(update={"refine": "self_attention", "tau": tau})})
 
 
-def generate(pipe, params: Params, oracle) -> list[Sample]:
-    """The ablation samples of ``params`` (from :func:`generation_params`), labelled by ``oracle``."""
+def generate(pipe, params: Params, oracle, specs=None) -> list[Sample]:
+    """The ablation samples of ``params`` (from :func:`generation_params`), labelled by ``oracle``; ``specs``
+    (default :func:`ablation_specs`) names other prompts, e.g. the dataset's own (the claims ledger's)."""
     from dmutils.dataset.batch import generate_batch
 
-    specs, batch, samples = ablation_specs(params), params.dataset.batch_size, []
+    specs, batch, samples = specs if specs is not None else ablation_specs(params), params.dataset.batch_size, []
     for start in range(0, len(specs), batch):
         chunk = specs[start:start + batch]
         items = generate_batch(pipe, chunk, params, batch)
