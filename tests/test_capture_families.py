@@ -1,5 +1,5 @@
-"""Capture from the families that came with the descriptors (FLUX.2 Klein, Qwen-Image): tiny random-weight
-pipelines saved with save_pretrained and loaded with from_pretrained, read by the one joint-attention adapter."""
+"""Capture from the families that came with the descriptors (FLUX.2 Klein, Qwen-Image, Chroma, CogView4): tiny
+random-weight pipelines saved with save_pretrained and loaded with from_pretrained, read by the one joint-attention adapter."""
 import json
 import sys
 
@@ -10,16 +10,22 @@ from diffusers import DiffusionPipeline
 
 from dmutils.attention import CaptureSpec, capture, joint
 from dmutils.attention.adapters import family_for
-from dmutils.attention.adapters.families import FLUX2, QWEN_IMAGE
-from dmutils.testing.families import save_tiny_flux2_klein, save_tiny_qwen_image
+from dmutils.attention.adapters.families import CHROMA, COGVIEW4, FLUX2, QWEN_IMAGE
+from dmutils.testing.families import save_tiny_chroma, save_tiny_cogview4, save_tiny_flux2_klein, save_tiny_qwen_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a dog on the grass", "an aeroplane in the sky"]
 GRID = 8  # 32 px image, VAE factor 2, 2x2 packing
+NEGATIVE = ["blurry"] * 2
 CASES = {  # saver, descriptor, generation settings (a second, negative call per step: true CFG, not read)
     "flux2-klein": (save_tiny_flux2_klein, FLUX2, {"guidance_scale": 4.0, "max_sequence_length": 24}),
-    "qwenimage": (save_tiny_qwen_image, QWEN_IMAGE, {"true_cfg_scale": 4.0, "negative_prompt": ["blurry"] * 2}),
+    "qwenimage": (save_tiny_qwen_image, QWEN_IMAGE, {"true_cfg_scale": 4.0, "negative_prompt": NEGATIVE}),
+    "chroma": (save_tiny_chroma, CHROMA, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE, "max_sequence_length": 24}),
+    "cogview4": (save_tiny_cogview4, COGVIEW4, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),
 }
+LAYERS = {"flux2-klein": 3, "qwenimage": 2, "chroma": 3, "cogview4": 2}  # Klein, Chroma: 1 dual + 2 single blocks
+ATTN = {"cogview4": "attn1"}  # the joint attention's attribute in a block, "attn" elsewhere
+WORD_START = {"flux2-klein": 1, "qwenimage": 0, "chroma": 0, "cogview4": 0}  # Klein's template has "user" before the prompt
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -37,6 +43,11 @@ def generate(pipe, kw, steps=2, **extra):
                 **kw, **extra).images
 
 
+def processors(pipe) -> dict:
+    """Every attention module's processor (CogView4's transformer has no ``attn_processors``)."""
+    return {name: m.processor for name, m in pipe.transformer.named_modules() if hasattr(m, "set_processor")}
+
+
 def spec(**kw):
     return CaptureSpec(**{"cross_resolutions": (GRID,), "self_resolutions": (GRID,), **kw})
 
@@ -44,55 +55,61 @@ def spec(**kw):
 def test_images_unchanged_processors_restored_also_on_error(case):
     name, _, pipe, desc, kw = case
     assert family_for(pipe) is desc
-    before = dict(pipe.transformer.attn_processors)
+    before = processors(pipe)
     plain = generate(pipe, kw)
     with capture(pipe, spec()) as rec:
         images = generate(pipe, kw)
     np.testing.assert_array_equal(images, plain)  # the layer's own processor and kernel: bit for bit
-    assert dict(pipe.transformer.attn_processors) == before
-    layers = {"flux2-klein": 3, "qwenimage": 2}[name]  # Klein: 1 dual + 2 single blocks; Qwen-Image: 2 double-stream
+    assert processors(pipe) == before
+    layers = LAYERS[name]
     assert rec.state.counts == {("cross", GRID): 2 * layers, ("self", GRID): 2 * layers}  # 2 steps, the negative calls skipped
     assert rec.state.cond == slice(0, 2) and rec.state.steps_recorded == [0, 1]
 
     def stop(*args, **kwargs):
-        assert type(pipe.transformer.transformer_blocks[0].attn.processor).__name__ == "JointCaptureProcessor"
+        attn = getattr(pipe.transformer.transformer_blocks[0], ATTN.get(name, "attn"))
+        assert type(attn.processor).__name__ == "JointCaptureProcessor"
         raise RuntimeError("stop mid-generation")
 
     with pytest.raises(RuntimeError, match="stop mid-generation"), capture(pipe, spec()):
         generate(pipe, kw, callback_on_step_end=stop)
-    assert dict(pipe.transformer.attn_processors) == before
+    assert processors(pipe) == before
 
 
 def _attention_inputs(pipe, kw, layer: str):
-    """The query, key and mask one layer's processor attends with at the first step (its attention call, watched)."""
+    """The query, key and mask (batch, heads, seq, d) one layer's processor attends with at the first step: its
+    attention call (diffusers' dispatch_attention_fn or torch's SDPA, whichever its module calls), watched."""
     attn = pipe.transformer.get_submodule(layer)
     module = sys.modules[type(attn.processor).__module__]
-    real, seen = module.dispatch_attention_fn, []
+    owner, name = (module, "dispatch_attention_fn") if "dispatch_attention_fn" in vars(module) else \
+        (torch.nn.functional, "scaled_dot_product_attention")
+    real, seen = getattr(owner, name), []
 
     def watch(q, k, v, attn_mask=None, **rest):
-        seen.append((q, k, attn_mask))
+        seen.append((q, k, attn_mask) if owner is torch.nn.functional else (q.transpose(1, 2), k.transpose(1, 2), attn_mask))
         return real(q, k, v, attn_mask=attn_mask, **rest)
 
-    hook = attn.register_forward_pre_hook(lambda *a: setattr(module, "dispatch_attention_fn", watch))
-    after = attn.register_forward_hook(lambda *a: setattr(module, "dispatch_attention_fn", real))
+    hook = attn.register_forward_pre_hook(lambda *a: setattr(owner, name, watch))
+    after = attn.register_forward_hook(lambda *a: setattr(owner, name, real))
     try:
         generate(pipe, kw, steps=1)
     finally:
         hook.remove(), after.remove()
-        module.dispatch_attention_fn = real
+        setattr(owner, name, real)
     return seen[0]  # the positive call (the negative one comes second)
 
 
 @pytest.mark.parametrize("joint_norm", ["text_softmax", "joint_slice"])
 def test_maps_equal_the_joint_softmax_computed_directly(case, joint_norm):
     name, _, pipe, _, kw = case
-    layer = "transformer_blocks.0.attn"
+    layer = f"transformer_blocks.0.{ATTN.get(name, 'attn')}"
     q, k, mask = _attention_inputs(pipe, kw, layer)
-    q, k = q.transpose(1, 2), k.transpose(1, 2)  # (batch, heads, seq, d); text first for both families
-    n_text = k.shape[2] - GRID * GRID
+    n_text = k.shape[2] - GRID * GRID  # text first in every family here
     scores = (q[:, :, n_text:] @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
-    if mask is not None:  # Qwen-Image: padding of the shorter prompt masked out
+    mask = mask[..., n_text:, :] if mask is not None and mask.shape[-2] > 1 else mask  # the image queries' rows
+    if mask is not None and mask.dtype == torch.bool:  # Qwen-Image: padding of the shorter prompt masked out
         scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:  # Chroma: its 0/1 padding mask reaches SDPA as floats, which add to the scores
+        scores = scores + mask
     probs = scores.softmax(-1)
     cross_ref = scores[..., :n_text].softmax(-1) if joint_norm == "text_softmax" else probs[..., :n_text]
     self_ref = probs[..., n_text:] / probs[..., n_text:].sum(-1, keepdim=True)
@@ -125,29 +142,29 @@ def test_chunked_heads_equal_unchunked(case, monkeypatch):
     torch.testing.assert_close(rec.maps().self_attention(1, GRID), whole.self_attention(1, GRID), atol=1e-6, rtol=1e-5)
 
 
-def test_word_lookup_with_the_qwen_tokenizer(case):
-    """The prompt reaches the encoder inside a chat template: the words come from the ids the transformer attends to."""
+def test_word_lookup_with_the_family_tokenizer(case):
+    """Klein and Qwen-Image wrap the prompt in a chat template, CogView4 pads it on the left: the words come from the
+    ids the transformer attends to."""
     name, _, pipe, _, kw = case
     with capture(pipe, spec(self_resolutions=())) as rec:
         generate(pipe, kw)
     maps = rec.maps(PROMPTS)
     assert rec.tokenizer is pipe.tokenizer
-    assert ["an", "aeroplane", "in", "the", "sky"] == [w for w in maps.words(1) if w.isalpha()][
-        {"flux2-klein": 1, "qwenimage": 0}[name]:][:5]  # Klein's template has "user" before the prompt
+    assert ["an", "aeroplane", "in", "the", "sky"] == [w for w in maps.words(1) if w.isalpha()][WORD_START[name]:][:5]
     ids = maps.token_ids[1].tolist()
     pos = maps.token_positions(1, "aeroplane")
     assert len(pos) == 2 and pipe.tokenizer.decode([ids[p] for p in pos]).strip() == "aeroplane"
     assert maps.word_map(0, "dog").shape == (GRID, GRID)
 
 
-@pytest.mark.parametrize("preset", ["flux2-klein", "qwenimage"])
+@pytest.mark.parametrize("preset", sorted(CASES))
 def test_generate_end_to_end_with_the_preset(preset, tmp_path):
     """``dmutils generate params/voc_<family>.yaml`` on a saved tiny pipeline of the family."""
     from dmutils.commands import main
     from dmutils.paths import REPO_ROOT
 
     model = CASES[preset][0](tmp_path / "model")
-    assert json.loads((model / "model_index.json").read_text())["_class_name"] in ("Flux2KleinPipeline", "QwenImagePipeline")
+    assert json.loads((model / "model_index.json").read_text())["_class_name"] in CASES[preset][1].pipelines
     out = tmp_path / "data"
     sets = [f"model.path={model}", "model.dtype=float32", "model.device=cpu", "model.height=32", "model.width=32",
             "model.num_inference_steps=2", f"capture.cross_resolutions=[{GRID}]", f"capture.self_resolutions=[{GRID}]",

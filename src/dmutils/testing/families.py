@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dmutils.testing.sd import pipeline_class
-from dmutils.testing.tokenizers import tiny_qwen_tokenizer
+from dmutils.testing.tokenizers import tiny_glm_tokenizer, tiny_qwen_tokenizer
 
 TEXT_HIDDEN = 16
 
@@ -112,4 +112,77 @@ def tiny_qwen_image_pipeline(seed: int = 0):
 def save_tiny_qwen_image(folder: str | Path, seed: int = 0) -> Path:
     """A Qwen-Image-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
     tiny_qwen_image_pipeline(seed).save_pretrained(folder)
+    return Path(folder)
+
+
+def tiny_chroma_transformer():
+    """Chroma's layout (FLUX.1's dual- then single-stream blocks, pruned modulation from an approximator MLP, a text
+    padding mask) with 1 + 2 blocks of 2 heads x 8; text from a 16-wide T5."""
+    from diffusers import ChromaTransformer2DModel
+
+    return ChromaTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=8,
+                                    num_attention_heads=2, joint_attention_dim=TEXT_HIDDEN, axes_dims_rope=(2, 2, 4),
+                                    approximator_num_channels=16, approximator_hidden_dim=16, approximator_layers=1).eval()
+
+
+def tiny_chroma_pipeline(seed: int = 0):
+    """``ChromaPipeline``: a T5 encoder (the sentencepiece tokenizer of :mod:`dmutils.testing.tokenizers`), FLUX.1's
+    2x2 packing, CFG by a second call with the negative prompt."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from dmutils.testing.dits import _flow_vae, _tiny_t5
+
+    torch.manual_seed(seed)
+    t5, tok = _tiny_t5(TEXT_HIDDEN)
+    pipe = pipeline_class("ChromaPipeline")(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_flow_vae(4, channels=8),
+                                            text_encoder=t5, tokenizer=tok, transformer=tiny_chroma_transformer())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_chroma(folder: str | Path, seed: int = 0) -> Path:
+    """A Chroma-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_chroma_pipeline(seed).save_pretrained(folder)
+    return Path(folder)
+
+
+def _glm(vocab: int):
+    """GLM-4 (CogView4's text encoder, which reads the second-to-last hidden layer) at 2 layers of 16."""
+    from transformers import GlmConfig, GlmModel
+
+    config = GlmConfig(vocab_size=vocab, hidden_size=TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, head_dim=8, max_position_embeddings=1024, pad_token_id=0, eos_token_id=0)
+    return GlmModel(config).eval()
+
+
+def tiny_cogview4_transformer():
+    """CogView4's layout (one sequence [text, image] per block with separate image/text modulation, 2-axis rotary on
+    the image only) with 2 blocks of 2 heads x 8, patch 2."""
+    from diffusers import CogView4Transformer2DModel
+
+    return CogView4Transformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+                                      num_attention_heads=2, text_embed_dim=TEXT_HIDDEN, time_embed_dim=16, condition_dim=8,
+                                      pos_embed_max_size=16, sample_size=16, rope_axes_dim=(16, 16)).eval()
+
+
+def tiny_cogview4_pipeline(seed: int = 0):
+    """``CogView4Pipeline``: a GLM-4 encoder with :func:`~dmutils.testing.tokenizers.tiny_glm_tokenizer` (the pipeline
+    left-pads the ids to a multiple of 16 itself), CFG by a second call."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from dmutils.testing.dits import _flow_vae
+
+    torch.manual_seed(seed)
+    tok = tiny_glm_tokenizer()
+    scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256, use_dynamic_shifting=True,
+                                                time_shift_type="linear")
+    pipe = pipeline_class("CogView4Pipeline")(tokenizer=tok, text_encoder=_glm(len(tok)), vae=_flow_vae(4, channels=8),
+                                              transformer=tiny_cogview4_transformer(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_cogview4(folder: str | Path, seed: int = 0) -> Path:
+    """A CogView4-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_cogview4_pipeline(seed).save_pretrained(folder)
     return Path(folder)

@@ -212,11 +212,19 @@ class DenoiserAdapter:
 
     # -- processors ---------------------------------------------------------------------------
     def processors(self) -> dict[str, Any]:
-        """The denoiser's processors now, to restore on exit."""
-        return dict(self.denoiser.attn_processors)
+        """The denoiser's processors now, to restore on exit, by ``<module>.processor``; read from its attention
+        modules where the denoiser has no ``attn_processors`` (CogView4's lacks diffusers' AttentionMixin)."""
+        if hasattr(self.denoiser, "attn_processors"):
+            return dict(self.denoiser.attn_processors)
+        return {f"{name}.processor": module.processor for name, module in self.denoiser.named_modules()
+                if hasattr(module, "set_processor") and hasattr(module, "processor")}
 
     def restore(self, originals: dict[str, Any]) -> None:
-        self.denoiser.set_attn_processor(dict(originals))
+        if hasattr(self.denoiser, "set_attn_processor"):
+            self.denoiser.set_attn_processor(dict(originals))
+            return
+        for key, processor in originals.items():
+            self.denoiser.get_submodule(key.removesuffix(".processor")).set_processor(processor)
 
     def set_processor(self, layer: AttentionLayer, processor) -> None:
         layer.module.set_processor(processor)

@@ -79,7 +79,15 @@ QWEN_IMAGE = Family("qwenimage", JointAttentionAdapter, denoisers=("QwenImageTra
                     blocks=(Blocks("transformer_blocks", "dual", "dual"),), text_first=True, grid=img_shapes_grid,
                     grid_note="packed token grid, image side / 16", cfg="none", text_ids=qwen_text_ids)
 
-FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE)
+DUAL_SINGLE = (Blocks("transformer_blocks", "dual", "dual"), Blocks("single_transformer_blocks", "single", "single"))
+CHROMA = Family("chroma", JointAttentionAdapter, denoisers=("ChromaTransformer2DModel",), pipelines=("ChromaPipeline",),
+                blocks=DUAL_SINGLE, text_first=True, grid=ids_grid, grid_note="packed token grid, image side / 16",
+                cfg="none")
+COGVIEW4 = Family("cogview4", JointAttentionAdapter, denoisers=("CogView4Transformer2DModel",), pipelines=("CogView4Pipeline",),
+                  blocks=(Blocks("transformer_blocks", "dual", "dual", (("attn1", "joint"),)),), text_first=True,
+                  grid=patch_grid, grid_note=PATCH_NOTE + " (2)", cfg="none")
+
+FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE, CHROMA, COGVIEW4)
 
 
 def family_for(pipe) -> Family:
