@@ -10,8 +10,14 @@ from diffusers import DiffusionPipeline
 
 from dmutils.attention import CaptureSpec, capture, joint
 from dmutils.attention.adapters import family_for
-from dmutils.attention.adapters.families import CHROMA, COGVIEW4, FLUX2, QWEN_IMAGE
-from dmutils.testing.families import save_tiny_chroma, save_tiny_cogview4, save_tiny_flux2_klein, save_tiny_qwen_image
+from dmutils.attention.adapters.families import CHROMA, COGVIEW4, FLUX2, LUMINA2, QWEN_IMAGE
+from dmutils.testing.families import (
+    save_tiny_chroma,
+    save_tiny_cogview4,
+    save_tiny_flux2_klein,
+    save_tiny_lumina2,
+    save_tiny_qwen_image,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["a dog on the grass", "an aeroplane in the sky"]
@@ -22,10 +28,13 @@ CASES = {  # saver, descriptor, generation settings (a second, negative call per
     "qwenimage": (save_tiny_qwen_image, QWEN_IMAGE, {"true_cfg_scale": 4.0, "negative_prompt": NEGATIVE}),
     "chroma": (save_tiny_chroma, CHROMA, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE, "max_sequence_length": 24}),
     "cogview4": (save_tiny_cogview4, COGVIEW4, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),
+    "lumina2": (save_tiny_lumina2, LUMINA2, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),
 }
-LAYERS = {"flux2-klein": 3, "qwenimage": 2, "chroma": 3, "cogview4": 2}  # Klein, Chroma: 1 dual + 2 single blocks
+SIZE = {"Lumina2Pipeline": 128}  # px for the 8x8 grid: Lumina 2 fixes its VAE factor at 8
+LAYERS = {"flux2-klein": 3, "qwenimage": 2, "chroma": 3, "cogview4": 2, "lumina2": 2}  # Klein, Chroma: 1 dual + 2 single blocks
 ATTN = {"cogview4": "attn1"}  # the joint attention's attribute in a block, "attn" elsewhere
-WORD_START = {"flux2-klein": 1, "qwenimage": 0, "chroma": 0, "cogview4": 0}  # Klein's template has "user" before the prompt
+# where the prompt's words start: Klein's template has "user" before it, Lumina 2's system prompt 26 words
+WORD_START = {"flux2-klein": 1, "qwenimage": 0, "chroma": 0, "cogview4": 0, "lumina2": 26}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -39,7 +48,8 @@ def case(request, tmp_path_factory):
 
 def generate(pipe, kw, steps=2, **extra):
     gens = [torch.Generator().manual_seed(s) for s in range(len(PROMPTS))]
-    return pipe(prompt=PROMPTS, generator=gens, num_inference_steps=steps, height=32, width=32, output_type="np",
+    size = SIZE.get(type(pipe).__name__, 32)
+    return pipe(prompt=PROMPTS, generator=gens, num_inference_steps=steps, height=size, width=size, output_type="np",
                 **kw, **extra).images
 
 
@@ -66,7 +76,7 @@ def test_images_unchanged_processors_restored_also_on_error(case):
     assert rec.state.cond == slice(0, 2) and rec.state.steps_recorded == [0, 1]
 
     def stop(*args, **kwargs):
-        attn = getattr(pipe.transformer.transformer_blocks[0], ATTN.get(name, "attn"))
+        attn = getattr(getattr(pipe.transformer, desc.blocks[0].attr)[0], ATTN.get(name, "attn"))
         assert type(attn.processor).__name__ == "JointCaptureProcessor"
         raise RuntimeError("stop mid-generation")
 
@@ -98,28 +108,44 @@ def _attention_inputs(pipe, kw, layer: str):
     return seen[0]  # the positive call (the negative one comes second)
 
 
+def _sample_layout(name: str, seq: int, keys: int) -> tuple[slice, slice]:
+    """(text, image) positions of one sample's joint sequence of ``seq`` keys, ``keys`` of them unmasked, as the
+    family's transformer lays them out (written here, not read from the descriptor under test)."""
+    n = GRID * GRID
+    if name == "lumina2":  # each sample packs [its own text, image, padding]
+        return slice(0, keys - n), slice(keys - n, keys)
+    if name == "zimage":  # [image padded to a multiple of 32, text padded to a multiple of 32, padding]
+        return slice(-(-n // 32) * 32, seq), slice(0, n)
+    return slice(0, seq - n), slice(seq - n, seq)  # text first
+
+
 @pytest.mark.parametrize("joint_norm", ["text_softmax", "joint_slice"])
 def test_maps_equal_the_joint_softmax_computed_directly(case, joint_norm):
-    name, _, pipe, _, kw = case
-    layer = f"transformer_blocks.0.{ATTN.get(name, 'attn')}"
+    name, _, pipe, desc, kw = case
+    layer = f"{desc.blocks[0].attr}.0.{ATTN.get(name, 'attn')}"
     q, k, mask = _attention_inputs(pipe, kw, layer)
-    n_text = k.shape[2] - GRID * GRID  # text first in every family here
-    scores = (q[:, :, n_text:] @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
-    mask = mask[..., n_text:, :] if mask is not None and mask.shape[-2] > 1 else mask  # the image queries' rows
-    if mask is not None and mask.dtype == torch.bool:  # Qwen-Image: padding of the shorter prompt masked out
+    seq = k.shape[2]
+    scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5  # (batch, heads, seq, seq)
+    if mask is not None and mask.dtype == torch.bool:  # Qwen-Image, Lumina 2, Z-Image: padding masked out
         scores = scores.masked_fill(~mask, float("-inf"))
     elif mask is not None:  # Chroma: its 0/1 padding mask reaches SDPA as floats, which add to the scores
         scores = scores + mask
-    probs = scores.softmax(-1)
-    cross_ref = scores[..., :n_text].softmax(-1) if joint_norm == "text_softmax" else probs[..., :n_text]
-    self_ref = probs[..., n_text:] / probs[..., n_text:].sum(-1, keepdim=True)
+    keys = [seq if mask is None else int(mask[b].reshape(-1, seq)[-1].sum()) for b in range(2)]
     with capture(pipe, spec(transformer_blocks=(0,), joint_norm=joint_norm)) as rec:
         generate(pipe, kw, steps=1)
         assert [layer.name for layer in rec.layers] == [layer]
     maps = rec.maps()
     got = torch.stack([maps.cross(i, GRID) for i in range(2)]).flatten(2).transpose(1, 2)  # (N, pixels, text)
-    torch.testing.assert_close(got, cross_ref.mean(1), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(torch.stack([maps.self_attention(i, GRID) for i in range(2)]), self_ref.mean(1), atol=1e-5,
+    cross_ref, self_ref = [], []
+    for b in range(2):
+        text, image = _sample_layout(name, seq, keys[b])
+        s = scores[b, :, image]
+        probs = s.softmax(-1)
+        cross = s[..., text].softmax(-1) if joint_norm == "text_softmax" else probs[..., text]
+        cross_ref.append(torch.nn.functional.pad(cross.mean(0), (0, got.shape[-1] - cross.shape[-1])))  # Lumina 2: to the text keys
+        self_ref.append((probs[..., image] / probs[..., image].sum(-1, keepdim=True)).mean(0))
+    torch.testing.assert_close(got, torch.stack(cross_ref), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.stack([maps.self_attention(i, GRID) for i in range(2)]), torch.stack(self_ref), atol=1e-5,
                                rtol=1e-4)
     sums = got.sum(-1)
     if joint_norm == "text_softmax":
@@ -128,6 +154,7 @@ def test_maps_equal_the_joint_softmax_computed_directly(case, joint_norm):
         assert bool((sums > 0).all() and (sums < 1).all())
     rows = maps.self_attention(0, GRID).sum(-1)
     torch.testing.assert_close(rows, torch.ones_like(rows))
+
 
 
 def test_chunked_heads_equal_unchunked(case, monkeypatch):
@@ -164,9 +191,10 @@ def test_generate_end_to_end_with_the_preset(preset, tmp_path):
     from dmutils.paths import REPO_ROOT
 
     model = CASES[preset][0](tmp_path / "model")
-    assert json.loads((model / "model_index.json").read_text())["_class_name"] in CASES[preset][1].pipelines
-    out = tmp_path / "data"
-    sets = [f"model.path={model}", "model.dtype=float32", "model.device=cpu", "model.height=32", "model.width=32",
+    cls = json.loads((model / "model_index.json").read_text())["_class_name"]
+    assert cls in CASES[preset][1].pipelines
+    out, size = tmp_path / "data", SIZE.get(cls, 32)
+    sets = [f"model.path={model}", "model.dtype=float32", "model.device=cpu", f"model.height={size}", f"model.width={size}",
             "model.num_inference_steps=2", f"capture.cross_resolutions=[{GRID}]", f"capture.self_resolutions=[{GRID}]",
             "capture.depth=[0.0,1.0]", "dataset.num_samples=2", "dataset.batch_size=2", "dataset.workers=0", "dataset.min_area=0",
             f"dataset.out_dir={out}"]  # every block: the tiny transformers have 2-3

@@ -186,3 +186,40 @@ def save_tiny_cogview4(folder: str | Path, seed: int = 0) -> Path:
     """A CogView4-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
     tiny_cogview4_pipeline(seed).save_pretrained(folder)
     return Path(folder)
+
+
+def tiny_lumina2_transformer():
+    """Lumina 2's layout (text and image refiners, then single-stream blocks over each sample's [text, image, padding],
+    grouped-query heads, 3-axis rotary) with 1 refiner and 2 blocks of 2 heads x 8, patch 2."""
+    from diffusers import Lumina2Transformer2DModel
+
+    return Lumina2Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, hidden_size=16, num_layers=2, num_refiner_layers=1,
+                                     num_attention_heads=2, num_kv_heads=1, multiple_of=16, axes_dim_rope=(2, 2, 4),
+                                     axes_lens=(300, 64, 64), cap_feat_dim=TEXT_HIDDEN).eval()
+
+
+def tiny_lumina2_pipeline(seed: int = 0):
+    """``Lumina2Pipeline``: a Gemma-2 encoder (second-to-last layer) with the Gemma tokenizer of
+    :mod:`dmutils.testing.tokenizers`; the pipeline puts a system prompt before the prompt; CFG by a second call. The
+    pipeline fixes the VAE factor at 8: a factor-8 VAE, so a 128 px image has the 8x8 token grid."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import Gemma2Config, Gemma2Model
+
+    from dmutils.testing.dits import _flow_vae
+    from dmutils.testing.tokenizers import tiny_gemma_tokenizer
+
+    torch.manual_seed(seed)
+    tok = tiny_gemma_tokenizer()
+    gemma = Gemma2Model(Gemma2Config(vocab_size=len(tok), hidden_size=TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+                                     pad_token_id=0, eos_token_id=1, bos_token_id=2)).eval()
+    pipe = pipeline_class("Lumina2Pipeline")(transformer=tiny_lumina2_transformer(), scheduler=FlowMatchEulerDiscreteScheduler(),
+                                             vae=_flow_vae(4, levels=4, channels=8), text_encoder=gemma, tokenizer=tok)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_lumina2(folder: str | Path, seed: int = 0) -> Path:
+    """A Lumina 2-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_lumina2_pipeline(seed).save_pretrained(folder)
+    return Path(folder)

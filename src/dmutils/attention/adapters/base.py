@@ -58,6 +58,7 @@ class DenoiserCall:
     latent_hw: tuple[int, int]
     timestep: float
     text_len: int = 0  # text tokens in the joint sequence (transformers), 0 for UNets
+    text_lens: tuple[int, ...] = ()  # each sample's own text length where the sequences are packed (Lumina 2)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,9 @@ class Family:
     identical latent halves; ``none``: no CFG batch, true CFG runs a second call per step, which capture
     skips); ``text_ids(ids, text_len)``: the encoder ids at the positions the denoiser attends to, when the
     pipeline drops some; ``encode(pipe, prompts)``: class prompts as a caption is encoded (concept stream),
-    None: refused; ``linear_self``: self-attention is linear (SANA)."""
+    None: refused; ``linear_self``: self-attention is linear (SANA); ``text_lens(inputs)``: each sample's text length,
+    where each sample's sequence packs [its own text, the image, padding] (Lumina 2; text first); ``pad_image``: the
+    image tokens are padded to a multiple of this before the text (Z-Image; image first)."""
 
     name: str
     adapter: type
@@ -124,6 +127,8 @@ class Family:
     text_ids: Callable[[torch.Tensor, int], torch.Tensor] | None = None
     encode: Callable[[Any, list[str]], torch.Tensor] | None = None
     linear_self: bool = False
+    text_lens: Callable[[dict], Any] | None = None
+    pad_image: int = 1
 
     def matches(self, pipe) -> bool:
         denoiser = getattr(pipe, self.denoiser_attr, None)

@@ -87,7 +87,17 @@ COGVIEW4 = Family("cogview4", JointAttentionAdapter, denoisers=("CogView4Transfo
                   blocks=(Blocks("transformer_blocks", "dual", "dual", (("attn1", "joint"),)),), text_first=True,
                   grid=patch_grid, grid_note=PATCH_NOTE + " (2)", cfg="none")
 
-FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE, CHROMA, COGVIEW4)
+
+def mask_lengths(inputs: dict) -> list[int]:
+    """Lumina 2: each sample's text length, from the encoder attention mask the pipeline passes."""
+    return inputs["encoder_attention_mask"].sum(1).tolist()
+
+
+LUMINA2 = Family("lumina2", JointAttentionAdapter, denoisers=("Lumina2Transformer2DModel",), pipelines=("Lumina2Pipeline",),
+                 blocks=(Blocks("layers", "joint", "single"),), text_first=True, grid=patch_grid, grid_note=PATCH_NOTE + " (2)",
+                 cfg="none", text_lens=mask_lengths)
+
+FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE, CHROMA, COGVIEW4, LUMINA2)
 
 
 def family_for(pipe) -> Family:

@@ -84,9 +84,10 @@ class TransformerAdapter(DenoiserAdapter):
         hidden = inputs.get("hidden_states", args[0] if args else None)
         text = inputs.get("encoder_hidden_states")
         t = inputs.get("timestep")
+        lens = tuple(int(n) for n in self.desc.text_lens(inputs)) if self.desc.text_lens is not None else ()
         self.call = DenoiserCall(hidden.shape[0], tuple(self.desc.grid(self.denoiser, inputs)),
                                  0.0 if t is None else float(torch.as_tensor(t).flatten()[0]),
-                                 0 if text is None or not hasattr(text, "shape") else text.shape[1])
+                                 0 if text is None or not hasattr(text, "shape") else text.shape[1], lens)
         return self.call
 
     def map_shape(self, layer: AttentionLayer, call: DenoiserCall) -> tuple[int, int]:
