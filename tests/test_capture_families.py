@@ -157,6 +157,46 @@ def test_maps_equal_the_joint_softmax_computed_directly(case, joint_norm):
 
 
 
+@pytest.mark.parametrize("backend", ["native", "_native_math"])
+def test_capture_under_a_chosen_attention_backend(case, backend):
+    """``transformer.set_attention_backend(...)``: the processors that call dispatch_attention_fn pass it the backend;
+    capture keeps it for the output and records beside it, so images are unchanged and the maps are those of the
+    default backend (SDPA families ignore the choice)."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    _, _, pipe, _, kw = case
+    with capture(pipe, spec()) as rec:
+        generate(pipe, kw)
+    default = rec.maps()
+    active = _AttentionBackendRegistry.get_active_backend()[0]
+    pipe.transformer.set_attention_backend(backend)
+    try:
+        plain = generate(pipe, kw)
+        with capture(pipe, spec()) as rec:
+            images = generate(pipe, kw)
+    finally:
+        pipe.transformer.reset_attention_backend()
+        _AttentionBackendRegistry.set_active_backend(active)  # set_attention_backend also sets it for every model
+    np.testing.assert_array_equal(images, plain)
+    torch.testing.assert_close(rec.maps().cross(1, GRID), default.cross(1, GRID), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(rec.maps().self_attention(1, GRID), default.self_attention(1, GRID), atol=1e-5, rtol=1e-4)
+
+
+def test_flux_attention_drops_unexpected_kwargs_as_without_capture(caplog):
+    """``FluxAttention.forward`` passes a processor only the keyword arguments its ``__call__`` names (Chroma shares
+    FLUX.1's attention): under capture the same are dropped, with the same warning, and the images do not change."""
+    from dmutils.testing.families import tiny_chroma_pipeline
+
+    pipe = tiny_chroma_pipeline()
+    kw = {"guidance_scale": 1.0, "max_sequence_length": 24, "joint_attention_kwargs": {"not_an_argument": 1}}
+    plain = generate(pipe, kw)
+    with capture(pipe, spec()) as rec:
+        images = generate(pipe, kw)
+    np.testing.assert_array_equal(images, plain)
+    assert rec.state.counts[("cross", GRID)] == 2 * 3
+    assert "not_an_argument" in caplog.text and "will be ignored" in caplog.text
+
+
 def test_chunked_heads_equal_unchunked(case, monkeypatch):
     _, _, pipe, _, kw = case
     with capture(pipe, spec()) as rec:

@@ -71,7 +71,8 @@ class JointCaptureProcessor:
 
     def _dispatch(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
                   attention_kwargs=None, *, backend=None, parallel_config=None):
-        """(batch, seq, heads, d), as diffusers' ``dispatch_attention_fn``: the native backend is SDPA itself."""
+        """(batch, seq, heads, d), as diffusers' ``dispatch_attention_fn``: the native backend is SDPA itself; another one
+        (``set_attention_backend``) computes the output, and the maps are recorded beside it."""
         from diffusers.models.attention_dispatch import (
             AttentionBackendName,
             _AttentionBackendRegistry,
@@ -79,7 +80,8 @@ class JointCaptureProcessor:
         )
 
         q, k, v = (x.transpose(1, 2) for x in (query, key, value))
-        native = backend is None and _AttentionBackendRegistry.get_active_backend()[0] == AttentionBackendName.NATIVE
+        chosen = backend if backend is not None else _AttentionBackendRegistry.get_active_backend()[0]
+        native = chosen == AttentionBackendName.NATIVE  # by default, or set_attention_backend("native"): SDPA itself
         if not native or parallel_config is not None or attention_kwargs or dropout_p or is_causal or scale is not None \
                 or enable_gqa:
             self._record_only(q, k, attn_mask)
