@@ -10,11 +10,12 @@ from diffusers import DiffusionPipeline
 
 from dmutils.attention import CaptureSpec, capture, joint
 from dmutils.attention.adapters import family_for
-from dmutils.attention.adapters.families import CHROMA, COGVIEW4, FLUX2, LUMINA2, QWEN_IMAGE
+from dmutils.attention.adapters.families import CHROMA, COGVIEW4, FLUX2, HIDREAM, LUMINA2, QWEN_IMAGE
 from dmutils.testing.families import (
     save_tiny_chroma,
     save_tiny_cogview4,
     save_tiny_flux2_klein,
+    save_tiny_hidream,
     save_tiny_lumina2,
     save_tiny_qwen_image,
 )
@@ -29,12 +30,14 @@ CASES = {  # saver, descriptor, generation settings (a second, negative call per
     "chroma": (save_tiny_chroma, CHROMA, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE, "max_sequence_length": 24}),
     "cogview4": (save_tiny_cogview4, COGVIEW4, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),
     "lumina2": (save_tiny_lumina2, LUMINA2, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),
+    "hidream": (save_tiny_hidream, HIDREAM, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),  # a CFG batch
 }
+COND = {"hidream": slice(2, 4)}  # the conditional rows of the denoiser batch
 SIZE = {"Lumina2Pipeline": 128}  # px for the 8x8 grid: Lumina 2 fixes its VAE factor at 8
-LAYERS = {"flux2-klein": 3, "qwenimage": 2, "chroma": 3, "cogview4": 2, "lumina2": 2}  # Klein, Chroma: 1 dual + 2 single blocks
-ATTN = {"cogview4": "attn1"}  # the joint attention's attribute in a block, "attn" elsewhere
+LAYERS = {"flux2-klein": 3, "qwenimage": 2, "chroma": 3, "cogview4": 2, "lumina2": 2, "hidream": 2}  # Klein, Chroma: 1 dual + 2 single blocks
+ATTN = {"cogview4": "attn1", "hidream": "block.attn1"}  # the joint attention's attribute in a block, "attn" elsewhere
 # where the prompt's words start: Klein's template has "user" before it, Lumina 2's system prompt 26 words
-WORD_START = {"flux2-klein": 1, "qwenimage": 0, "chroma": 0, "cogview4": 0, "lumina2": 26}
+WORD_START = {"flux2-klein": 1, "qwenimage": 0, "chroma": 0, "cogview4": 0, "lumina2": 26, "hidream": 0}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -43,7 +46,29 @@ def case(request, tmp_path_factory):
     folder = save(tmp_path_factory.mktemp(request.param) / "model")
     pipe = DiffusionPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
+    if request.param == "hidream":
+        pipe.default_sample_size = HIDREAM_SAMPLE
     return request.param, folder, pipe, desc, kw
+
+
+HIDREAM_SAMPLE = 16  # HiDream scales every request to the area of default_sample_size latents (128, fixed): 32 px here
+
+
+@pytest.fixture
+def small_hidream(monkeypatch):
+    """HiDream pipelines as loaded by ``dmutils generate``, with the small default_sample_size."""
+    import functools
+
+    from diffusers import HiDreamImagePipeline
+
+    init = HiDreamImagePipeline.__init__
+
+    @functools.wraps(init)
+    def small(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.default_sample_size = HIDREAM_SAMPLE
+
+    monkeypatch.setattr(HiDreamImagePipeline, "__init__", small)
 
 
 def generate(pipe, kw, steps=2, **extra):
@@ -73,10 +98,10 @@ def test_images_unchanged_processors_restored_also_on_error(case):
     assert processors(pipe) == before
     layers = LAYERS[name]
     assert rec.state.counts == {("cross", GRID): 2 * layers, ("self", GRID): 2 * layers}  # 2 steps, the negative calls skipped
-    assert rec.state.cond == slice(0, 2) and rec.state.steps_recorded == [0, 1]
+    assert rec.state.cond == COND.get(name, slice(0, 2)) and rec.state.steps_recorded == [0, 1]
 
     def stop(*args, **kwargs):
-        attn = getattr(getattr(pipe.transformer, desc.blocks[0].attr)[0], ATTN.get(name, "attn"))
+        attn = pipe.transformer.get_submodule(f"{desc.blocks[0].attr}.0.{ATTN.get(name, 'attn')}")
         assert type(attn.processor).__name__ == "JointCaptureProcessor"
         raise RuntimeError("stop mid-generation")
 
@@ -105,7 +130,7 @@ def _attention_inputs(pipe, kw, layer: str):
     finally:
         hook.remove(), after.remove()
         setattr(owner, name, real)
-    return seen[0]  # the positive call (the negative one comes second)
+    return seen[0]  # the positive call (the negative one comes second; HiDream's CFG batch has both)
 
 
 def _sample_layout(name: str, seq: int, keys: int) -> tuple[slice, slice]:
@@ -114,6 +139,8 @@ def _sample_layout(name: str, seq: int, keys: int) -> tuple[slice, slice]:
     n = GRID * GRID
     if name == "lumina2":  # each sample packs [its own text, image, padding]
         return slice(0, keys - n), slice(keys - n, keys)
+    if name == "hidream":  # [image, T5 128, Llama (last layer) 128, Llama (this block's layer) 128]: the Llama part
+        return slice(n + 128, n + 256), slice(0, n)
     if name == "zimage":  # [image padded to a multiple of 32, text padded to a multiple of 32, padding]
         return slice(-(-n // 32) * 32, seq), slice(0, n)
     return slice(0, seq - n), slice(seq - n, seq)  # text first
@@ -130,14 +157,15 @@ def test_maps_equal_the_joint_softmax_computed_directly(case, joint_norm):
         scores = scores.masked_fill(~mask, float("-inf"))
     elif mask is not None:  # Chroma: its 0/1 padding mask reaches SDPA as floats, which add to the scores
         scores = scores + mask
-    keys = [seq if mask is None else int(mask[b].reshape(-1, seq)[-1].sum()) for b in range(2)]
+    rows = range(q.shape[0])[COND.get(name, slice(0, 2))]
+    keys = [seq if mask is None else int(mask[b].reshape(-1, seq)[-1].sum()) for b in range(q.shape[0])]
     with capture(pipe, spec(transformer_blocks=(0,), joint_norm=joint_norm)) as rec:
         generate(pipe, kw, steps=1)
         assert [layer.name for layer in rec.layers] == [layer]
     maps = rec.maps()
     got = torch.stack([maps.cross(i, GRID) for i in range(2)]).flatten(2).transpose(1, 2)  # (N, pixels, text)
     cross_ref, self_ref = [], []
-    for b in range(2):
+    for b in rows:
         text, image = _sample_layout(name, seq, keys[b])
         s = scores[b, :, image]
         probs = s.softmax(-1)
@@ -216,16 +244,17 @@ def test_word_lookup_with_the_family_tokenizer(case):
     with capture(pipe, spec(self_resolutions=())) as rec:
         generate(pipe, kw)
     maps = rec.maps(PROMPTS)
-    assert rec.tokenizer is pipe.tokenizer
+    tokenizer = getattr(pipe, "tokenizer_4" if name == "hidream" else "tokenizer")  # HiDream: the Llama part's
+    assert rec.tokenizer is tokenizer
     assert ["an", "aeroplane", "in", "the", "sky"] == [w for w in maps.words(1) if w.isalpha()][WORD_START[name]:][:5]
     ids = maps.token_ids[1].tolist()
     pos = maps.token_positions(1, "aeroplane")
-    assert len(pos) == 2 and pipe.tokenizer.decode([ids[p] for p in pos]).strip() == "aeroplane"
+    assert len(pos) == 2 and tokenizer.decode([ids[p] for p in pos]).strip() == "aeroplane"
     assert maps.word_map(0, "dog").shape == (GRID, GRID)
 
 
 @pytest.mark.parametrize("preset", sorted(CASES))
-def test_generate_end_to_end_with_the_preset(preset, tmp_path):
+def test_generate_end_to_end_with_the_preset(preset, tmp_path, small_hidream):
     """``dmutils generate params/voc_<family>.yaml`` on a saved tiny pipeline of the family."""
     from dmutils.commands import main
     from dmutils.paths import REPO_ROOT

@@ -165,12 +165,21 @@ def _check_component(folder: Path, name: str, cls: str, out: Outcome) -> list[Pa
 
 
 # hub ids whose weights are gated: the licence is accepted on the model's page before a download works
-GATED_PREFIXES = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev")
+GATED_PREFIXES = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.2-dev")
+# pipelines whose repository lacks a text encoder that is a gated model of its own (HiDream-I1: its Llama 3.1)
+GATED_ENCODERS = {"HiDream-ai/HiDream-I1": ("text_encoder_4", "meta-llama/Meta-Llama-3.1-8B-Instruct")}
 
 
 def gated_note(path: str) -> str | None:
-    """The licence step for a gated hub model, None for any other path."""
-    if looks_local(path) or not path.startswith(GATED_PREFIXES):
+    """The licence step for a gated hub model (or a gated text encoder it needs), None for any other path."""
+    if looks_local(path):
+        return None
+    for prefix, (component, encoder) in GATED_ENCODERS.items():
+        if path.startswith(prefix):
+            return (f"model.path {path!r} needs {encoder} as its {component}, a gated model: accept its licence on "
+                    f"https://huggingface.co/{encoder}, log in with 'hf auth login', and save the pipeline with it "
+                    f"({component}/ and tokenizer_{component[-1]}/) into a local folder for model.path")
+    if not path.startswith(GATED_PREFIXES):
         return None
     return (f"model.path {path!r} is a gated model: accept its licence on https://huggingface.co/{path} "
             "and log in with 'hf auth login' before the first download")

@@ -223,3 +223,45 @@ def save_tiny_lumina2(folder: str | Path, seed: int = 0) -> Path:
     """A Lumina 2-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
     tiny_lumina2_pipeline(seed).save_pretrained(folder)
     return Path(folder)
+
+
+def tiny_hidream_transformer():
+    """HiDream-I1's layout (double-stream then single-stream blocks with mixture-of-experts feed-forwards, image first,
+    then T5 and Llama tokens, a Llama layer of its own appended in every block) with 1 + 1 blocks of 2 heads x 8."""
+    from diffusers import HiDreamImageTransformer2DModel
+
+    return HiDreamImageTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=8, num_attention_heads=2, caption_channels=[TEXT_HIDDEN, TEXT_HIDDEN],
+                                          text_emb_dim=32, num_routed_experts=2, num_activated_experts=1, axes_dims_rope=(4, 2, 2),
+                                          max_resolution=(16, 16), llama_layers=[0, 1]).eval()
+
+
+def tiny_hidream_pipeline(seed: int = 0):
+    """``HiDreamImagePipeline``: two CLIPs with projection (the pooled vector, 16 + 16; 128 positions, as the pipeline
+    encodes 128 CLIP tokens), a T5 and a 2-layer Llama (both 16 wide, 128 tokens each as the pipeline's default),
+    flow-matching Euler, CFG as a [negative, positive] batch."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dmutils.testing.dits import _flow_vae, _tiny_t5
+    from dmutils.testing.sd import tiny_text_encoder, tiny_tokenizer
+
+    torch.manual_seed(seed)
+    clip_tok, llama_tok = tiny_tokenizer(), tiny_qwen_tokenizer()
+    t5, t5_tok = _tiny_t5(TEXT_HIDDEN)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(llama_tok), hidden_size=TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+                                         pad_token_id=0, eos_token_id=0, bos_token_id=None)).eval()
+    pipe = pipeline_class("HiDreamImagePipeline")(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(4, channels=8),
+        text_encoder=tiny_text_encoder(clip_tok, 32, projection=16, positions=128), tokenizer=clip_tok,
+        text_encoder_2=tiny_text_encoder(clip_tok, 32, projection=16, positions=128), tokenizer_2=clip_tok, text_encoder_3=t5, tokenizer_3=t5_tok,
+        text_encoder_4=llama, tokenizer_4=llama_tok, transformer=tiny_hidream_transformer())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_hidream(folder: str | Path, seed: int = 0) -> Path:
+    """A HiDream-I1-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_hidream_pipeline(seed).save_pretrained(folder)
+    return Path(folder)

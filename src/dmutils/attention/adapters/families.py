@@ -97,7 +97,28 @@ LUMINA2 = Family("lumina2", JointAttentionAdapter, denoisers=("Lumina2Transforme
                  blocks=(Blocks("layers", "joint", "single"),), text_first=True, grid=patch_grid, grid_note=PATCH_NOTE + " (2)",
                  cfg="none", text_lens=mask_lengths)
 
-FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE, CHROMA, COGVIEW4, LUMINA2)
+HIDREAM_TOKENS = 128  # the pipeline's max_sequence_length: T5 and Llama tokens each
+
+
+def square_patch_grid(denoiser: torch.nn.Module, inputs: dict) -> tuple[int, int]:
+    """HiDream: the patch grid of a square latent; a non-square one is padded to ``max_resolution`` tokens (their keys
+    zeroed, not masked), which capture does not read."""
+    h, w = patch_grid(denoiser, inputs)
+    if h != w:
+        raise CaptureError(f"HiDream pads a non-square image's {h}x{w} tokens to its max_resolution; capture reads square "
+                           f"images only: set model.height equal to model.width")
+    return h, w
+
+
+HIDREAM_ATTN = (("block.attn1", "joint"),)
+HIDREAM = Family("hidream", JointAttentionAdapter, denoisers=("HiDreamImageTransformer2DModel",), pipelines=("HiDreamImagePipeline",),
+                 blocks=(Blocks("double_stream_blocks", "dual", "dual", HIDREAM_ATTN),
+                         Blocks("single_stream_blocks", "single", "single", HIDREAM_ATTN)),
+                 grid=square_patch_grid, grid_note=PATCH_NOTE + " (2)",
+                 text=(TextPart("llama", "text_encoder_4", "tokenizer_4", HIDREAM_TOKENS, 2 * HIDREAM_TOKENS),
+                       TextPart("t5", "text_encoder_3", "tokenizer_3", 0, HIDREAM_TOKENS)))
+
+FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE, CHROMA, COGVIEW4, LUMINA2, HIDREAM)
 
 
 def family_for(pipe) -> Family:

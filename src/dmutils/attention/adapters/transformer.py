@@ -40,7 +40,7 @@ class TransformerAdapter(DenoiserAdapter):
         for spec_blocks, blocks in lists:
             for i, block in enumerate(blocks):
                 for attr, kind in spec_blocks.attns:
-                    module = getattr(block, attr, None)
+                    module = _submodule(block, attr)
                     if module is not None:
                         layers.append(AttentionLayer(f"{spec_blocks.attr}.{i}.{attr}", spec_blocks.label, index, kind, module,
                                                      depth_of(index, n)))
@@ -83,7 +83,7 @@ class TransformerAdapter(DenoiserAdapter):
         inputs = call_inputs(self.denoiser, args, kwargs)
         hidden = inputs.get("hidden_states", args[0] if args else None)
         text = inputs.get("encoder_hidden_states")
-        t = inputs.get("timestep")
+        t = inputs.get("timestep", inputs.get("timesteps"))  # HiDream: timesteps
         lens = tuple(int(n) for n in self.desc.text_lens(inputs)) if self.desc.text_lens is not None else ()
         self.call = DenoiserCall(hidden.shape[0], tuple(self.desc.grid(self.denoiser, inputs)),
                                  0.0 if t is None else float(torch.as_tensor(t).flatten()[0]),
@@ -164,6 +164,14 @@ class TransformerAdapter(DenoiserAdapter):
             if self.has_concept_stream(layer) and layer.name not in installed:
                 original = originals[f"{layer.name}.processor"]
                 self.set_processor(layer, self.recording_processor(layer, state, (), resolution, original))
+
+
+def _submodule(block: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    """``block``'s module at a dotted ``path`` (HiDream wraps each block: ``block.attn1``), None where it has none."""
+    try:
+        return block.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def depth_of(index: int, blocks: int) -> float:
