@@ -10,7 +10,7 @@ from diffusers import DiffusionPipeline
 
 from dmutils.attention import CaptureSpec, capture, joint
 from dmutils.attention.adapters import family_for
-from dmutils.attention.adapters.families import CHROMA, COGVIEW4, FLUX2, HIDREAM, LUMINA2, QWEN_IMAGE
+from dmutils.attention.adapters.families import CHROMA, COGVIEW4, FLUX2, HIDREAM, LUMINA2, QWEN_IMAGE, ZIMAGE
 from dmutils.testing.families import (
     save_tiny_chroma,
     save_tiny_cogview4,
@@ -18,6 +18,7 @@ from dmutils.testing.families import (
     save_tiny_hidream,
     save_tiny_lumina2,
     save_tiny_qwen_image,
+    save_tiny_zimage,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,13 +32,14 @@ CASES = {  # saver, descriptor, generation settings (a second, negative call per
     "cogview4": (save_tiny_cogview4, COGVIEW4, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),
     "lumina2": (save_tiny_lumina2, LUMINA2, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),
     "hidream": (save_tiny_hidream, HIDREAM, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),  # a CFG batch
+    "zimage": (save_tiny_zimage, ZIMAGE, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),  # [conditional, unconditional]
 }
 COND = {"hidream": slice(2, 4)}  # the conditional rows of the denoiser batch
 SIZE = {"Lumina2Pipeline": 128}  # px for the 8x8 grid: Lumina 2 fixes its VAE factor at 8
-LAYERS = {"flux2-klein": 3, "qwenimage": 2, "chroma": 3, "cogview4": 2, "lumina2": 2, "hidream": 2}  # Klein, Chroma: 1 dual + 2 single blocks
-ATTN = {"cogview4": "attn1", "hidream": "block.attn1"}  # the joint attention's attribute in a block, "attn" elsewhere
+LAYERS = {"flux2-klein": 3, "qwenimage": 2, "chroma": 3, "cogview4": 2, "lumina2": 2, "hidream": 2, "zimage": 2}  # Klein, Chroma: 1 dual + 2 single blocks
+ATTN = {"cogview4": "attn1", "hidream": "block.attn1", "zimage": "attention"}  # the joint attention's attribute in a block, "attn" elsewhere
 # where the prompt's words start: Klein's template has "user" before it, Lumina 2's system prompt 26 words
-WORD_START = {"flux2-klein": 1, "qwenimage": 0, "chroma": 0, "cogview4": 0, "lumina2": 26, "hidream": 0}
+WORD_START = {"flux2-klein": 1, "qwenimage": 0, "chroma": 0, "cogview4": 0, "lumina2": 26, "hidream": 0, "zimage": 1}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -74,8 +76,8 @@ def small_hidream(monkeypatch):
 def generate(pipe, kw, steps=2, **extra):
     gens = [torch.Generator().manual_seed(s) for s in range(len(PROMPTS))]
     size = SIZE.get(type(pipe).__name__, 32)
-    return pipe(prompt=PROMPTS, generator=gens, num_inference_steps=steps, height=size, width=size, output_type="np",
-                **kw, **extra).images
+    kw = {"height": size, "width": size, **{k: list(v) if isinstance(v, list) else v for k, v in kw.items()}}  # Z-Image rewrites prompt lists in place
+    return pipe(prompt=list(PROMPTS), generator=gens, num_inference_steps=steps, output_type="np", **kw, **extra).images
 
 
 def processors(pipe) -> dict:
@@ -223,6 +225,22 @@ def test_flux_attention_drops_unexpected_kwargs_as_without_capture(caplog):
     np.testing.assert_array_equal(images, plain)
     assert rec.state.counts[("cross", GRID)] == 2 * 3
     assert "not_an_argument" in caplog.text and "will be ignored" in caplog.text
+
+
+def test_zimage_text_after_the_padded_image_tokens():
+    """Z-Image pads the image tokens to a multiple of 32 before the text: at 24 px (a 6x6 grid, 36 tokens, padded to
+    64) the text keys start at 64, and the maps are the softmax over them computed directly."""
+    from dmutils.testing.families import tiny_zimage_pipeline
+
+    pipe, kw = tiny_zimage_pipeline(), {**CASES["zimage"][2], "height": 24, "width": 24}
+    q, k, mask = _attention_inputs(pipe, kw, "layers.0.attention")
+    scores = (q[:2, :, :36] @ k[:2, :, 64:].transpose(-1, -2)) / q.shape[-1] ** 0.5  # image queries, text keys
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:2, ..., 64:], float("-inf"))
+    with capture(pipe, spec(cross_resolutions=(6,), self_resolutions=(), transformer_blocks=(0,), joint_norm="text_softmax")) as rec:
+        generate(pipe, kw, steps=1)
+    got = torch.stack([rec.maps().cross(i, 6) for i in range(2)]).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(got, scores.softmax(-1).mean(1), atol=1e-5, rtol=1e-4)
 
 
 def test_chunked_heads_equal_unchunked(case, monkeypatch):

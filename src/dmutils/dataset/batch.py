@@ -40,8 +40,8 @@ def generate_batch(pipe, specs: list[SampleSpec], params: Params, batch_size: in
     if not need_self:
         spec = dataclasses.replace(spec, self_resolutions=())
     prompts = [s.prompt for s in rows]
-    with torch.no_grad(), capture(pipe, spec, class_prompts=class_prompts) as rec:
-        out = pipe(prompt=prompts, num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale,
+    with torch.no_grad(), capture(pipe, spec, class_prompts=class_prompts) as rec:  # a copy of the prompts: Z-Image rewrites them
+        out = pipe(prompt=list(prompts), num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale,
                    height=m.height, width=m.width, output_type="np",
                    generator=[torch.Generator("cpu").manual_seed(s.seed) for s in rows])
         maps = rec.maps(class_prompts or prompts)

@@ -265,3 +265,37 @@ def save_tiny_hidream(folder: str | Path, seed: int = 0) -> Path:
     """A HiDream-I1-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
     tiny_hidream_pipeline(seed).save_pretrained(folder)
     return Path(folder)
+
+
+def tiny_zimage_transformer():
+    """Z-Image's layout (image and text refiners, then single-stream blocks over [image, text], each padded to a multiple
+    of 32, 3-axis rotary) with 1 refiner and 2 blocks of 2 heads x 8, patch 2."""
+    from diffusers import ZImageTransformer2DModel
+
+    return ZImageTransformer2DModel(in_channels=4, dim=16, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
+                                    cap_feat_dim=TEXT_HIDDEN, axes_dims=[2, 2, 4], axes_lens=[1024, 64, 64]).eval()
+
+
+def tiny_zimage_pipeline(seed: int = 0):
+    """``ZImagePipeline``: a 2-layer Qwen3 (second-to-last layer) with the byte-level BPE tokenizer and its chat template;
+    CFG as a [conditional, unconditional] batch."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import Qwen3Config, Qwen3Model
+
+    from dmutils.testing.dits import _flow_vae
+
+    torch.manual_seed(seed)
+    tok = tiny_qwen_tokenizer()
+    qwen = Qwen3Model(Qwen3Config(vocab_size=len(tok), hidden_size=TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+                                  pad_token_id=0, eos_token_id=0)).eval()
+    pipe = pipeline_class("ZImagePipeline")(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(4, channels=8),
+                                            text_encoder=qwen, tokenizer=tok, transformer=tiny_zimage_transformer())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_zimage(folder: str | Path, seed: int = 0) -> Path:
+    """A Z-Image-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_zimage_pipeline(seed).save_pretrained(folder)
+    return Path(folder)

@@ -112,13 +112,33 @@ def square_patch_grid(denoiser: torch.nn.Module, inputs: dict) -> tuple[int, int
 
 HIDREAM_ATTN = (("block.attn1", "joint"),)
 HIDREAM = Family("hidream", JointAttentionAdapter, denoisers=("HiDreamImageTransformer2DModel",), pipelines=("HiDreamImagePipeline",),
+                 inputs=("hidden_states", "encoder_hidden_states_t5", "timesteps"),
                  blocks=(Blocks("double_stream_blocks", "dual", "dual", HIDREAM_ATTN),
                          Blocks("single_stream_blocks", "single", "single", HIDREAM_ATTN)),
                  grid=square_patch_grid, grid_note=PATCH_NOTE + " (2)",
                  text=(TextPart("llama", "text_encoder_4", "tokenizer_4", HIDREAM_TOKENS, 2 * HIDREAM_TOKENS),
                        TextPart("t5", "text_encoder_3", "tokenizer_3", 0, HIDREAM_TOKENS)))
 
-FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE, CHROMA, COGVIEW4, LUMINA2, HIDREAM)
+ZIMAGE_MULTIPLE = 32  # transformer_z_image's SEQ_MULTI_OF: image and text tokens each padded to a multiple of it
+
+
+def zimage_grid(denoiser: torch.nn.Module, inputs: dict) -> tuple[int, int]:
+    """Z-Image: the patch grid of the first latent of the list (channels, frames, h, w)."""
+    latent, p = inputs["x"][0], int(inputs.get("patch_size", 2))
+    return latent.shape[-2] // p, latent.shape[-1] // p
+
+
+def zimage_text_ids(ids: torch.Tensor, text_len: int) -> torch.Tensor:
+    """Z-Image keeps each prompt's own tokens, padded to a multiple of 32 (``text_len``: the longest): the same ids."""
+    return ids[:, :-(-text_len // ZIMAGE_MULTIPLE) * ZIMAGE_MULTIPLE] if text_len else ids
+
+
+ZIMAGE = Family("zimage", JointAttentionAdapter, denoisers=("ZImageTransformer2DModel",), pipelines=("ZImagePipeline",),
+                inputs=("x", "cap_feats", "t"), blocks=(Blocks("layers", "joint", "single", (("attention", "joint"),)),),
+                grid=zimage_grid, grid_note=PATCH_NOTE + " (2)", cfg="halves", cond_first=True, text_ids=zimage_text_ids,
+                pad_image=ZIMAGE_MULTIPLE)
+
+FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE, CHROMA, COGVIEW4, LUMINA2, HIDREAM, ZIMAGE)
 
 
 def family_for(pipe) -> Family:

@@ -79,15 +79,23 @@ class TransformerAdapter(DenoiserAdapter):
         return f", flux_streams={self.spec.flux_streams!r}" if len(self.desc.blocks) > 1 else ""
 
     # -- one call -----------------------------------------------------------------------------
+    _cfg = False  # cfg "halves": whether the last call's latents were two identical halves
+
     def read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
         inputs = call_inputs(self.denoiser, args, kwargs)
-        hidden = inputs.get("hidden_states", args[0] if args else None)
-        text = inputs.get("encoder_hidden_states")
-        t = inputs.get("timestep", inputs.get("timesteps"))  # HiDream: timesteps
+        latent, text_name, t_name = self.desc.inputs
+        hidden = inputs.get(latent, args[0] if args else None)
+        text, t = inputs.get(text_name), inputs.get(t_name)
+        if isinstance(text, (list, tuple)):  # one text a sample (Z-Image): the longest
+            text_len = max(len(x) for x in text)
+        else:
+            text_len = 0 if text is None or not hasattr(text, "shape") else text.shape[1]
         lens = tuple(int(n) for n in self.desc.text_lens(inputs)) if self.desc.text_lens is not None else ()
-        self.call = DenoiserCall(hidden.shape[0], tuple(self.desc.grid(self.denoiser, inputs)),
-                                 0.0 if t is None else float(torch.as_tensor(t).flatten()[0]),
-                                 0 if text is None or not hasattr(text, "shape") else text.shape[1], lens)
+        if self.desc.cfg == "halves":
+            n = len(hidden)
+            self._cfg = n % 2 == 0 and all(torch.equal(a, b) for a, b in zip(hidden[: n // 2], hidden[n // 2:]))
+        self.call = DenoiserCall(len(hidden), tuple(self.desc.grid(self.denoiser, inputs)),
+                                 0.0 if t is None else float(torch.as_tensor(t).flatten()[0]), text_len, lens)
         return self.call
 
     def map_shape(self, layer: AttentionLayer, call: DenoiserCall) -> tuple[int, int]:
@@ -98,6 +106,10 @@ class TransformerAdapter(DenoiserAdapter):
                 f"self_resolutions to that side)")
 
     def cfg_batch(self) -> bool:
+        """``flag``: the pipeline's flag; ``halves``: the pipeline keeps its flag local (PixArt) or may skip CFG at a step
+        (Z-Image), so a CFG batch is recognised by its two identical latent halves."""
+        if self.desc.cfg == "halves":
+            return self._cfg
         return self.desc.cfg == "flag" and super().cfg_batch()
 
     # -- text ---------------------------------------------------------------------------------
