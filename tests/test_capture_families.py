@@ -10,12 +10,22 @@ from diffusers import DiffusionPipeline
 
 from dmutils.attention import CaptureSpec, capture, joint
 from dmutils.attention.adapters import family_for
-from dmutils.attention.adapters.families import CHROMA, COGVIEW4, FLUX2, HIDREAM, LUMINA2, QWEN_IMAGE, ZIMAGE
+from dmutils.attention.adapters.families import (
+    CHROMA,
+    COGVIEW4,
+    FLUX2,
+    HIDREAM,
+    HUNYUAN_IMAGE,
+    LUMINA2,
+    QWEN_IMAGE,
+    ZIMAGE,
+)
 from dmutils.testing.families import (
     save_tiny_chroma,
     save_tiny_cogview4,
     save_tiny_flux2_klein,
     save_tiny_hidream,
+    save_tiny_hunyuanimage,
     save_tiny_lumina2,
     save_tiny_qwen_image,
     save_tiny_zimage,
@@ -33,13 +43,14 @@ CASES = {  # saver, descriptor, generation settings (a second, negative call per
     "lumina2": (save_tiny_lumina2, LUMINA2, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),
     "hidream": (save_tiny_hidream, HIDREAM, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),  # a CFG batch
     "zimage": (save_tiny_zimage, ZIMAGE, {"guidance_scale": 4.0, "negative_prompt": NEGATIVE}),  # [conditional, unconditional]
+    "hunyuanimage": (save_tiny_hunyuanimage, HUNYUAN_IMAGE, {"negative_prompt": NEGATIVE}),  # its guider: a call per condition
 }
 COND = {"hidream": slice(2, 4)}  # the conditional rows of the denoiser batch
 SIZE = {"Lumina2Pipeline": 128}  # px for the 8x8 grid: Lumina 2 fixes its VAE factor at 8
-LAYERS = {"flux2-klein": 3, "qwenimage": 2, "chroma": 3, "cogview4": 2, "lumina2": 2, "hidream": 2, "zimage": 2}  # Klein, Chroma: 1 dual + 2 single blocks
+LAYERS = {"flux2-klein": 3, "qwenimage": 2, "chroma": 3, "cogview4": 2, "lumina2": 2, "hidream": 2, "zimage": 2, "hunyuanimage": 2}  # Klein, Chroma: 1 dual + 2 single blocks
 ATTN = {"cogview4": "attn1", "hidream": "block.attn1", "zimage": "attention"}  # the joint attention's attribute in a block, "attn" elsewhere
 # where the prompt's words start: Klein's template has "user" before it, Lumina 2's system prompt 26 words
-WORD_START = {"flux2-klein": 1, "qwenimage": 0, "chroma": 0, "cogview4": 0, "lumina2": 26, "hidream": 0, "zimage": 1}
+WORD_START = {"flux2-klein": 1, "qwenimage": 0, "chroma": 0, "cogview4": 0, "lumina2": 26, "hidream": 0, "zimage": 1, "hunyuanimage": 0}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -143,6 +154,8 @@ def _sample_layout(name: str, seq: int, keys: int) -> tuple[slice, slice]:
         return slice(0, keys - n), slice(keys - n, keys)
     if name == "hidream":  # [image, T5 128, Llama (last layer) 128, Llama (this block's layer) 128]: the Llama part
         return slice(n + 128, n + 256), slice(0, n)
+    if name == "hunyuanimage":  # [image, text]: each sample's valid tokens first, its padding masked
+        return slice(n, seq), slice(0, n)
     if name == "zimage":  # [image padded to a multiple of 32, text padded to a multiple of 32, padding]
         return slice(-(-n // 32) * 32, seq), slice(0, n)
     return slice(0, seq - n), slice(seq - n, seq)  # text first

@@ -37,7 +37,8 @@ class ModelParams(_Strict):
 
     path: str = Field("models/toy-sd", description="hub id or local diffusers folder")
     family: Literal["sd", "sdxl", "auto", "sd3", "flux", "pixart", "sana", "flux2", "flux2-klein", "qwenimage", "chroma",
-                    "cogview4", "lumina2", "hidream", "zimage"] = Field(
+                    "cogview4", "lumina2", "hidream", "zimage",
+                    "hunyuanimage"] = Field(
         "sd", description="pipeline class: 'auto' reads model_index.json's _class_name; sd3 covers SD3 and SD3.5")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")

@@ -299,3 +299,40 @@ def save_tiny_zimage(folder: str | Path, seed: int = 0) -> Path:
     """A Z-Image-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
     tiny_zimage_pipeline(seed).save_pretrained(folder)
     return Path(folder)
+
+
+def tiny_hunyuanimage_transformer():
+    """HunyuanImage 2.1's layout (dual-stream then single-stream blocks, image first, a token refiner for the Qwen text,
+    a ByT5 glyph projection, 2-axis rotary) with 1 + 1 blocks of 2 heads x 8, patch 1."""
+    from diffusers import HunyuanImageTransformer2DModel
+
+    return HunyuanImageTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                                          num_single_layers=1, num_refiner_layers=1, mlp_ratio=2.0, patch_size=(1, 1),
+                                          text_embed_dim=TEXT_HIDDEN, text_embed_2_dim=TEXT_HIDDEN, rope_axes_dim=(4, 4)).eval()
+
+
+def tiny_hunyuanimage_pipeline(seed: int = 0):
+    """``HunyuanImagePipeline``: Qwen2.5-VL (its prompt template's 34 tokens dropped, as Qwen-Image's) and a ByT5 for
+    quoted glyph text (zeros without quotes), a VAE downsampling by 4 (32 px: an 8x8 grid at patch 1), and an adaptive
+    projected guider: CFG by a second call per condition."""
+    from diffusers import AdaptiveProjectedMixGuidance, AutoencoderKLHunyuanImage, FlowMatchEulerDiscreteScheduler
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tok, byt5_tok = tiny_qwen_tokenizer(), ByT5Tokenizer()
+    byt5 = T5EncoderModel(T5Config(vocab_size=len(byt5_tok), d_model=TEXT_HIDDEN, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                   pad_token_id=byt5_tok.pad_token_id, eos_token_id=byt5_tok.eos_token_id)).eval()
+    vae = AutoencoderKLHunyuanImage(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32),
+                                    layers_per_block=1, spatial_compression_ratio=4, sample_size=32, scaling_factor=1.0).eval()
+    pipe = pipeline_class("HunyuanImagePipeline")(scheduler=FlowMatchEulerDiscreteScheduler(shift=4.0), vae=vae,
+                                                  text_encoder=_qwen25_vl(len(tok)), tokenizer=tok, text_encoder_2=byt5,
+                                                  tokenizer_2=byt5_tok, transformer=tiny_hunyuanimage_transformer(),
+                                                  guider=AdaptiveProjectedMixGuidance(guidance_scale=4.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_hunyuanimage(folder: str | Path, seed: int = 0) -> Path:
+    """A HunyuanImage 2.1-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_hunyuanimage_pipeline(seed).save_pretrained(folder)
+    return Path(folder)

@@ -138,7 +138,19 @@ ZIMAGE = Family("zimage", JointAttentionAdapter, denoisers=("ZImageTransformer2D
                 grid=zimage_grid, grid_note=PATCH_NOTE + " (2)", cfg="halves", cond_first=True, text_ids=zimage_text_ids,
                 pad_image=ZIMAGE_MULTIPLE)
 
-FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE, CHROMA, COGVIEW4, LUMINA2, HIDREAM, ZIMAGE)
+
+def patch_tuple_grid(denoiser: torch.nn.Module, inputs: dict) -> tuple[int, int]:
+    """HunyuanImage 2.1: the latent's (h, w) / its patch size, a tuple (h, w) or (t, h, w)."""
+    hidden, p = inputs["hidden_states"], tuple(denoiser.config.patch_size)
+    return hidden.shape[-2] // p[-2], hidden.shape[-1] // p[-1]
+
+
+HUNYUAN_IMAGE = Family("hunyuanimage", JointAttentionAdapter, denoisers=("HunyuanImageTransformer2DModel",),
+                       pipelines=("HunyuanImagePipeline",), blocks=DUAL_SINGLE, grid=patch_tuple_grid,
+                       grid_note="patch grid, latent side / patch size (1: image side / 32)", cfg="none", text_ids=qwen_text_ids)
+
+FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE, CHROMA, COGVIEW4, LUMINA2, HIDREAM, ZIMAGE,
+                                HUNYUAN_IMAGE)
 
 
 def family_for(pipe) -> Family:
