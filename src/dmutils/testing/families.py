@@ -336,3 +336,43 @@ def save_tiny_hunyuanimage(folder: str | Path, seed: int = 0) -> Path:
     """A HunyuanImage 2.1-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
     tiny_hunyuanimage_pipeline(seed).save_pretrained(folder)
     return Path(folder)
+
+
+FLUX2_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'text' %}"
+                       "{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}")
+
+
+def _mistral3(vocab: int):
+    """Mistral Small 3.1 (FLUX.2 [dev]'s text encoder) at 30 text layers of 16, as the pipeline stacks layers 10, 20 and
+    30; a 1-block Pixtral vision tower (never run: the pipeline encodes text only)."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    text = dict(model_type="mistral", vocab_size=vocab, hidden_size=TEXT_HIDDEN, intermediate_size=32, num_hidden_layers=30,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024, pad_token_id=0,
+                eos_token_id=0, bos_token_id=None)
+    vision = dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, head_dim=8,
+                  patch_size=16, image_size=64)
+    return Mistral3ForConditionalGeneration(Mistral3Config(text_config=text, vision_config=vision, image_token_index=0)).eval()
+
+
+def tiny_flux2_dev_pipeline(seed: int = 0):
+    """``Flux2Pipeline`` (FLUX.2 [dev]): Mistral Small 3.1's shape of encoder, guidance-distilled (a guidance embedding,
+    no CFG). Its real tokenizer is a Pixtral processor, which needs torchvision (not installed here): the byte-level BPE
+    tokenizer with a chat template over [{type: text}] contents stands in for it; for text prompts the processor only
+    applies its tokenizer's chat template, as this does."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(seed)
+    tok = tiny_qwen_tokenizer()
+    tok.chat_template = FLUX2_CHAT_TEMPLATE
+    pipe = pipeline_class("Flux2Pipeline")(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flux2_vae(),
+                                           text_encoder=_mistral3(len(tok)), tokenizer=tok,
+                                           transformer=tiny_flux2_transformer(guidance_embeds=True))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_flux2_dev(folder: str | Path, seed: int = 0) -> Path:
+    """A FLUX.2 [dev]-shaped pipeline folder (``save_pretrained``), loadable with ``from_pretrained``."""
+    tiny_flux2_dev_pipeline(seed).save_pretrained(folder)
+    return Path(folder)
