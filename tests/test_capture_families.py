@@ -1,5 +1,6 @@
-"""Capture from the families that came with the descriptors (FLUX.2 Klein, Qwen-Image, Chroma, CogView4): tiny
-random-weight pipelines saved with save_pretrained and loaded with from_pretrained, read by the one joint-attention adapter."""
+"""Capture from the families that came with the descriptors (FLUX.2 [klein] and [dev], Qwen-Image, Chroma, CogView4,
+Lumina 2, HiDream, Z-Image, HunyuanImage 2.1): tiny random-weight pipelines saved with save_pretrained and loaded with
+from_pretrained, read by the one joint-attention adapter."""
 import json
 import sys
 

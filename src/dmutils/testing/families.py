@@ -1,10 +1,12 @@
-"""Random-weight pipelines of the families added with the descriptors (FLUX.2 Klein, Qwen-Image), for tests.
+"""Random-weight pipelines of the families added with the descriptors (FLUX.2 [klein] and [dev], Qwen-Image, Chroma,
+CogView4, Lumina 2, HiDream, Z-Image, HunyuanImage 2.1), for tests.
 
 As :mod:`dmutils.testing.dits` does, these keep the *block structure and attention layout* of the real
-models with tiny widths (1-2 blocks of each kind, 2 heads x 8): 32 px images, a 16x16 latent, an 8x8
-token grid. Their text encoders are language models (Qwen3, Qwen2.5-VL) at the smallest config the class
-allows, with the byte-level BPE tokenizer of :func:`dmutils.testing.tokenizers.tiny_qwen_tokenizer`; where
-the pipeline reads fixed hidden layers (FLUX.2 Klein: 9, 18 and 27) the encoder has that many layers, 16 wide.
+models with tiny widths (1-2 blocks of each kind, 2 heads x 8): 32 px images and an 8x8 token grid (Lumina 2, whose
+pipeline fixes its VAE factor at 8: 128 px). Their text encoders (Qwen3, Qwen2.5-VL, Mistral 3, GLM-4, Gemma-2, Llama,
+T5, ByT5, CLIP) are at the smallest config the class allows, 16 wide, with the tokenizers of
+:mod:`dmutils.testing.tokenizers`; where the pipeline reads fixed hidden layers (FLUX.2 [klein]: 9, 18 and 27;
+[dev]: 10, 20 and 30) the encoder has that many layers.
 Each has a ``save_tiny_*`` that writes it with ``save_pretrained`` (``from_pretrained`` reads it back).
 """
 from __future__ import annotations
