@@ -271,12 +271,20 @@ def test_big_model_on_cpu_is_a_warning(tmp_path, monkeypatch):
                                            ("stabilityai/stable-diffusion-3-medium-diffusers", True),
                                            ("black-forest-labs/FLUX.1-dev", True),
                                            ("black-forest-labs/FLUX.1-schnell", False),
+                                           ("black-forest-labs/FLUX.2-dev", True),
                                            ("stable-diffusion-v1-5/stable-diffusion-v1-5", False)])
 def test_gated_models_name_the_licence_step(tmp_path, hub_id, gated):
     o = pf.check_model(params_for(tmp_path, model={"path": hub_id}))
     notes = [p.message for p in o.problems if p.level == "warning" and "gated" in p.message]
     assert bool(notes) == gated
     assert not gated or (f"https://huggingface.co/{hub_id}" in notes[0] and "hf auth login" in notes[0])
+
+
+def test_hidream_names_its_gated_llama(tmp_path):
+    o = pf.check_model(params_for(tmp_path, model={"path": "HiDream-ai/HiDream-I1-Full"}))
+    notes = [p.message for p in o.problems if p.level == "warning" and "gated" in p.message]
+    assert len(notes) == 1 and "https://huggingface.co/meta-llama/Meta-Llama-3.1-8B-Instruct" in notes[0]
+    assert "text_encoder_4" in notes[0]
 
 
 # -- transformers checkpoints -----------------------------------------------------------------------

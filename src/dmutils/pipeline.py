@@ -2,7 +2,8 @@
 
 ``from_pretrained`` of a local diffusers folder or a hub id (``use_safetensors=True``), the
 pipeline class by ``params.model.family`` (:data:`FAMILIES`: sd, sdxl, sd3 (SD3 and SD3.5), flux,
-pixart (PixArt-Sigma), sana, flux2, flux2-klein, qwenimage; ``auto``: the class named by the folder's ``model_index.json``
+pixart (PixArt-Sigma), sana, flux2, flux2-klein, qwenimage, chroma, cogview4, lumina2, hidream, zimage,
+hunyuanimage; ``auto``: the class named by the folder's ``model_index.json``
 ``_class_name``, or diffusers' own choice for a hub id), no safety checker, the scheduler replaced by
 class name when ``params.model.scheduler`` is set. A model that is not there fails before anything is loaded, with
 what was looked for and how to get it.
@@ -24,7 +25,10 @@ from dmutils.paths import REPO_ROOT
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FAMILIES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline",
             "flux": "FluxPipeline", "pixart": "PixArtSigmaPipeline", "sana": "SanaPipeline", "flux2": "Flux2Pipeline",
-            "flux2-klein": "Flux2KleinPipeline", "qwenimage": "QwenImagePipeline"}
+            "flux2-klein": "Flux2KleinPipeline", "qwenimage": "QwenImagePipeline",
+            "chroma": "ChromaPipeline", "cogview4": "CogView4Pipeline", "lumina2": "Lumina2Pipeline",
+            "hidream": "HiDreamImagePipeline", "zimage": "ZImagePipeline",
+            "hunyuanimage": "HunyuanImagePipeline"}
 
 
 class ModelNotFoundError(ParamsError, FileNotFoundError):

@@ -123,10 +123,9 @@ class AttentionCapture:
         if not self._window:
             raise CaptureError(f"timestep_window {spec.timestep_window} holds none of the {num_steps} steps; widen it "
                              f"or use more steps")
-        cfg = adapter.cfg_batch()
-        state.cond = slice(call.batch // 2, call.batch) if cfg else slice(0, call.batch)
+        state.cond = adapter.cond_rows(call.batch)
         state.text_len = call.text_len
-        samples = call.batch - state.cond.start
+        samples = state.cond.stop - state.cond.start
         self.prompt_ids, self._encoded = (self._encoded[0] if self._encoded else None), []
         if self._class_embeds is not None:
             n = len(self.class_prompts)

@@ -192,6 +192,9 @@ class AttentionMaps:
         ids = self.token_ids[i].tolist() if self.token_ids is not None else None
         if self.prompts is not None and (ids is None or _encodes_as(tok, self.prompts[i], ids)):
             text, spans = _text_spans(tok, self.prompts[i], lead)
+            if ids is not None and getattr(tok, "padding_side", "right") == "left":  # GLM-4 (CogView4): padding first
+                shift = max(len(ids) - len(tok(self.prompts[i], truncation=False).input_ids), 0)
+                spans = [(k + shift, s, e) for k, s, e in spans]
             tokens, truncated = len(spans), len(spans) > capacity
         else:
             text, spans = _decoded_spans(tok, ids, lead)  # the pipeline changed the text (lower-cased it, prefixed it)

@@ -8,7 +8,7 @@ KINDS = ("cross", "self")
 BLOCKS = ("down", "mid", "up")
 REDUCTIONS = ("mean", "max", "sum")
 STREAMS = ("dual", "single", "both")
-TEXT_PARTS = ("clip", "t5")
+TEXT_PARTS = ("clip", "t5", "llama")
 JOINT_NORMS = ("text_softmax", "joint_slice")
 MAP_SPACES = ("attention", "output")
 

@@ -36,7 +36,9 @@ class ModelParams(_Strict):
     """Which diffusion model generates, and how."""
 
     path: str = Field("models/toy-sd", description="hub id or local diffusers folder")
-    family: Literal["sd", "sdxl", "auto", "sd3", "flux", "pixart", "sana", "flux2", "flux2-klein", "qwenimage"] = Field(
+    family: Literal["sd", "sdxl", "auto", "sd3", "flux", "pixart", "sana", "flux2", "flux2-klein", "qwenimage", "chroma",
+                    "cogview4", "lumina2", "hidream", "zimage",
+                    "hunyuanimage"] = Field(
         "sd", description="pipeline class: 'auto' reads model_index.json's _class_name; sd3 covers SD3 and SD3.5")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
@@ -101,7 +103,9 @@ class CaptureParams(_Strict):
     depth: tuple[float, float] = Field((0.0, 1.0), description="fraction of the transformer's depth whose blocks are read, "
                                        "e.g. [0.333, 0.667] = the middle third (block i sits at (i + 0.5) / blocks)")
     flux_streams: Literal["dual", "single", "both"] = Field("both", description="FLUX.1: dual-stream blocks, single-stream, or both")
-    text_part: Literal["clip", "t5"] = Field("clip", description="SD3: maps over the CLIP tokens (the first 77) or the T5 ones")
+    text_part: Literal["clip", "t5", "llama"] = Field(
+        "clip", description="SD3: maps over the CLIP tokens (the first 77) or the T5 ones; HiDream: the Llama ones (its first part) "
+                            "or the T5 ones; another family: its one text")
     # joint_slice by default: on the toy MMDiT it localises twice as well (bench toy-model --model models/toy-sd3:
     # attention mIoU 0.69 vs 0.34), and a dataset made with text_softmax trains a segmenter to ratio 0.55 instead
     # of 0.92 (bench segmenter). attention-map-diffusers also normalises over the whole joint sequence.

@@ -24,6 +24,7 @@ def generate_batch(pipe, specs: list[SampleSpec], params: Params, batch_size: in
     {res: (N, N) float16} when the masks need it, and a reject reason or None. Self-attention is
     captured only when the masks read it (:func:`dmutils.masks.refine.uses_self_attention`)."""
     import dataclasses
+    import inspect
 
     import torch
 
@@ -40,10 +41,11 @@ def generate_batch(pipe, specs: list[SampleSpec], params: Params, batch_size: in
     if not need_self:
         spec = dataclasses.replace(spec, self_resolutions=())
     prompts = [s.prompt for s in rows]
-    with torch.no_grad(), capture(pipe, spec, class_prompts=class_prompts) as rec:
-        out = pipe(prompt=prompts, num_inference_steps=m.num_inference_steps, guidance_scale=m.guidance_scale,
-                   height=m.height, width=m.width, output_type="np",
-                   generator=[torch.Generator("cpu").manual_seed(s.seed) for s in rows])
+    guidance = {"guidance_scale": m.guidance_scale} if "guidance_scale" in inspect.signature(pipe.__call__).parameters else {}
+    with torch.no_grad(), capture(pipe, spec, class_prompts=class_prompts) as rec:  # a copy of the prompts: Z-Image rewrites them
+        out = pipe(prompt=list(prompts), num_inference_steps=m.num_inference_steps, height=m.height, width=m.width,
+                   output_type="np", generator=[torch.Generator("cpu").manual_seed(s.seed) for s in rows],
+                   **guidance)  # HunyuanImage has none: its guider guides
         maps = rec.maps(class_prompts or prompts)
     images = (np.clip(np.asarray(out.images), 0, 1) * 255).round().astype(np.uint8)
     results = []

@@ -15,6 +15,7 @@ WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")
+BYTE_TOKENIZERS = ("ByT5Tokenizer",)  # no vocabulary file (HunyuanImage's glyph encoder)
 
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -71,9 +72,11 @@ def pipeline_components(folder: Path) -> tuple[str, dict[str, tuple[str, str]]]:
 
 
 def component_kind(cls: str) -> str:
-    """'scheduler', 'tokenizer', 'processor' or 'weights', from the class name model_index.json gives."""
+    """'scheduler', 'guider', 'tokenizer', 'processor' or 'weights', from the class name model_index.json gives."""
     if cls.endswith("Scheduler"):
         return "scheduler"
+    if cls.endswith("Guidance"):  # diffusers' guiders (HunyuanImage's AdaptiveProjectedMixGuidance): a config, no weights
+        return "guider"
     if "Tokenizer" in cls:
         return "tokenizer"
     if cls.endswith(("ImageProcessor", "FeatureExtractor")):
@@ -135,9 +138,9 @@ def _check_component(folder: Path, name: str, cls: str, out: Outcome) -> list[Pa
         out.error(f"model {folder}: component folder '{name}' ({cls}) listed in model_index.json is missing; re-download the model")
         return []
     kind = component_kind(cls)
-    if kind == "scheduler":
-        if not (comp / "scheduler_config.json").is_file():
-            out.error(f"model {comp}: no scheduler_config.json; re-download this component")
+    if kind in ("scheduler", "guider"):
+        if not (comp / f"{kind}_config.json").is_file():
+            out.error(f"model {comp}: no {kind}_config.json; re-download this component")
         return []
     if kind == "processor":
         if not (comp / "preprocessor_config.json").is_file():
@@ -145,7 +148,10 @@ def _check_component(folder: Path, name: str, cls: str, out: Outcome) -> list[Pa
         return []
     if kind == "tokenizer":
         have = [f for f in TOKENIZER_FILES if (comp / f).is_file()]
-        if not have:
+        if cls in BYTE_TOKENIZERS:  # bytes are the vocabulary: the config is the whole tokenizer
+            if not (comp / "tokenizer_config.json").is_file():
+                out.error(f"model {comp}: no tokenizer_config.json; re-download this component")
+        elif not have:
             out.error(f"model {comp}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); re-download this component")
         elif have == ["vocab.json"] and not (comp / "merges.txt").is_file() and "CLIP" in cls:
             out.error(f"model {comp}: vocab.json without merges.txt (a BPE tokenizer needs both); re-download this component")
@@ -165,12 +171,21 @@ def _check_component(folder: Path, name: str, cls: str, out: Outcome) -> list[Pa
 
 
 # hub ids whose weights are gated: the licence is accepted on the model's page before a download works
-GATED_PREFIXES = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev")
+GATED_PREFIXES = ("stabilityai/stable-diffusion-3", "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.2-dev")
+# pipelines whose repository lacks a text encoder that is a gated model of its own (HiDream-I1: its Llama 3.1)
+GATED_ENCODERS = {"HiDream-ai/HiDream-I1": ("text_encoder_4", "meta-llama/Meta-Llama-3.1-8B-Instruct")}
 
 
 def gated_note(path: str) -> str | None:
-    """The licence step for a gated hub model, None for any other path."""
-    if looks_local(path) or not path.startswith(GATED_PREFIXES):
+    """The licence step for a gated hub model (or a gated text encoder it needs), None for any other path."""
+    if looks_local(path):
+        return None
+    for prefix, (component, encoder) in GATED_ENCODERS.items():
+        if path.startswith(prefix):
+            return (f"model.path {path!r} needs {encoder} as its {component}, a gated model: accept its licence on "
+                    f"https://huggingface.co/{encoder}, log in with 'hf auth login', and save the pipeline with it "
+                    f"({component}/ and tokenizer_{component[-1]}/) into a local folder for model.path")
+    if not path.startswith(GATED_PREFIXES):
         return None
     return (f"model.path {path!r} is a gated model: accept its licence on https://huggingface.co/{path} "
             "and log in with 'hf auth login' before the first download")

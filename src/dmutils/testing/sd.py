@@ -83,9 +83,11 @@ def tiny_tokenizer() -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(write_tiny_tokenizer(tmp), model_max_length=77)
 
 
-def tiny_text_encoder(tok: CLIPTokenizer, hidden: int, layers: int = 2, projection: int | None = None) -> CLIPTextModel:
+def tiny_text_encoder(tok: CLIPTokenizer, hidden: int, layers: int = 2, projection: int | None = None,
+                      positions: int = 77) -> CLIPTextModel:
+    """``positions``: 77 as CLIP; HiDream's CLIPs read 128 tokens."""
     config = CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                            num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                            num_attention_heads=4, max_position_embeddings=positions, bos_token_id=tok.bos_token_id,
                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, projection_dim=projection or hidden)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 

@@ -95,3 +95,17 @@ def tiny_qwen_tokenizer(model_max_length: int = 32768):
     tok.add_special_tokens({"additional_special_tokens": specials[1:]})
     tok.chat_template = QWEN_CHAT_TEMPLATE
     return tok
+
+
+def tiny_glm_tokenizer():
+    """GLM-4's shape of tokenizer (CogView4): the byte-level BPE above with ``[gMASK] <sop>`` put before every text,
+    as GLM-4's own post-processor does (so an empty negative prompt is not zero tokens), padding on the left."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = tiny_qwen_tokenizer()
+    specials = ["[gMASK]", "<sop>"]
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    pairs = list(zip(specials, tok.convert_tokens_to_ids(specials)))
+    tok._tokenizer.post_processor = TemplateProcessing(single="[gMASK] <sop> $A", pair="[gMASK] <sop> $A $B", special_tokens=pairs)
+    tok.padding_side = tok.init_kwargs["padding_side"] = "left"  # init_kwargs: saved with it
+    return tok

@@ -58,6 +58,7 @@ class DenoiserCall:
     latent_hw: tuple[int, int]
     timestep: float
     text_len: int = 0  # text tokens in the joint sequence (transformers), 0 for UNets
+    text_lens: tuple[int, ...] = ()  # each sample's own text length where the sequences are packed (Lumina 2)
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,12 @@ class Family:
     arguments, ``grid_note`` what it is in words; ``text``: the text parts, the first the default;
     ``cfg``: how a CFG batch is recognised (``flag``: ``pipe.do_classifier_free_guidance``; ``halves``: two
     identical latent halves; ``none``: no CFG batch, true CFG runs a second call per step, which capture
-    skips); ``text_ids(ids, text_len)``: the encoder ids at the positions the denoiser attends to, when the
+    skips); ``cond_first``: a CFG batch is [conditional, unconditional] (Z-Image), not the other way round;
+    ``inputs``: the names of the denoiser's latent, text and timestep arguments (a list of latents or of texts: one a sample); ``text_ids(ids, text_len)``: the encoder ids at the positions the denoiser attends to, when the
     pipeline drops some; ``encode(pipe, prompts)``: class prompts as a caption is encoded (concept stream),
-    None: refused; ``linear_self``: self-attention is linear (SANA)."""
+    None: refused; ``linear_self``: self-attention is linear (SANA); ``text_lens(inputs)``: each sample's text length,
+    where each sample's sequence packs [its own text, the image, padding] (Lumina 2; text first); ``pad_image``: the
+    image tokens are padded to a multiple of this before the text (Z-Image; image first)."""
 
     name: str
     adapter: type
@@ -121,9 +125,13 @@ class Family:
     grid_note: str = ""
     text: tuple[TextPart, ...] = (TextPart("text"),)
     cfg: str = "flag"
+    cond_first: bool = False
+    inputs: tuple[str, str, str] = ("hidden_states", "encoder_hidden_states", "timestep")
     text_ids: Callable[[torch.Tensor, int], torch.Tensor] | None = None
     encode: Callable[[Any, list[str]], torch.Tensor] | None = None
     linear_self: bool = False
+    text_lens: Callable[[dict], Any] | None = None
+    pad_image: int = 1
 
     def matches(self, pipe) -> bool:
         denoiser = getattr(pipe, self.denoiser_attr, None)
@@ -171,8 +179,14 @@ class DenoiserAdapter:
         raise NotImplementedError
 
     def cfg_batch(self) -> bool:
-        """True when the denoiser batch is [unconditional, conditional] (classifier-free guidance)."""
+        """True when the denoiser batch is a CFG batch: [unconditional, conditional], or the other way round."""
         return bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+
+    def cond_rows(self, batch: int) -> slice:
+        """The conditional rows of a denoiser batch of ``batch`` samples: one half of a CFG batch, else all."""
+        if not self.cfg_batch():
+            return slice(0, batch)
+        return slice(0, batch // 2) if self.desc.cond_first else slice(batch // 2, batch)
 
     def recording_processor(self, layer: AttentionLayer, state: CaptureState, kinds: tuple[str, ...], resolution: int,
                             original) -> Any:
@@ -212,11 +226,19 @@ class DenoiserAdapter:
 
     # -- processors ---------------------------------------------------------------------------
     def processors(self) -> dict[str, Any]:
-        """The denoiser's processors now, to restore on exit."""
-        return dict(self.denoiser.attn_processors)
+        """The denoiser's processors now, to restore on exit, by ``<module>.processor``; read from its attention
+        modules where the denoiser has no ``attn_processors`` (CogView4's lacks diffusers' AttentionMixin)."""
+        if hasattr(self.denoiser, "attn_processors"):
+            return dict(self.denoiser.attn_processors)
+        return {f"{name}.processor": module.processor for name, module in self.denoiser.named_modules()
+                if hasattr(module, "set_processor") and hasattr(module, "processor")}
 
     def restore(self, originals: dict[str, Any]) -> None:
-        self.denoiser.set_attn_processor(dict(originals))
+        if hasattr(self.denoiser, "set_attn_processor"):
+            self.denoiser.set_attn_processor(dict(originals))
+            return
+        for key, processor in originals.items():
+            self.denoiser.get_submodule(key.removesuffix(".processor")).set_processor(processor)
 
     def set_processor(self, layer: AttentionLayer, processor) -> None:
         layer.module.set_processor(processor)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from diffusers.models.attention_processor import Attention
 
-from dmutils.attention.adapters.base import AttentionLayer, CaptureError, DenoiserCall
+from dmutils.attention.adapters.base import AttentionLayer, CaptureError
 from dmutils.attention.adapters.transformer import TransformerAdapter
 from dmutils.attention.processors import CaptureAttnProcessor, attention_probs
 from dmutils.attention.state import CaptureState
@@ -38,10 +38,7 @@ class CrossAttentionDiTAdapter(TransformerAdapter):
     descriptor (``attn1`` self, ``attn2`` cross), maps on the patch grid. Softmax layers get the UNet's
     :class:`~dmutils.attention.processors.CaptureAttnProcessor` (the same processor class); with
     ``linear_self`` (SANA) both get recorders that leave the layer's own processor to compute the output.
-    ``cfg: halves``: the pipeline keeps its CFG flag local (PixArt), so a CFG batch is recognised by its
-    two identical latent halves."""
-
-    _cfg = False
+    ``cfg: halves`` (PixArt, which keeps its CFG flag local): :class:`TransformerAdapter` recognises the CFG batch."""
 
     def extra_hooks(self, state: CaptureState, class_prompts: list[str] | None) -> list:
         """No concept stream: the text enters these blocks only as cross-attention keys, it has no stream of its own."""
@@ -49,17 +46,6 @@ class CrossAttentionDiTAdapter(TransformerAdapter):
             raise CaptureError(f"capture.map_space 'output' (ConceptAttention) needs a text stream, which {self.family} has not "
                                f"(its text only enters by cross-attention); set capture.map_space: attention")
         return []
-
-    def read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
-        call = super().read_call(args, kwargs)
-        if self.desc.cfg == "halves":
-            hidden = args[0] if args else kwargs["hidden_states"]
-            n = hidden.shape[0]
-            self._cfg = n % 2 == 0 and torch.equal(hidden[: n // 2], hidden[n // 2:])
-        return call
-
-    def cfg_batch(self) -> bool:
-        return self._cfg if self.desc.cfg == "halves" else super().cfg_batch()
 
     def recording_processor(self, layer: AttentionLayer, state: CaptureState, kinds: tuple[str, ...], resolution: int,
                             original) -> Any:

@@ -79,7 +79,78 @@ QWEN_IMAGE = Family("qwenimage", JointAttentionAdapter, denoisers=("QwenImageTra
                     blocks=(Blocks("transformer_blocks", "dual", "dual"),), text_first=True, grid=img_shapes_grid,
                     grid_note="packed token grid, image side / 16", cfg="none", text_ids=qwen_text_ids)
 
-FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE)
+DUAL_SINGLE = (Blocks("transformer_blocks", "dual", "dual"), Blocks("single_transformer_blocks", "single", "single"))
+CHROMA = Family("chroma", JointAttentionAdapter, denoisers=("ChromaTransformer2DModel",), pipelines=("ChromaPipeline",),
+                blocks=DUAL_SINGLE, text_first=True, grid=ids_grid, grid_note="packed token grid, image side / 16",
+                cfg="none")
+COGVIEW4 = Family("cogview4", JointAttentionAdapter, denoisers=("CogView4Transformer2DModel",), pipelines=("CogView4Pipeline",),
+                  blocks=(Blocks("transformer_blocks", "dual", "dual", (("attn1", "joint"),)),), text_first=True,
+                  grid=patch_grid, grid_note=PATCH_NOTE + " (2)", cfg="none")
+
+
+def mask_lengths(inputs: dict) -> list[int]:
+    """Lumina 2: each sample's text length, from the encoder attention mask the pipeline passes."""
+    return inputs["encoder_attention_mask"].sum(1).tolist()
+
+
+LUMINA2 = Family("lumina2", JointAttentionAdapter, denoisers=("Lumina2Transformer2DModel",), pipelines=("Lumina2Pipeline",),
+                 blocks=(Blocks("layers", "joint", "single"),), text_first=True, grid=patch_grid, grid_note=PATCH_NOTE + " (2)",
+                 cfg="none", text_lens=mask_lengths)
+
+HIDREAM_TOKENS = 128  # the pipeline's max_sequence_length: T5 and Llama tokens each
+
+
+def square_patch_grid(denoiser: torch.nn.Module, inputs: dict) -> tuple[int, int]:
+    """HiDream: the patch grid of a square latent; a non-square one is padded to ``max_resolution`` tokens (their keys
+    zeroed, not masked), which capture does not read."""
+    h, w = patch_grid(denoiser, inputs)
+    if h != w:
+        raise CaptureError(f"HiDream pads a non-square image's {h}x{w} tokens to its max_resolution; capture reads square "
+                           f"images only: set model.height equal to model.width")
+    return h, w
+
+
+HIDREAM_ATTN = (("block.attn1", "joint"),)
+HIDREAM = Family("hidream", JointAttentionAdapter, denoisers=("HiDreamImageTransformer2DModel",), pipelines=("HiDreamImagePipeline",),
+                 inputs=("hidden_states", "encoder_hidden_states_t5", "timesteps"),
+                 blocks=(Blocks("double_stream_blocks", "dual", "dual", HIDREAM_ATTN),
+                         Blocks("single_stream_blocks", "single", "single", HIDREAM_ATTN)),
+                 grid=square_patch_grid, grid_note=PATCH_NOTE + " (2)",
+                 text=(TextPart("llama", "text_encoder_4", "tokenizer_4", HIDREAM_TOKENS, 2 * HIDREAM_TOKENS),
+                       TextPart("t5", "text_encoder_3", "tokenizer_3", 0, HIDREAM_TOKENS)))
+
+ZIMAGE_MULTIPLE = 32  # transformer_z_image's SEQ_MULTI_OF: image and text tokens each padded to a multiple of it
+
+
+def zimage_grid(denoiser: torch.nn.Module, inputs: dict) -> tuple[int, int]:
+    """Z-Image: the patch grid of the first latent of the list (channels, frames, h, w)."""
+    latent, p = inputs["x"][0], int(inputs.get("patch_size", 2))
+    return latent.shape[-2] // p, latent.shape[-1] // p
+
+
+def zimage_text_ids(ids: torch.Tensor, text_len: int) -> torch.Tensor:
+    """Z-Image keeps each prompt's own tokens, padded to a multiple of 32 (``text_len``: the longest): the same ids."""
+    return ids[:, :-(-text_len // ZIMAGE_MULTIPLE) * ZIMAGE_MULTIPLE] if text_len else ids
+
+
+ZIMAGE = Family("zimage", JointAttentionAdapter, denoisers=("ZImageTransformer2DModel",), pipelines=("ZImagePipeline",),
+                inputs=("x", "cap_feats", "t"), blocks=(Blocks("layers", "joint", "single", (("attention", "joint"),)),),
+                grid=zimage_grid, grid_note=PATCH_NOTE + " (2)", cfg="halves", cond_first=True, text_ids=zimage_text_ids,
+                pad_image=ZIMAGE_MULTIPLE)
+
+
+def patch_tuple_grid(denoiser: torch.nn.Module, inputs: dict) -> tuple[int, int]:
+    """HunyuanImage 2.1: the latent's (h, w) / its patch size, a tuple (h, w) or (t, h, w)."""
+    hidden, p = inputs["hidden_states"], tuple(denoiser.config.patch_size)
+    return hidden.shape[-2] // p[-2], hidden.shape[-1] // p[-1]
+
+
+HUNYUAN_IMAGE = Family("hunyuanimage", JointAttentionAdapter, denoisers=("HunyuanImageTransformer2DModel",),
+                       pipelines=("HunyuanImagePipeline",), blocks=DUAL_SINGLE, grid=patch_tuple_grid,
+                       grid_note="patch grid, latent side / patch size (1: image side / 32)", cfg="none", text_ids=qwen_text_ids)
+
+FAMILIES: tuple[Family, ...] = (UNET, SD3, FLUX1, PIXART, SANA, FLUX2, QWEN_IMAGE, CHROMA, COGVIEW4, LUMINA2, HIDREAM, ZIMAGE,
+                                HUNYUAN_IMAGE)
 
 
 def family_for(pipe) -> Family:

@@ -20,6 +20,7 @@ import sys
 import threading
 import types
 
+import torch
 import torch.nn.functional as F
 
 from dmutils.attention.adapters.base import AttentionLayer
@@ -36,10 +37,12 @@ class JointCaptureProcessor:
 
     def __init__(self, state: CaptureState, kinds: tuple[str, ...], resolution: int, original, n_image: int,
                  text_first: bool, text_part: slice | None, joint_norm: str, stream: ConceptStream | None = None,
-                 concepts: bool = False) -> None:
+                 concepts: bool = False, packed=None, text_start: int | None = None) -> None:
         self.state, self.kinds, self.resolution, self.original = state, kinds, resolution, original
         self.n_image, self.text_first, self.text_part, self.joint_norm = n_image, text_first, text_part, joint_norm
         self.stream, self.concepts = stream, concepts
+        self.packed = packed  # () -> (text keys, per-sample text lengths) where each sample packs [its text, image, padding]
+        self.text_start = n_image if text_start is None else text_start  # image first: where the text starts (after padding)
         # diffusers passes a processor only the keyword arguments its __call__ names: those of the original
         self.__dict__["__call__"] = original.__call__
         self._calls = 0
@@ -58,6 +61,8 @@ class JointCaptureProcessor:
     # -- the attention call, as the processor makes it -------------------------------------------
     def _sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         """(batch, heads, seq, d), as ``F.scaled_dot_product_attention``."""
+        if scale is not None and scale == query.shape[-1] ** -0.5:  # SDPA's own scale, passed explicitly (Lumina 2)
+            scale = None
         if dropout_p or is_causal or scale is not None or enable_gqa:
             self._record_only(query, key, attn_mask)
             return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
@@ -66,7 +71,8 @@ class JointCaptureProcessor:
 
     def _dispatch(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
                   attention_kwargs=None, *, backend=None, parallel_config=None):
-        """(batch, seq, heads, d), as diffusers' ``dispatch_attention_fn``: the native backend is SDPA itself."""
+        """(batch, seq, heads, d), as diffusers' ``dispatch_attention_fn``: the native backend is SDPA itself; another one
+        (``set_attention_backend``) computes the output, and the maps are recorded beside it."""
         from diffusers.models.attention_dispatch import (
             AttentionBackendName,
             _AttentionBackendRegistry,
@@ -74,7 +80,8 @@ class JointCaptureProcessor:
         )
 
         q, k, v = (x.transpose(1, 2) for x in (query, key, value))
-        native = backend is None and _AttentionBackendRegistry.get_active_backend()[0] == AttentionBackendName.NATIVE
+        chosen = backend if backend is not None else _AttentionBackendRegistry.get_active_backend()[0]
+        native = chosen == AttentionBackendName.NATIVE  # by default, or set_attention_backend("native"): SDPA itself
         if not native or parallel_config is not None or attention_kwargs or dropout_p or is_causal or scale is not None \
                 or enable_gqa:
             self._record_only(q, k, attn_mask)
@@ -91,7 +98,7 @@ class JointCaptureProcessor:
             return slice(0, seq), None
         if self.text_first:
             return slice(n_text, seq), slice(0, n_text)
-        return slice(0, self.n_image), slice(self.n_image, seq)
+        return slice(0, self.n_image), slice(self.text_start, seq)
 
     def _kinds(self, text: slice | None) -> tuple[str, ...]:
         concepts = self._concepts(text)
@@ -103,6 +110,10 @@ class JointCaptureProcessor:
     def _attend(self, query, key, value, mask):
         self._calls += 1
         if key.shape[2] < self.n_image:  # not an attention over the image (a text-only or reference call): not recorded
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+        if self.packed is not None:  # the same SDPA call for the output; the maps from the unpacked sequences
+            self._calls -= 1
+            self._record_only(query, key, mask)
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         image, text = self._layout(key.shape[2])
         out = attend_and_record(self.state, self._kinds(text), self.resolution, query, key, value, image, text, self.text_part,
@@ -116,11 +127,28 @@ class JointCaptureProcessor:
     def _record_only(self, query, key, mask):
         self._calls += 1
         if key.shape[2] >= self.n_image:
+            if self.packed is not None:
+                query, key, mask = self._unpack(query, key)
             image, text = self._layout(key.shape[2])
             kinds = self._kinds(text)
             if kinds:
                 record_joint(self.state, kinds, self.resolution, query, key, image, text, self.text_part, self.joint_norm,
                              mask=mask)
+
+    def _unpack(self, query, key):
+        """Each sample's [text, image, padding] (its own text length) as [text padded to the text keys, image], the same
+        layout for every sample, with a mask that keeps each one's own text and image: what the layer attended to."""
+        n_text, lens = self.packed()
+        lens = torch.as_tensor(lens, device=key.device).clamp(max=n_text)
+        pos = torch.arange(n_text + self.n_image, device=key.device)
+        text = pos[None, :n_text].expand(len(lens), -1)
+        index = torch.cat([torch.minimum(text, (lens[:, None] - 1).clamp(min=0)), lens[:, None] + pos[None, :self.n_image]], 1)
+        keep = torch.cat([text < lens[:, None], torch.ones(len(lens), self.n_image, dtype=torch.bool, device=key.device)], 1)
+
+        def gather(x):
+            return x.gather(2, index[:, None, :, None].expand(-1, x.shape[1], -1, x.shape[3]))
+
+        return gather(query), gather(key), keep[:, None, None, :]
 
     _module = None  # the attention module of the current call (the concept stream projects with its text weights)
 
@@ -163,7 +191,10 @@ class JointAttentionAdapter(TransformerAdapter):
     def recording_processor(self, layer: AttentionLayer, state: CaptureState, kinds: tuple[str, ...], resolution: int,
                             original) -> JointCaptureProcessor:
         h, w = self.map_shape(layer, self.call)
+        packed = (lambda: (self.call.text_len, self.call.text_lens)) if self.desc.text_lens is not None else None
+        pad = self.desc.pad_image
         proc = JointCaptureProcessor(state, kinds, resolution, original, h * w, self.desc.text_first, self.text_slice(),
-                                     self.spec.joint_norm, self.stream, self.has_concept_stream(layer))
+                                     self.spec.joint_norm, self.stream, self.has_concept_stream(layer), packed,
+                                     -(-h * w // pad) * pad)
         proc._module = layer.module
         return proc

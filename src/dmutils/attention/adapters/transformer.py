@@ -40,7 +40,7 @@ class TransformerAdapter(DenoiserAdapter):
         for spec_blocks, blocks in lists:
             for i, block in enumerate(blocks):
                 for attr, kind in spec_blocks.attns:
-                    module = getattr(block, attr, None)
+                    module = _submodule(block, attr)
                     if module is not None:
                         layers.append(AttentionLayer(f"{spec_blocks.attr}.{i}.{attr}", spec_blocks.label, index, kind, module,
                                                      depth_of(index, n)))
@@ -79,14 +79,23 @@ class TransformerAdapter(DenoiserAdapter):
         return f", flux_streams={self.spec.flux_streams!r}" if len(self.desc.blocks) > 1 else ""
 
     # -- one call -----------------------------------------------------------------------------
+    _cfg = False  # cfg "halves": whether the last call's latents were two identical halves
+
     def read_call(self, args: tuple, kwargs: dict) -> DenoiserCall:
         inputs = call_inputs(self.denoiser, args, kwargs)
-        hidden = inputs.get("hidden_states", args[0] if args else None)
-        text = inputs.get("encoder_hidden_states")
-        t = inputs.get("timestep")
-        self.call = DenoiserCall(hidden.shape[0], tuple(self.desc.grid(self.denoiser, inputs)),
-                                 0.0 if t is None else float(torch.as_tensor(t).flatten()[0]),
-                                 0 if text is None or not hasattr(text, "shape") else text.shape[1])
+        latent, text_name, t_name = self.desc.inputs
+        hidden = inputs.get(latent, args[0] if args else None)
+        text, t = inputs.get(text_name), inputs.get(t_name)
+        if isinstance(text, (list, tuple)):  # one text a sample (Z-Image): the longest
+            text_len = max(len(x) for x in text)
+        else:
+            text_len = 0 if text is None or not hasattr(text, "shape") else text.shape[1]
+        lens = tuple(int(n) for n in self.desc.text_lens(inputs)) if self.desc.text_lens is not None else ()
+        if self.desc.cfg == "halves":
+            n = len(hidden)
+            self._cfg = n % 2 == 0 and all(torch.equal(a, b) for a, b in zip(hidden[: n // 2], hidden[n // 2:]))
+        self.call = DenoiserCall(len(hidden), tuple(self.desc.grid(self.denoiser, inputs)),
+                                 0.0 if t is None else float(torch.as_tensor(t).flatten()[0]), text_len, lens)
         return self.call
 
     def map_shape(self, layer: AttentionLayer, call: DenoiserCall) -> tuple[int, int]:
@@ -97,6 +106,10 @@ class TransformerAdapter(DenoiserAdapter):
                 f"self_resolutions to that side)")
 
     def cfg_batch(self) -> bool:
+        """``flag``: the pipeline's flag; ``halves``: the pipeline keeps its flag local (PixArt) or may skip CFG at a step
+        (Z-Image), so a CFG batch is recognised by its two identical latent halves."""
+        if self.desc.cfg == "halves":
+            return self._cfg
         return self.desc.cfg == "flag" and super().cfg_batch()
 
     # -- text ---------------------------------------------------------------------------------
@@ -163,6 +176,14 @@ class TransformerAdapter(DenoiserAdapter):
             if self.has_concept_stream(layer) and layer.name not in installed:
                 original = originals[f"{layer.name}.processor"]
                 self.set_processor(layer, self.recording_processor(layer, state, (), resolution, original))
+
+
+def _submodule(block: torch.nn.Module, path: str) -> torch.nn.Module | None:
+    """``block``'s module at a dotted ``path`` (HiDream wraps each block: ``block.attn1``), None where it has none."""
+    try:
+        return block.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def depth_of(index: int, blocks: int) -> float:
