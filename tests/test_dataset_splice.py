@@ -141,3 +141,26 @@ def test_train_adds_mosaics_when_splicing_is_on(source, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"synthetic training data: {source}, split train, 10 images" in out
     assert f"mosaics of the synthetic data (dataset.splice): {source}[mosaics], 4 images" in out
+
+
+def test_grids_that_fit_drops_only_the_mosaics_too_few_samples_can_fill():
+    """Noise learning can keep fewer samples than the largest grid needs: splicing goes on with the grids that fit."""
+    from dmutils.dataset.splice import grids_that_fit
+
+    params = SpliceParams(enabled=True, grids=[(1, 2), (2, 2), (3, 3)])
+    kept, dropped = grids_that_fit(params, 5)
+    assert kept.grids == [(1, 2), (2, 2)] and dropped == [(3, 3)] and params.grids[-1] == (3, 3)
+    assert grids_that_fit(params, 9) == (params, [])
+    assert grids_that_fit(params, 1) == (params, [])  # none fit: MosaicSet's check says so in one line
+
+
+def test_train_refuses_too_few_samples_for_a_mosaic_before_it_trains(source, tmp_path, capsys):
+    from dmutils.commands import main
+
+    params = {"classes": [{"name": n} for n in ("a", "b", "c", "d")], "dataset": {"splice": {"enabled": True, "grids": [[4, 4]]}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    assert main(["train", str(tmp_path / "p.yaml"), "--data", "synthetic", "--data-dir", str(source), "--no-eval",
+                 "--out", str(tmp_path / "seg")]) == 2
+    err = capsys.readouterr().err
+    assert "has 10 train samples; a 16-tile mosaic needs at least 16" in err and "Traceback" not in err
+    assert not (tmp_path / "seg").exists()

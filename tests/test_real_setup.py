@@ -166,6 +166,8 @@ def tiny_overrides(world, preset, params) -> list[str]:
         o.append(f"prompts.caption_file={world['tmp'] / ('coco_prompts.json' if params.real.kind == 'coco' else 'voc_prompts.json')}")
     if params.prompts.source == "retrieval":
         o.append(f"prompts.corpus_file={world['tmp'] / 'captions.txt'}")
+    if params.dataset.splice.enabled:  # 5 samples fill no 3x3 mosaic; 2x2 is dropped if noise learning keeps < 4
+        o.append("dataset.splice.grids=[[1, 2], [2, 2]]")
     if params.train.architecture == "mask2former":  # the preset's paper-size head, shrunk for a CPU test
         o += ["train.config.feature_size=64", "train.config.mask_feature_size=64", "train.config.hidden_dim=64",
               "train.config.encoder_feedforward_dim=32", "train.config.encoder_layers=1", "train.config.decoder_layers=2",

@@ -51,6 +51,10 @@ def main(args: argparse.Namespace) -> int:
     pf.preflight(params, checks)
     real_train = open_real(params, params.real.train_split) if args.data in ("real", "both") else None
     synthetic = synthetic_dataset(params) if args.data in ("synthetic", "both") else None
+    if synthetic is not None and params.dataset.splice.enabled:  # fail before noise learning's hours, not after
+        from dmutils.dataset.splice import check_grids
+
+        check_grids(params.dataset.splice, len(synthetic), str(synthetic.root))
     if synthetic is not None and params.train.noise_learning.enabled:
         from dmutils.segment.noise import noise_learning
 
@@ -59,9 +63,13 @@ def main(args: argparse.Namespace) -> int:
         scores.to_csv(out / "noise_scores.csv", index=False)
     mosaics = None
     if synthetic is not None and params.dataset.splice.enabled:  # DiffuMask's splicing, of the kept samples
-        from dmutils.dataset.splice import MosaicSet
+        from dmutils.dataset.splice import MosaicSet, grids_that_fit
 
-        mosaics = MosaicSet(synthetic, params.dataset.splice, params.run.seed)
+        splice_params, dropped = grids_that_fit(params.dataset.splice, len(synthetic))
+        if dropped and rank == 0:
+            print(f"warning: noise learning kept {len(synthetic)} samples, too few for the {dropped} mosaics of "
+                  f"dataset.splice.grids; splicing with {splice_params.grids} only")
+        mosaics = MosaicSet(synthetic, splice_params, params.run.seed)
     datasets = [d for d in (real_train, synthetic, mosaics) if d is not None]
     for role, d in (("real training data", real_train), ("synthetic training data", synthetic),
                     ("mosaics of the synthetic data (dataset.splice)", mosaics)):

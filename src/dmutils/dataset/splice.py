@@ -100,6 +100,16 @@ def check_grids(splice_params: SpliceParams, n: int, what: str) -> None:
                           f"(generate more or drop the larger grids from dataset.splice.grids)")
 
 
+def grids_that_fit(splice_params: SpliceParams, n: int) -> tuple[SpliceParams, list[tuple[int, int]]]:
+    """The splice settings with only the grids ``n`` samples can fill, and the grids dropped: noise learning may
+    leave fewer samples than the largest mosaic needs, after the count was checked on the whole dataset."""
+    grids = [tuple(g) for g in splice_params.grids]
+    fit = [g for g in grids if g[0] * g[1] <= n]
+    if not fit:
+        return splice_params, []  # MosaicSet's check says what is wrong
+    return splice_params.model_copy(update={"grids": fit}), [g for g in grids if g not in fit]
+
+
 class MosaicSet:
     """DiffuMask's mosaics of a dataset's samples, made when read: mosaic ``k`` is drawn from (seed, k) as
     :func:`splice_dataset` draws it, from ``source[j]`` = (image, label). ``dmutils train`` adds one to the synthetic
