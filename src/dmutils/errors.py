@@ -39,3 +39,8 @@ class FolderInUseError(UserError):
 
 class DiskFullError(UserError):
     """The disk filled up part-way through a run; the message names the folder and the space still needed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM caught where resuming needs more than a plain re-run; the message says how
+    (``dmutils.commands.main`` puts it on its one line in place of 're-run to resume')."""
