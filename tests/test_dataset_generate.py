@@ -24,7 +24,8 @@ from dmutils.dataset.generate import generate_dataset
 from dmutils.dataset.labelling import label_sample
 from dmutils.dataset.remask import mask_overrides, remask_dataset
 from dmutils.dataset.shards import merge_shards
-from dmutils.errors import DiskFullError, ParamsError
+from dmutils.dataset.pool import make_pool
+from dmutils.errors import DiskFullError, ParamsError, UserError, WorkersKilledError
 
 N = 4
 
@@ -228,7 +229,7 @@ def test_remask_reproduces_then_changes_masks_without_generating(setup, tmp_path
     assert same["remasked"] == setup["summary"]["written"]
     labels = sorted(p.name for p in (ref / voc.LABELS).iterdir())
     assert all((tmp_path / "same" / voc.LABELS / n).read_bytes() == (ref / voc.LABELS / n).read_bytes() for n in labels)
-    remask_dataset(ref, mask_overrides(None, ["masks.threshold=0.8"]), tmp_path / "high", workers=0, progress=False)
+    remask_dataset(ref, mask_overrides(None, ["masks.threshold=0.8"]), tmp_path / "high", workers=1, progress=False)  # a pool
     new = [(tmp_path / "high" / voc.LABELS / n) for n in labels]
     changed = [n for n, p in zip(labels, new) if not p.exists() or p.read_bytes() != (ref / voc.LABELS / n).read_bytes()]
     assert changed, "a higher threshold must change some mask"
@@ -313,3 +314,28 @@ def test_disk_full_error_estimates_from_the_samples_so_far(setup, tmp_path):
     assert "about 12.1 KB more for the 8 samples left (1.5 KB a sample so far)" in str(e)  # (3000 B + a 26 B manifest) / 2 x 8
     (out / "manifest.jsonl").unlink()
     assert "space for all 10 samples (none finished" in str(gen.disk_full(out, params, None))
+
+
+def test_killed_post_processing_worker_is_replaced_and_gives_the_same_bytes(setup, tmp_path, capsys):
+    """A worker SIGKILLed half-way through sample 1's image (the out-of-memory killer): the pool restarts, the samples
+    not yet written are redone, and the dataset equals the uninterrupted one, no temp file left."""
+    marker, out = tmp_path / "died", tmp_path / "killed-worker"
+    params = _with(setup["params"], out_dir=str(out), workers=1)
+    s = generate_dataset(params, pipe=setup["pipe"], progress=False, _die_at=(1, str(marker)))
+    assert marker.is_file(), "the fault was not injected"
+    assert "warning: a post-processing worker was killed; its pool is restarted (1 of 3)" in capsys.readouterr().err
+    assert s["generated_now"] == N and s["written"] + s["rejected"] == N
+    assert not list(out.rglob("*.tmp"))
+    assert _files(out) == _files(setup["ref"])
+
+
+def test_a_job_that_always_kills_its_worker_ends_in_one_line():
+    """A sample that kills every worker it runs in (too big for memory): after the pool's restarts, one line."""
+    pool = make_pool(1)
+    try:
+        with pytest.raises(WorkersKilledError, match=r"^a post-processing worker was killed 4 times .*lower dataset\.workers "
+                                                     r"\(now 1; 0 post-processes in the main process\).*re-run to resume$") as e:
+            pool.submit(signal.raise_signal, signal.SIGKILL).result()
+        assert isinstance(e.value, UserError) and "\n" not in str(e.value)  # 'dmutils generate' prints it as its one line, exit 2
+    finally:
+        pool.shutdown()

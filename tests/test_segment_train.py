@@ -1,5 +1,10 @@
 """Training (SegFormer, Mask2Former), checkpoint/resume, noise learning and the train/evaluate commands."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -161,3 +166,70 @@ def test_train_and_evaluate_commands(toy, tmp_path, capsys):
     printed = json.loads(captured.out.strip().splitlines()[-1])
     assert set(printed) >= {"miou", "per_class", "confusion"}
     assert main(["train", str(tmp_path / "p.yaml"), "--data", "real", "--set", "train.architecture=unet"]) == 2
+
+
+# ``dmutils train`` whose step 2 (the one after the first checkpoint) waits: stopped there, the run has its checkpoint at
+# step 2 and no more, whatever the machine's speed
+STEP_2_WAITS = """
+import sys, time
+from dmutils.commands import main
+from dmutils.segment import train
+real = train.make_batch
+def step_2_waits(data, step, *args, **kwargs):
+    if step == 2:
+        time.sleep(120)
+    return real(data, step, *args, **kwargs)
+train.make_batch = step_2_waits
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _train_args(params_file, out, *extra) -> list[str]:
+    return ["train", str(params_file), "--data", "real", "--no-eval", "--out", str(out), "--set", "train.steps=4",
+            "--set", "train.checkpoint_every=2", *extra]
+
+
+def _stop_at_step_2(args: list[str], checkpoint, sig: int) -> tuple[int, str]:
+    """Run ``dmutils ARGS`` in a subprocess, send ``sig`` once ``checkpoint`` exists; its exit code and output."""
+    proc = subprocess.Popen([sys.executable, "-c", STEP_2_WAITS, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and not checkpoint.is_file():
+            time.sleep(0.02)
+        assert proc.poll() is None, f"train ended before it could be stopped: {proc.stdout.read().decode()[-2000:]}"
+        os.killpg(proc.pid, sig)
+        output = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc.returncode, output
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_cancel_during_train_says_resume_and_resumes_to_the_same_weights(toy, tmp_path, capsys, sig):
+    """Ctrl-C or a scheduler's cancel of a real ``dmutils train``: exit 130, one line naming --resume and the step, a
+    checkpoint and no temp file; ``--resume`` then ends with the weights of an uninterrupted run."""
+    from dmutils.commands import main
+
+    params = {"real": {"kind": "voc_layout", "root": str(toy), "train_split": "train", "test_split": "test"},
+              "train": {"config": TINY_SEGFORMER, "image_size": 32, "batch_size": 2, "photometric": False}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params))
+    cut = tmp_path / "cut"
+    code, output = _stop_at_step_2(_train_args(tmp_path / "p.yaml", cut), cut / "checkpoint.pt", sig)
+    lines = [x for x in output.splitlines() if "interrupted" in x]
+    assert code == 130 and lines == [f"dmutils train: interrupted; finished work is kept, re-run with --resume to continue "
+                                     f"from the checkpoint at step 2 of 4 ({cut / 'checkpoint.pt'})"], output
+    assert "Traceback" not in output, output
+    assert not list(cut.rglob("*.tmp")) and not (cut / "model").exists()
+    assert torch.load(cut / "checkpoint.pt", weights_only=False)["step"] == 2
+
+    assert main(_train_args(tmp_path / "p.yaml", cut, "--resume")) == 0
+    assert main(_train_args(tmp_path / "p.yaml", tmp_path / "full")) == 0
+    capsys.readouterr()
+    resumed, full = load_segmenter(cut).state_dict(), load_segmenter(tmp_path / "full").state_dict()
+    assert resumed.keys() == full.keys() and all(torch.equal(resumed[k], full[k]) for k in full)
+    logs = [json.loads((d / "train_log.json").read_text())["losses"] for d in (cut, tmp_path / "full")]
+    assert logs[0] == logs[1] and len(logs[0]) == 4

@@ -39,3 +39,12 @@ class FolderInUseError(UserError):
 
 class DiskFullError(UserError):
     """The disk filled up part-way through a run; the message names the folder and the space still needed."""
+
+
+class WorkersKilledError(UserError):
+    """Post-processing workers kept being killed (the out-of-memory killer, a ``kill -9``) past the pool's restarts."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM caught where resuming needs more than a plain re-run; the message says how
+    (``dmutils.commands.main`` puts it on its one line in place of 're-run to resume')."""

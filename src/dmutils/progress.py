@@ -63,8 +63,8 @@ def _isatty(stream) -> bool:
         return False
 
 
-def write(line: str) -> None:
-    """A line that does not tear a live bar (``tqdm.write``)."""
+def write(line: str, stderr: bool = False) -> None:
+    """A line that does not tear a live bar (``tqdm.write``); on stderr for warnings."""
     from tqdm.auto import tqdm
 
-    tqdm.write(line)
+    tqdm.write(line, file=sys.stderr if stderr else None)

@@ -12,7 +12,7 @@ import sys
 import threading
 from contextlib import nullcontext
 
-from dmutils.errors import UserError
+from dmutils.errors import Interrupted, UserError
 from dmutils.progress import silence
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dmutils {name}: error: {e.strerror or e}: {e.filename}; fix that path (space, permissions) and re-run",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"dmutils {name}: interrupted; finished work is kept, re-run to resume", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        how = str(e) if isinstance(e, Interrupted) else "re-run to resume"
+        print(f"dmutils {name}: interrupted; finished work is kept, {how}", file=sys.stderr)
         return 130
     finally:
         if previous is not None:

@@ -25,8 +25,10 @@ Why it is built this way:
 - **Masks are made from what is saved**: float16 maps and the JPEG-decoded image, so
   ``dmutils remask`` with the same mask params reproduces the labels exactly.
 - **Post-processing never blocks generation**: masks/CRF/encoding run in a process pool
-  (``dataset.workers``, spawned, one torch thread each, at a lower CPU priority; 0 = inline) while
-  the next batch generates. Self-attention is captured only when the masks read it (tau > 0).
+  (``dataset.workers``, forked from a fork server, one torch thread each, at a lower CPU priority; 0 = inline)
+  while the next batch generates. Self-attention is captured only when the masks read it (tau > 0). A killed
+  worker (the out-of-memory killer) costs a new pool, and the samples not yet written are redone
+  (:class:`dmutils.dataset.pool.Pool`): same bytes.
 - **Bad samples are rejected, not written**: non-finite maps, a class word missing from the prompt,
   an empty mask for a named class, a class below ``dataset.min_area``; the manifest says why.
 - **Other params, other folder.** ``dataset.json`` holds the hash of every param that decides the
@@ -38,13 +40,13 @@ from __future__ import annotations
 import errno
 import time
 from collections import deque
-from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from dmutils.config import Params
 from dmutils.dataset.batch import generate_batch, pipeline_for, sample_job
-from dmutils.dataset.labelling import finish_sample
+from dmutils.dataset.labelling import finish_sample, finish_sample_or_die
 from dmutils.dataset.layout import (
     MANIFEST,
     Manifest,
@@ -55,7 +57,7 @@ from dmutils.dataset.layout import (
     summarize,
     write_splits,
 )
-from dmutils.dataset.pool import Finished, make_pool
+from dmutils.dataset.pool import Finished, Task, make_pool
 from dmutils.dataset.preview import with_preview
 from dmutils.dataset.prompts import PromptPlan
 from dmutils.errors import DiskFullError, ParamsError
@@ -92,7 +94,8 @@ def generate_dataset(params: Params, shard: tuple[int, int] | None = None, progr
     :func:`dmutils.dataset.shards.merge_shards`). ``pipe``: an already loaded pipeline (default:
     ``load_pipeline(params.model)``, loaded only if something is left to do). ``ray``: a Ray cluster's
     address, or ``"local"`` (RAY_ADDRESS, else a cluster started here), generates on its actors
-    (:mod:`dmutils.dataset.ray_backend`; ``_die_at``: its fault injection for tests)."""
+    (:mod:`dmutils.dataset.ray_backend`). ``_die_at=(i, marker)``: fault injection for tests, the Ray actor or
+    post-processing worker (``dataset.workers`` >= 1) handling sample ``i`` dies, once."""
     t0 = time.perf_counter()
     plan = PromptPlan(params)  # bad prompt sources fail here, before any compute
     _check_before_compute(params)
@@ -123,8 +126,9 @@ def _generate(params: Params, plan: PromptPlan, root: Path, shard, progress: boo
             info = generate_with_ray(params, root, meta, todo, records, manifest, ray, progress, _die_at)
         write_splits(root, records)
         return with_preview(_summary(params, shard, root, records, todo, time.perf_counter() - t0) | {"ray": info}, shard)
-    pool = make_pool(ds.workers) if todo else None  # workers import while the model loads
-    pending: deque[Future | Finished] = deque()
+    pool = make_pool(ds.workers, root) if todo else None  # workers import while the model loads
+    finish = finish_sample if _die_at is None else partial(finish_sample_or_die, _die_at)
+    pending: deque[Task | Finished] = deque()
     max_pending = ds.batch_size * (ds.workers + 2)
     bar = progress_bar(total=len(todo), desc=f"generate {root.name}", unit="sample", disable=not progress or not todo)
 
@@ -143,7 +147,7 @@ def _generate(params: Params, plan: PromptPlan, root: Path, shard, progress: boo
             specs = plan.specs(todo[start : start + ds.batch_size])
             for s, item in zip(specs, generate_batch(pipe, specs, params, ds.batch_size)):
                 job = sample_job(s, item, params, meta["params_hash"], root)
-                pending.append(pool.submit(finish_sample, job) if pool else Finished(finish_sample(job)))
+                pending.append(pool.submit(finish, job) if pool else Finished(finish_sample(job)))
             commit(keep=max_pending)
         commit(keep=0)
     finally:

@@ -2,6 +2,8 @@
 The same function serves every way of running generation (inline, process pool, Ray), so the bytes agree."""
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +62,15 @@ def finish_sample(job: dict) -> dict:
     atomic_write_bytes(root / voc.IMAGES / f"{sid}.jpg", data)
     voc.write_label(root / voc.LABELS / f"{sid}.png", labels)
     return {**record, "fractions": fractions, "status": "ok", "reason": None}
+
+
+def finish_sample_or_die(die_at: tuple[int, str], job: dict) -> dict:
+    """:func:`finish_sample`, but the worker is SIGKILLed half-way through writing sample ``die_at[0]``'s image,
+    once (marked by the file ``die_at[1]``): the tests' killed post-processing worker."""
+    if job["record"]["index"] == die_at[0] and not Path(die_at[1]).exists():
+        Path(die_at[1]).write_text(str(os.getpid()))
+        root = Path(job["root"]) / voc.IMAGES
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f".{job['record']['id']}.jpg.killed.tmp").write_bytes(jpeg_bytes(job["image"])[:100])  # as atomic_write_bytes's
+        os.kill(os.getpid(), signal.SIGKILL)
+    return finish_sample(job)

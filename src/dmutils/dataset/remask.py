@@ -103,7 +103,7 @@ def _remask_into(src: Path, out: Path, params, records: dict[int, dict], todo: l
     class_index = {c: k + 1 for k, c in enumerate(params.class_names)}
     common = {"src": str(src), "out": str(out), "mask_params": params.masks.model_dump(mode="json"),
               "min_area": params.dataset.min_area, "params_hash": new_meta["params_hash"]}
-    pool = make_pool(params.dataset.workers if workers is None else workers)
+    pool = make_pool(params.dataset.workers if workers is None else workers, out)
     jobs = [{**common, "record": r, "class_ids": [class_index[c] for c in r["classes"]]} for r in sorted(todo, key=lambda r: r["index"])]
     try:
         futures = [pool.submit(remask_sample, j) if pool else Finished(remask_sample(j)) for j in jobs]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmutils.errors import DataError, DataNotFoundError, ParamsError, one_line
+from dmutils.paths import atomic_write_bytes
 from dmutils.segment.data import IGNORE_INDEX
 
 # Small random-init configs for the 64-px toy world; TrainParams.config overrides keys of these.
@@ -99,11 +100,13 @@ class Segmenter(nn.Module):
         return sem / sem.sum(1, keepdim=True).clamp_min(1e-6)
 
     def save(self, folder: str | Path) -> Path:
-        """A folder that ``load_segmenter`` reads back: the transformers model + segmenter.json."""
+        """A folder that ``load_segmenter`` reads back: the transformers model + segmenter.json, written
+        last and atomically, so a save cut short leaves no segmenter.json to read a half model with."""
         folder = Path(folder)
+        (folder / "segmenter.json").unlink(missing_ok=True)
         self.model.save_pretrained(folder)
         meta = {"architecture": self.architecture, "classes": self.classes, "image_size": self.image_size}
-        (folder / "segmenter.json").write_text(json.dumps(meta, indent=2))
+        atomic_write_bytes(folder / "segmenter.json", json.dumps(meta, indent=2).encode())
         return folder
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from dmutils.config import Params
-from dmutils.errors import DataError, DataNotFoundError, ParamsError
+from dmutils.errors import DataError, DataNotFoundError, Interrupted, ParamsError
 from dmutils.paths import atomic_write_bytes
 from dmutils.progress import progress_bar
 from dmutils.segment.data import (
@@ -192,7 +192,10 @@ def train_segmenter(params: Params, datasets: SegmentationDataset | list, out_di
                 checkpoint(done)
     except KeyboardInterrupt:
         checkpoint(done)
-        raise
+        if ckpt_path is None or not main:
+            raise
+        raise Interrupted(f"re-run with --resume to continue from the checkpoint at step {done} of {train.steps} "
+                          f"({ckpt_path})") from None
     seconds += time.perf_counter() - t0
     final = ema.module if ema is not None else seg
     final.eval()
