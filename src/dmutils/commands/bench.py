@@ -22,6 +22,9 @@ BENCHMARKS = {
     "toy-model": "quality of the embedded toy model: presence rate, attention mIoU, speed, oracle mIoU",
     "segmenter": "segmenter trained on synthetic vs real toy data",
     "oracle-error": "the oracle's mIoU on real toy renders, and a bound on its error on generated images (a second labeller)",
+    "noise-learning": "issue 24: does noise learning recover a clean segmenter from corrupted toy labels, and find them?",
+    "open-vocab": "issue 24: seen real + unseen synthetic classes, seen / unseen / harmonic mIoU over seeds",
+    "scaling": "issue 24: segmenter mIoU vs synthetic and real set sizes; synthetic images worth N real ones",
 }
 
 
@@ -39,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instead of params/toy.yaml (e.g. params/toy_sd3.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="segmenter: run.seed (prompts, sample seeds, training), to see "
                         "how much its figures move between seeds")
+    from dmutils.benchmarks import study_options
+
+    study_options.add_arguments(parser)
 
 
 MIN_REPEATS = 3  # a ratio from fewer pairs is within the noise of one measure
@@ -50,6 +56,8 @@ def format_result(result: dict, targets: dict[str, str]) -> tuple[list[str], lis
     width = max(map(len, result), default=0)
     lines = []
     for k, v in result.items():
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            v = f"{len(v)} rows (see --json)"
         line = f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}"
         lines.append(line + (f"  (target {targets[k]})" if k in targets else ""))
     warnings = [f"warning: {k.removesuffix('_repeats')} rests on {v} repeat(s), under {MIN_REPEATS}: noise, not a "
@@ -66,6 +74,9 @@ def command_line(args: argparse.Namespace) -> list[str]:
             argv += [f"--{flag}", str(getattr(args, flag))]
     if getattr(args, "seed", 0):
         argv += ["--seed", str(args.seed)]
+    from dmutils.benchmarks.study_options import command_flags
+
+    argv += command_flags(args)
     argv += [f"--{flag}" for flag in ("quick", "json") if getattr(args, flag, False)]
     if getattr(args, "out", None):
         argv += ["--out", str(args.out)]

@@ -1,0 +1,97 @@
+"""Issue 24's recipe studies at tiny scale: noise learning on corrupted toy labels, open vocabulary, scaling."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmutils import stats
+from dmutils.config import load_params
+from dmutils.errors import ParamsError
+from dmutils.studies import noise_study as ns
+from dmutils.studies import trainings as tr
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_params(steps: int = 2, **train):
+    from dmutils.paths import REPO_ROOT
+
+    return load_params(REPO_ROOT / "params" / "toy.yaml", {"train": {**tr.TINY_TRAIN, "steps": steps, **train}})
+
+
+# ---------------------------------------------------------------------------------------------
+# stats.seeds_bootstrap
+# ---------------------------------------------------------------------------------------------
+def test_seeds_bootstrap_is_the_mean_over_seeds_and_pairs_seeds_and_images():
+    rng = np.random.default_rng(0)
+    union = rng.integers(50, 100, (3, 20, 4))
+    inter = (union * rng.uniform(0.3, 0.9, union.shape)).astype(int)
+    ci = stats.seeds_bootstrap(inter, union)
+    per_seed = [stats.pooled_miou(inter[s], union[s]) for s in range(3)]
+    assert ci["value"] == pytest.approx(np.mean(per_seed))
+    assert ci["ci_lo"] < ci["value"] < ci["ci_hi"] and (ci["seeds"], ci["n"]) == (3, 20)
+    same = stats.seeds_bootstrap(inter, union, inter, union)
+    assert (same["value"], same["ci_lo"], same["ci_hi"]) == (0.0, 0.0, 0.0)
+    one_seed = stats.seeds_bootstrap(inter[:1], union[:1])
+    assert one_seed["value"] == pytest.approx(stats.bootstrap_ci(inter[0], union[0])["miou"])
+    with pytest.raises(ValueError, match=r"\[seeds, images, classes\]"):
+        stats.seeds_bootstrap(inter[0], union[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise learning
+# ---------------------------------------------------------------------------------------------
+def test_corruptions_do_what_they_say():
+    from dmutils.data.toyworld import make_scene
+
+    label = make_scene(3, size=32, n_objects=2).label
+    rng = np.random.default_rng(0)
+    swapped = ns.corrupt(label, "swapped", rng, 7)
+    assert ((swapped == 0) == (label == 0)).all() and not (swapped[label > 0] == label[label > 0]).any()
+    eroded = ns.corrupt(label, "eroded", rng, 7, erode=0.06)
+    assert (eroded[eroded > 0] == label[eroded > 0]).all() and (eroded > 0).sum() < (label > 0).sum()
+    shifted = ns.corrupt(label, "shifted", rng, 7, shift=0.25)
+    assert (shifted > 0).sum() <= (label > 0).sum() and not (shifted == label).all()
+    assert set(np.unique(shifted)) <= set(np.unique(label))
+    picked = ns.corrupted_indices(40, 0.2, seed=1, kind="eroded")
+    assert len(picked) == 8 and (np.diff(picked) > 0).all()
+    with pytest.raises(ParamsError, match="corruption kind 'blur' unknown"):
+        ns.corrupt(label, "blur", rng, 7)
+
+
+def test_detection_precision_recall_auc():
+    scores = pd.DataFrame({"index": range(6), "iou": [0.1, 0.2, 0.9, 0.8, 0.7, 0.3]})
+    found = ns.detection(scores, corrupted=[0, 1], dropped=[0, 5])
+    assert found["precision"] == 0.5 and found["recall"] == 0.5 and found["auc"] == 1.0
+
+
+def test_noise_study_trains_every_arm_caches_and_tabulates(tmp_path):
+    settings = ns.NoiseSettings(shares=(0.25,), kinds=("swapped",), seeds=(0, 1), n_train=8, n_test=4, image_size=32)
+    study = ns.run_noise_study(tiny_params(), settings, tmp_path)
+    runs = study.runs
+    # per seed: clean, none, noise learning at drop 0.2 and 0.25
+    assert len(runs) == 8 and not runs.cached.any()
+    assert sorted(runs.loc[runs.arm == "noise learning", "train_samples"].unique()) == [6]  # 8 - round(0.2*8) = 8 - 2
+    assert runs.loc[runs.arm == "noise learning", ["precision", "recall"]].notna().all().all()
+    again = ns.run_noise_study(tiny_params(), settings, tmp_path)
+    assert again.runs.cached.all()
+    pd.testing.assert_series_equal(again.runs.miou, runs.miou)
+    table = ns.noise_table(study)
+    assert list(table.arm) == ["clean", "none", "noise learning", "noise learning"]
+    assert (table.miou_lo <= table.miou + 1e-12).all() and (table.miou <= table.miou_hi + 1e-12).all()
+    assert {"vs_clean", "vs_none", "recovered", "precision", "recall", "auc", "reaches_clean"} <= set(table.columns)
+    assert set(ns.answers(table)) == {"swapped"}
+    with pytest.raises(ParamsError, match="shares must be in"):
+        ns.run_noise_study(tiny_params(), ns.NoiseSettings(shares=(1.5,)), tmp_path)
+
+
+def test_dropped_vs_kept_scores_masks_against_the_oracle():
+    oracle = [np.full((4, 4), c, np.uint8) for c in (1, 1, 2, 2)]
+    masks = [oracle[0], oracle[1], np.zeros((4, 4), np.uint8), oracle[3]]  # sample 2's mask is wrong
+    scores = pd.DataFrame({"index": range(4), "iou": [0.9, 0.8, 0.1, 0.7], "kept": [True, True, False, True]})
+    table = ns.dropped_vs_kept(scores, masks, oracle, 3, n_boot=200).set_index("group")
+    assert table.loc["kept", "miou"] == 1.0 and table.loc["dropped", "miou"] == 0.0
+    assert table.loc["dropped - kept", "miou"] == -1.0 and table.loc["kept", "samples"] == 3
+    with pytest.raises(ParamsError, match="'index' and 'kept'"):
+        ns.dropped_vs_kept(scores.drop(columns="kept"), masks, oracle, 3)
