@@ -62,7 +62,7 @@ class NoiseSettings:
         if not 0 < self.shift < 1 or not 0 < self.erode < 0.5:
             raise ParamsError(f"shift must be in (0, 1) and erode in (0, 0.5) (fractions of the side), got {self.shift}, {self.erode}")
         tr.check_sizes("seeds", self.seeds, 0)
-        tr.check_sizes("n_train and n_test", [self.n_train, self.n_test])
+        tr.check_sizes("n_train and n_test", [self.n_train, self.n_test], distinct=False)
         if min(round(s * self.n_train) for s in self.shares) < 1:
             raise ParamsError(f"a share of {min(self.shares)} of {self.n_train} training images corrupts none; raise n_train")
         return self

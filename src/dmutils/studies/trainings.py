@@ -55,14 +55,14 @@ def check_toy(params: Params, study: str) -> None:
                           f"real.kind is {params.real.kind!r}: use params/toy.yaml or set real.kind=toy")
 
 
-def check_sizes(name: str, values, minimum: int = 1) -> list[int]:
-    """A list of sizes (seeds, sample counts) from the user: integers >= ``minimum``, distinct."""
+def check_sizes(name: str, values, minimum: int = 1, distinct: bool = True) -> list[int]:
+    """A list of sizes (seeds, sample counts) from the user: integers >= ``minimum``, distinct unless not asked."""
     try:
         out = [int(v) for v in values]
     except (TypeError, ValueError):
         raise ParamsError(f"{name} must be integers, got {values!r}") from None
-    if not out or any(v < minimum for v in out) or len(set(out)) != len(out):
-        raise ParamsError(f"{name} must be distinct integers >= {minimum}, got {out}")
+    if not out or any(v < minimum for v in out) or distinct and len(set(out)) != len(out):
+        raise ParamsError(f"{name} must be {'distinct ' if distinct else ''}integers >= {minimum}, got {out}")
     return out
 
 
