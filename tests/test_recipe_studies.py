@@ -95,3 +95,66 @@ def test_dropped_vs_kept_scores_masks_against_the_oracle():
     assert table.loc["dropped - kept", "miou"] == -1.0 and table.loc["kept", "samples"] == 3
     with pytest.raises(ParamsError, match="'index' and 'kept'"):
         ns.dropped_vs_kept(scores.drop(columns="kept"), masks, oracle, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Open vocabulary and scaling (the embedded toy model, 2 denoising steps)
+# ---------------------------------------------------------------------------------------------
+GEN = {"model": {"num_inference_steps": 2}, "dataset": {"workers": 0, "min_area": 0.0}}
+
+
+def test_open_vocab_ignores_unseen_real_pixels_and_adds_unseen_synthetic_masks(tmp_path):
+    from dmutils.studies import open_vocab as ov
+
+    params = tr.override(tiny_params(), GEN)
+    assert ov.unseen_classes(params, ov.OpenVocabSettings()) == params.class_names[-2:]
+    with pytest.raises(ParamsError, match=r"unseen classes \['dragon'\]"):
+        ov.unseen_classes(params, ov.OpenVocabSettings(unseen=("dragon",)))
+    settings = ov.OpenVocabSettings(unseen=("cross", "ring"), seeds=(0, 1), n_train=6, n_test=4, n_synthetic=4, image_size=32)
+    study = ov.run_open_vocab(params, settings, tmp_path)
+    real, _ = tr.real_splits(tmp_path, 6, 4, 32)
+    masked = ov.seen_only(real, ["cross", "ring"])
+    for i in range(len(real)):
+        label, seen = real[i][1], masked[i][1]
+        unseen = np.isin(label, [5, 6])
+        assert (seen[unseen] == 255).all() and (seen[~unseen] == label[~unseen]).all()
+    syn = ov.synthetic_unseen(params, ["cross", "ring"], tmp_path, 4)  # made once: read back
+    values = set(np.unique(np.concatenate([syn[i][1].ravel() for i in range(len(syn))])))
+    assert values <= {0, 5, 6, 255} and len(syn) == 4
+    runs = study.runs
+    assert list(runs.arm) == [*ov.ARMS, *ov.ARMS] and not runs.cached.any()
+    assert list(runs.train_samples) == [6, 10, 6, 10]
+    assert ov.run_open_vocab(params, settings, tmp_path).runs.cached.all()
+    table = ov.open_vocab_table(study)
+    assert list(table.group.unique()) == ["seen", "unseen", "harmonic"] and table.miou.between(0, 1).all()
+    assert table.loc[table.arm == ov.ARMS[1], "vs_real_only"].notna().all()
+
+
+def test_scaling_nests_subsets_caches_and_reads_off_equivalents(tmp_path):
+    from dmutils.studies import scaling as sc
+
+    params = tr.override(tiny_params(), GEN)
+    settings = sc.ScalingSettings(synthetic_sizes=(2, 4), real_sizes=(2, 4), seeds=(0, 1), n_test=4, image_size=32,
+                                  oversample=1.0)
+    study = sc.run_scaling(params, settings, tmp_path)
+    assert len(study.runs) == 12 and not study.runs.cached.any()
+    mixed = study.runs[study.runs.arm == "real+synthetic"]
+    assert list(mixed.train_samples[:2]) == [6, 8]  # real N + the 4 synthetic images
+    assert sc.run_scaling(params, settings, tmp_path).runs.cached.all()
+    curve = sc.curves(study)
+    assert len(curve) == 6 and (curve.miou_lo <= curve.miou + 1e-12).all()
+    assert set(sc.mixing_gain(study).columns) >= {"real_images", "gain", "gain_lo", "gain_hi", "beats"}
+    sc.synthetic_equivalent(curve)
+    with pytest.raises(ParamsError, match="real sizes must be distinct"):
+        sc.run_scaling(params, sc.ScalingSettings(real_sizes=(4, 4)), tmp_path)
+
+
+def test_synthetic_equivalent_interpolates_on_log_size():
+    from dmutils.studies import scaling as sc
+
+    curve = pd.DataFrame({"arm": ["synthetic"] * 3 + ["real"] * 3, "size": [100, 200, 400, 25, 50, 100],
+                          "miou": [0.4, 0.5, 0.6, 0.3, 0.55, 0.9]})
+    eq = sc.synthetic_equivalent(curve).set_index("real_images")
+    assert eq.loc[25, "synthetic_images"] == 100 and eq.loc[25, "at_most"]
+    assert eq.loc[50, "synthetic_images"] == pytest.approx(np.sqrt(200 * 400))  # halfway on log size
+    assert np.isnan(eq.loc[100, "synthetic_images"])  # beyond the largest synthetic set
