@@ -158,3 +158,17 @@ def test_synthetic_equivalent_interpolates_on_log_size():
     assert eq.loc[25, "synthetic_images"] == 100 and eq.loc[25, "at_most"]
     assert eq.loc[50, "synthetic_images"] == pytest.approx(np.sqrt(200 * 400))  # halfway on log size
     assert np.isnan(eq.loc[100, "synthetic_images"])  # beyond the largest synthetic set
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["noise-learning", "--quick", "--shares", "1.5"], "corruption shares must be in (0, 1)"),
+    (["open-vocab", "--quick", "--unseen", "dragon"], "unseen classes ['dragon'] are not among"),
+    (["scaling", "--quick", "--real-sizes", "4", "4"], "real sizes must be distinct integers"),
+    (["scaling", "--quick", "--steps", "0"], "--steps: 'train.steps' = 0 is not allowed"),
+])
+def test_bad_bench_options_end_in_one_line(argv, message, capsys):
+    from dmutils.commands import main
+
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and err.startswith("dmutils bench: error:")

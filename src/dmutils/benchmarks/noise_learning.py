@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> dict:
         settings.shares = tuple(args.shares)
     if getattr(args, "kinds", None):
         settings.kinds = tuple(args.kinds)
-    if getattr(args, "test_images", None):
+    if getattr(args, "test_images", None) is not None:
         settings.n_test = args.test_images
     with opt.CacheFolder(args, "noise-learning") as cache:
         study = ns.run_noise_study(params, settings, cache, progress=False)

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> dict:
         settings.synthetic_sizes = tuple(args.synthetic_sizes)
     if getattr(args, "real_sizes", None):
         settings.real_sizes = tuple(args.real_sizes)
-    if getattr(args, "test_images", None):
+    if getattr(args, "test_images", None) is not None:
         settings.n_test = args.test_images
     ray = None
     if getattr(args, "ray", None):

@@ -77,7 +77,7 @@ def real_splits(folder: str | Path, n_train: int, n_test: int, image_size: int =
     meta = root / "dataset.json"
     have = json.loads(meta.read_text()).get("sizes", {}) if meta.is_file() else {}
     if have.get("train", 0) < n_train or have.get("test", 0) < n_test:
-        ensure_writable_dir(root, "the study's real-data folder")
+        ensure_writable_dir(root, "--cache (the study's folder)")
         write_real_splits(root, {"train": max(n_train, have.get("train", 0)), "test": max(n_test, have.get("test", 0))},
                           image_size)
     return first_n(VOCLayoutDataset(root, "train"), n_train), first_n(VOCLayoutDataset(root, "test"), n_test)
@@ -129,7 +129,7 @@ class JsonCache:
         if self.folder is not None:
             from dmutils.paths import ensure_writable_dir
 
-            ensure_writable_dir(self.folder, "the study's cache folder")
+            ensure_writable_dir(self.folder, "--cache (the study's folder)")
         self.hits = self.misses = 0
 
     def get(self, key: str) -> dict | None:
