@@ -143,12 +143,14 @@ def run_open_vocab(params: Params, settings: OpenVocabSettings, cache_dir: str |
     cache = tr.JsonCache(cache_dir)
     what = {"n_train": settings.n_train, "n_test": settings.n_test, "image_size": settings.image_size, "unseen": unseen,
             "version": VERSION}
-    syn_hash = (Path(synthetic.dataset.root) / "dataset.json").read_text()
+    import json
+
+    syn_hash = json.loads((Path(synthetic.dataset.root) / "dataset.json").read_text()).get("params_hash")
     rows, counts = [], {}
     for seed in settings.seeds:
         p = tr.with_seed(params, seed)
         for arm, sets, extra in ((ARMS[0], [seen_real], {}),
-                                 (ARMS[1], [seen_real, synthetic], {"synthetic": tr.stable_hash(syn_hash), "n_syn": len(synthetic)})):
+                                 (ARMS[1], [seen_real, synthetic], {"synthetic": syn_hash, "n_syn": len(synthetic)})):
             res, hit = cache.get_or_compute(tr.key("openvocab", p, arm=arm, **what, **extra),
                                             lambda: tr.train_and_count(p, sets, test, progress))
             counts[(arm, seed)] = res
