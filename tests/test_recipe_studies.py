@@ -145,6 +145,7 @@ def test_scaling_nests_subsets_caches_and_reads_off_equivalents(tmp_path):
     assert len(curve) == 6 and (curve.miou_lo <= curve.miou + 1e-12).all()
     assert set(sc.mixing_gain(study).columns) >= {"real_images", "gain", "gain_lo", "gain_hi", "beats"}
     sc.synthetic_equivalent(curve)
+    assert len(sc.figure(curve).axes[0].lines) == 3
     with pytest.raises(ParamsError, match="real sizes must be distinct"):
         sc.run_scaling(params, sc.ScalingSettings(real_sizes=(4, 4)), tmp_path)
 

@@ -65,8 +65,8 @@ def synthetic_set(params: Params, settings: ScalingSettings, folder: str | Path,
     data.items += VOCLayoutDataset(root, "val").items
     data.items.sort(key=lambda item: item[0].name)  # syn_000123.jpg: index order
     if len(data) < need:
-        raise DataError(f"{root} holds {len(data)} accepted samples, fewer than the {need} asked for; raise the "
-                        "oversampling or lower the largest size")
+        raise DataError(f"{root} holds {len(data)} accepted samples, fewer than the {need} asked for (generations "
+                        "were rejected); lower the largest of --synthetic-sizes, or raise ScalingSettings.oversample")
     return data, json.loads((root / "dataset.json").read_text()).get("params_hash")
 
 
