@@ -127,3 +127,10 @@ def test_04_rerun_reads_every_run_from_the_cache_and_marks_small_numbers_indicat
     assert segmenter_study.run_key(changed, "a", 6, None) != segmenter_study.run_key(run["params"], "a", 6, None)
     headline = next(a for a in nb.read_artifacts(run["out"]) if a["name"] == "segmenter_headline")
     assert headline["indicative"].startswith("indicative: ") and "dmutils bench segmenter" in headline["indicative"]
+
+
+def test_04_noise_learning_dropped_vs_kept_against_the_oracle(run):
+    table = pd.read_csv(run["tables"] / "noise_dropped_vs_kept.csv")
+    assert list(table["group"]) == ["kept", "dropped", "dropped - kept"]
+    scores = pd.read_csv(run["tables"] / "segmenter_noise_scores.csv")
+    assert table["samples"].tolist()[:2] == [int(scores["kept"].sum()), int((~scores["kept"]).sum())]

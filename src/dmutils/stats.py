@@ -227,3 +227,50 @@ def verdict(ci_lo: float, ci_hi: float, direction: int = 1) -> str:
         return "inconclusive"
     lo, hi = (ci_lo, ci_hi) if direction >= 0 else (-ci_hi, -ci_lo)
     return "holds" if lo > 0 else "does not hold" if hi < 0 else "inconclusive"
+
+
+# ---------------------------------------------------------------------------------------------
+# Trained models: seeds and images
+# ---------------------------------------------------------------------------------------------
+def seeds_bootstrap(inter, union, base_inter=None, base_union=None, statistic=None, n_boot: int = N_BOOT,
+                    seed: int = 0, level: float = LEVEL) -> dict[str, float]:
+    """A score over training seeds and test images, with an interval that counts both sources of spread.
+
+    ``inter``, ``union``: ``[seeds, images, classes]`` counts of the segmenters trained with each seed, scored on the
+    same test images. The score is the mean over seeds of each seed's pooled statistic (``statistic(i, u)`` of the
+    per-class sums ``[..., classes]``; default the mIoU). Each resample draws the seeds and, independently, the images
+    (the same images for every seed: they are shared), both with replacement. With ``base_*`` (a baseline trained with
+    the same seeds on the same images) the score is the paired difference, this minus the baseline, resampled with
+    the same seeds and images for both. Returns ``{"value", "ci_lo", "ci_hi", "seeds", "n"}``."""
+    stat = statistic or _mean_iou
+    arrays = [np.asarray(a, np.float64) for a in (inter, union)]
+    if base_inter is not None:
+        arrays += [np.asarray(a, np.float64) for a in (base_inter, base_union)]
+    if any(a.ndim != 3 or a.shape != arrays[0].shape for a in arrays):
+        raise ValueError(f"counts must be [seeds, images, classes] arrays of one shape, got {[a.shape for a in arrays]}")
+    s, n, _ = arrays[0].shape
+    if s == 0 or n == 0:
+        return {"value": float("nan"), "ci_lo": float("nan"), "ci_hi": float("nan"), "seeds": s, "n": n}
+
+    def score(weights: np.ndarray | None) -> np.ndarray:
+        """Per seed, the statistic of the image-weighted sums: ``[n_boot, seeds]`` (or ``[seeds]`` unweighted)."""
+        summed = [a.sum(1) if weights is None else np.einsum("bn,snk->bsk", weights, a) for a in arrays]
+        out = stat(summed[0], summed[1])
+        return out - stat(summed[2], summed[3]) if len(summed) == 4 else out
+
+    rng = np.random.default_rng(seed)
+    w_img = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot)
+    w_seed = rng.multinomial(s, np.full(s, 1.0 / s), size=n_boot)
+    per = score(w_img)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = np.nansum(per * w_seed, 1) / np.where(np.isnan(per), 0, w_seed).sum(1)
+        value = float(np.nanmean(score(None)))
+    lo, hi = _interval(boot, level)
+    return {"value": value, "ci_lo": lo, "ci_hi": hi, "seeds": s, "n": n}
+
+
+def harmonic(a, b):
+    """Harmonic mean of two scores (the open-vocabulary setting's seen/unseen summary); NaN where both are 0."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.divide(2 * a * b, a + b, out=np.full(np.broadcast(a, b).shape, np.nan), where=(a + b) > 0)

@@ -25,8 +25,6 @@ LEDGER = "params/claims/toy.yaml"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ledger", default=None, metavar="FILE", help=f"claims: the ledger file (default {LEDGER})")
     parser.add_argument("--only", action="append", default=None, metavar="ID", help="claims: run only this row (repeatable)")
-    parser.add_argument("--seeds", default=None, metavar="S,S", help="claims: compute only these of the ledger's seeds "
-                        "(e.g. a second process on another core); the summary still reads every seed from the cache")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -58,16 +56,14 @@ def run(args: argparse.Namespace) -> dict:
             "_inputs": {"params": params, "model_dir": params.resolve_path(params.model.path)}}
 
 
-def _seeds(text: str | None, ledger) -> list[int] | None:
-    if not text:
+def _seeds(seeds: list[int] | None, ledger) -> list[int] | None:
+    """``--seeds``: compute only these of the ledger's seeds (e.g. a second process on another core); the summary
+    still reads every seed from the cache."""
+    if not seeds:
         return None
     from dmutils.errors import ParamsError
 
-    try:
-        seeds = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ParamsError(f"--seeds {text!r}: give seeds as integers separated by commas, e.g. --seeds 1,2") from None
     unknown = [s for s in seeds if s not in ledger.seeds]
-    if unknown or not seeds:
-        raise ParamsError(f"--seeds {text!r}: the ledger's seeds are {ledger.seeds}")
-    return seeds
+    if unknown:
+        raise ParamsError(f"--seeds {' '.join(map(str, seeds))}: the ledger's seeds are {ledger.seeds}")
+    return list(seeds)

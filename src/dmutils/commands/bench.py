@@ -23,6 +23,9 @@ BENCHMARKS = {
     "segmenter": "segmenter trained on synthetic vs real toy data",
     "oracle-error": "the oracle's mIoU on real toy renders, and a bound on its error on generated images (a second labeller)",
     "claims": "the claims ledger: each paper claim measured over seeds, with intervals and a verdict",
+    "noise-learning": "issue 24: does noise learning recover a clean segmenter from corrupted toy labels, and find them?",
+    "open-vocab": "issue 24: seen real + unseen synthetic classes, seen / unseen / harmonic mIoU over seeds",
+    "scaling": "issue 24: segmenter mIoU vs synthetic and real set sizes; synthetic images worth N real ones",
 }
 
 
@@ -40,9 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instead of params/toy.yaml (e.g. params/toy_sd3.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="segmenter: run.seed (prompts, sample seeds, training), to see "
                         "how much its figures move between seeds")
-    from dmutils.benchmarks import claims
+    from dmutils.benchmarks import claims, study_options
 
     claims.add_arguments(parser)
+    study_options.add_arguments(parser)  # --seeds, shared with claims
 
 
 MIN_REPEATS = 3  # a ratio from fewer pairs is within the noise of one measure
@@ -67,13 +71,16 @@ def format_result(result: dict, targets: dict[str, str]) -> tuple[list[str], lis
 def command_line(args: argparse.Namespace) -> list[str]:
     """The ``dmutils bench ...`` argv that gives ``args`` (the provenance's command)."""
     argv = ["dmutils", "bench", args.name]
-    for flag in ("model", "params", "ray", "ledger", "seeds"):
+    for flag in ("model", "params", "ray", "ledger"):
         if getattr(args, flag, None) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
     for row in getattr(args, "only", None) or []:
         argv += ["--only", row]
     if getattr(args, "seed", 0):
         argv += ["--seed", str(args.seed)]
+    from dmutils.benchmarks.study_options import command_flags
+
+    argv += command_flags(args)
     argv += [f"--{flag}" for flag in ("quick", "json") if getattr(args, flag, False)]
     if getattr(args, "out", None):
         argv += ["--out", str(args.out)]
