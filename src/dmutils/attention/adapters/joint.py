@@ -40,6 +40,7 @@ class JointCaptureProcessor:
         self.state, self.kinds, self.resolution, self.original = state, kinds, resolution, original
         self.n_image, self.text_first, self.text_part, self.joint_norm = n_image, text_first, text_part, joint_norm
         self.stream, self.concepts = stream, concepts
+        self.layer = ""  # the layer's name, set by capture (auto aggregation keeps each layer's heads apart)
         # diffusers passes a processor only the keyword arguments its __call__ names: those of the original
         self.__dict__["__call__"] = original.__call__
         self._calls = 0
@@ -106,11 +107,11 @@ class JointCaptureProcessor:
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         image, text = self._layout(key.shape[2])
         out = attend_and_record(self.state, self._kinds(text), self.resolution, query, key, value, image, text, self.text_part,
-                                self.joint_norm, attn_mask=mask)
+                                self.joint_norm, attn_mask=mask, layer=self.layer)
         if self._concepts(text):  # class/concept tokens read the image through this block's text-stream weights
             c = self.state.cond
             self.stream.attend(self._module, query[c, :, image], key[c, :, image], value[c, :, image], out[c, :, image],
-                               self.resolution if "cross" in self.kinds else None)
+                               self.resolution if "cross" in self.kinds else None, layer=self.layer)
         return out
 
     def _record_only(self, query, key, mask):
@@ -120,7 +121,7 @@ class JointCaptureProcessor:
             kinds = self._kinds(text)
             if kinds:
                 record_joint(self.state, kinds, self.resolution, query, key, image, text, self.text_part, self.joint_norm,
-                             mask=mask)
+                             mask=mask, layer=self.layer)
 
     _module = None  # the attention module of the current call (the concept stream projects with its text weights)
 
