@@ -53,7 +53,7 @@ class AttentionCapture:
             raise CaptureError("class_prompts must be a non-empty list of non-empty strings, one per prompt, "
                              "e.g. ['person horse', 'dog']")
         self.class_prompts = list(class_prompts) if class_prompts is not None else None
-        self.state = CaptureState(head_reduce=self.spec.head_reduce)
+        self.state = CaptureState(head_reduce=self.spec.head_reduce, aggregate=self.spec.aggregate)
         self._encoded: list[torch.Tensor] = []  # token ids of every text-encoder call since the last generation began
         self.prompt_ids: torch.Tensor | None = None
         self._originals = None
@@ -148,7 +148,9 @@ class AttentionCapture:
             kinds = tuple(kind for kind in adapter.layer_kinds(layer) if h in spec.resolutions(kind))
             if kinds:
                 original = self._originals[f"{layer.name}.processor"]
-                adapter.set_processor(layer, adapter.recording_processor(layer, state, kinds, h, original))
+                processor = adapter.recording_processor(layer, state, kinds, h, original)
+                processor.layer = layer.name  # auto aggregation keeps each layer's heads under its name
+                adapter.set_processor(layer, processor)
                 installed.add(layer.name)
                 for kind in kinds:
                     state.shapes[(kind, h)] = (h, w)
@@ -183,7 +185,19 @@ class AttentionCapture:
             ids = self.adapter.text_ids(ids, state.text_len) if ids is not None else None
         return AttentionMaps(cross=cross, self_attention=self_attn, tokenizer=self.tokenizer, prompts=texts, token_ids=ids,
                              steps=list(state.steps_recorded), num_steps=state.num_steps,
-                             resolution_weights=self.spec.resolution_weights, token_reduce=self.spec.token_reduce)
+                             resolution_weights=self.spec.resolution_weights, token_reduce=self.spec.token_reduce,
+                             heads=self._head_maps())
+
+    def _head_maps(self) -> dict[int, dict[str, torch.Tensor]] | None:
+        """Auto aggregation: per resolution, per layer, (N, heads, queries, keys) averaged over steps, on the CPU."""
+        state = self.state
+        if not state.heads:
+            return None
+        out: dict[int, dict[str, torch.Tensor]] = {}
+        for (res, layer), total in state.heads.items():
+            mean = (total / state.head_counts[(res, layer)]).cpu()
+            out.setdefault(res, {})[layer] = mean.softmax(-1) if self.spec.map_space == "output" else mean
+        return out
 
     @property
     def nbytes(self) -> int:

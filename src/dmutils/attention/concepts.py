@@ -67,7 +67,7 @@ class ConceptStream:
         return self._modulation[0]
 
     def attend(self, attn, img_query: torch.Tensor, img_key: torch.Tensor, img_value: torch.Tensor, img_out: torch.Tensor,
-               record: int | None) -> None:
+               record: int | None, layer: str = "") -> None:
         """Concept attention of one layer for the conditional rows, all (N, heads, tokens, d). The concepts
         attend to [image, concepts]; with ``record`` (a resolution) the layer's map is added to the state."""
         c = self.normed()
@@ -83,12 +83,14 @@ class ConceptStream:
         if record is None:
             return
         part = slice(None) if self.part is None else self.part
+        heads = None  # output-space maps have no heads
         if self.space == "output":  # (N, pixels, C): image output . concept output over every head
             maps = torch.matmul(img_out.transpose(1, 2).flatten(2).float(), self._attn_out[:, part].float().transpose(1, 2))
         else:
             scores = torch.matmul(img_query * img_query.shape[-1] ** -0.5, ck[:, :, part].transpose(-1, -2)).float()
-            maps = scores.softmax(-1).amax(1) if self.state.head_reduce == "max" else scores.softmax(-1).mean(1)
-        self.state.add("cross", record, maps)
+            heads = scores.softmax(-1)
+            maps = heads.amax(1) if self.state.head_reduce == "max" else heads.mean(1)
+        self.state.add("cross", record, maps, heads=heads, layer=layer)
 
     def _after_block(self, block, args, kwargs, output) -> None:
         if not self.active or self._attn_out is None:

@@ -34,7 +34,7 @@ MAX_CHUNK_BYTES = 256 * 2**20  # float32 scores computed at once; more heads are
 def attend_and_record(state: CaptureState, kinds: tuple[str, ...], resolution: int, query: torch.Tensor, key: torch.Tensor,
                       value: torch.Tensor, image: slice, text: slice | None, text_part: slice | None = None,
                       joint_norm: str = "joint_slice", max_chunk_bytes: int | None = None,
-                      attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+                      attn_mask: torch.Tensor | None = None, layer: str = "") -> torch.Tensor:
     """SDPA over (batch, heads, seq, d) tensors, recording ``kinds`` of the conditional rows' image
     queries into ``state`` under ``resolution``. ``image`` / ``text`` are the token slices of the
     sequence (``text`` None: no text in this attention); ``text_part`` a slice within the text.
@@ -48,7 +48,7 @@ def attend_and_record(state: CaptureState, kinds: tuple[str, ...], resolution: i
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask)  # the layer's output, as its processor computes it
     if kinds:
         record_joint(state, kinds, resolution, query, key, image, text, text_part, joint_norm, max_chunk_bytes, lse=lse,
-                     mask=attn_mask)
+                     mask=attn_mask, layer=layer)
     return out
 
 
@@ -69,12 +69,13 @@ def _has_lse_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 def record_joint(state: CaptureState, kinds: tuple[str, ...], resolution: int, query: torch.Tensor, key: torch.Tensor,
                  image: slice, text: slice | None, text_part: slice | None = None, joint_norm: str = "joint_slice",
                  max_chunk_bytes: int | None = None, lse: torch.Tensor | None = None,
-                 mask: torch.Tensor | None = None) -> None:
+                 mask: torch.Tensor | None = None, layer: str = "") -> None:
     """Add the probabilities ``kinds`` of the conditional rows' image queries to ``state``.
 
     ``lse``: the attention's own row logsumexp (batch, heads, seq; float32), from the kernel that made
     the output; given, a ``joint_slice`` cross map is exp(q k_text^T * scale - lse) and costs the text
     columns only. ``mask``: SDPA's boolean or additive mask, broadcastable to (batch, heads, seq, seq).
+    ``layer``: the layer's name, under which auto aggregation keeps its per-head cross maps.
 
     Only the score columns a map needs are computed (float32): the text part for ``text_softmax``
     cross maps, the image columns for self maps (the renormalised image slice of the joint softmax
@@ -100,6 +101,7 @@ def record_joint(state: CaptureState, kinds: tuple[str, ...], resolution: int, q
     reduce_max = state.head_reduce == "max"
     bias = _bias(mask, cond, img_cols)
     reduced: dict[str, torch.Tensor] = {}
+    kept: dict[str, list[torch.Tensor]] = {kind: [] for kind in kinds if state.keeps_heads(kind)}
     for h in range(0, heads, step):
         hs = slice(h, h + step)
         qh = q[:, hs]
@@ -127,9 +129,12 @@ def record_joint(state: CaptureState, kinds: tuple[str, ...], resolution: int, q
             part = p.amax(1) if reduce_max else p.sum(1)
             prev = reduced.get(kind)
             reduced[kind] = part if prev is None else (torch.maximum(prev, part) if reduce_max else prev.add_(part))
+            if kind in kept:
+                kept[kind].append(p)
         del s_img, parts
     for kind, r in reduced.items():
-        state.add(kind, resolution, r if reduce_max else r.div_(heads))
+        state.add(kind, resolution, r if reduce_max else r.div_(heads), heads=torch.cat(kept[kind], 1) if kind in kept else None,
+                  layer=layer)
 
 
 def _bias(mask: torch.Tensor | None, cond: slice, rows: slice) -> torch.Tensor | None:

@@ -7,6 +7,7 @@
     maps.class_maps(i, {"person": "man", "horse": "horse"}, 64)   # (2, 64, 64)
     maps.self_attention(i, 32)             # (1024, 1024): rows are query pixels
     maps.truncated(i)                      # was the prompt cut at 77 tokens?
+    maps.head_weights(i, focus)            # capture.aggregate auto: {resolution: {layer: [weight per head]}}
 
 Cross maps are probabilities over the text token positions (77 for CLIP; they sum to 1 over tokens at
 every pixel), averaged over layers and recorded steps. Look-up by word works for any tokenizer (CLIP BPE,
@@ -17,15 +18,22 @@ all its tokens; special tokens (CLIP's BOS/EOS, T5's EOS, Gemma's <bos>) belong 
 case-insensitive. A word that is not in the prompt, or that was cut off by the tokenizer's length limit,
 raises :class:`WordLookupError`. When the maps' text sequence is several encoders' outputs one after
 another (SD3: CLIP's 77 positions, then T5's), ``token_offset`` says where this tokenizer's part starts.
+
+With ``capture.aggregate: auto`` the maps also hold each layer's per-head maps (``heads``), and a cross map is
+their weighted sum (:mod:`dmutils.attention.aggregate`), the weights chosen per sample from the maps of the
+words looked up (``focus``: the class words for ``class_maps``; every word of the prompt by default).
 """
 from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from dmutils.attention.aggregate import auto_weights, combine
 
 
 class WordLookupError(KeyError):
@@ -53,8 +61,9 @@ class AttentionMaps:
     def __init__(self, cross: dict[int, torch.Tensor], self_attention: dict[int, torch.Tensor], tokenizer=None,
                  prompts: list[str] | None = None, token_ids: torch.Tensor | None = None, steps: list[int] | None = None,
                  num_steps: int = 0, resolution_weights: dict[int, float] | None = None, token_reduce: str = "mean",
-                 max_length: int | None = None, token_offset: int = 0) -> None:
-        """``max_length``: the tokenizer's limit as the pipeline applied it (default: the tokenizer's
+                 max_length: int | None = None, token_offset: int = 0,
+                 heads: dict[int, dict[str, torch.Tensor]] | None = None) -> None:
+        """``heads`` (auto aggregation): per resolution, per layer, (N, heads, queries, keys). ``max_length``: the tokenizer's limit as the pipeline applied it (default: the tokenizer's
         ``model_max_length``, at most the maps' token positions after ``token_offset``); ``token_offset``:
         the position of this tokenizer's first token in the maps' text sequence (SD3's T5 part: 77)."""
         self._cross = cross  # res -> (N, T, h, w)
@@ -63,6 +72,8 @@ class AttentionMaps:
         self.steps, self.num_steps = steps or [], num_steps
         self.resolution_weights, self.token_reduce = resolution_weights, token_reduce
         self.max_length, self.token_offset = max_length, token_offset
+        self.heads = heads or {}
+        self._auto: dict[tuple, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self.num_samples = next(iter({**cross, **self_attention}.values())).shape[0]
         self._prompts: dict[int, _Prompt] = {}
 
@@ -78,9 +89,39 @@ class AttentionMaps:
         return sorted(self._self, reverse=True)
 
     # -- raw maps -----------------------------------------------------------------------------
-    def cross(self, i: int, resolution: int) -> torch.Tensor:
-        """(tokens, h, w) cross-attention probabilities of sample ``i`` at ``resolution``."""
-        return self._get(self._cross, "cross", i, resolution)
+    def cross(self, i: int, resolution: int, focus: Sequence[int] | None = None) -> torch.Tensor:
+        """(tokens, h, w) cross-attention probabilities of sample ``i`` at ``resolution``. With auto aggregation,
+        heads and layers weighted from the maps of the token positions ``focus`` (default: every word)."""
+        mean = self._get(self._cross, "cross", i, resolution)
+        if resolution not in self.heads:
+            return mean
+        return self._weighted(i, resolution, focus)[0].T.reshape(mean.shape)
+
+    def head_weights(self, i: int, focus: Sequence[int] | None = None) -> dict[int, dict[str, list[float]]]:
+        """Auto aggregation's choice for sample ``i``: per resolution, per layer, the weight of each head (all sum
+        to 1 at a resolution); empty with the mean."""
+        return {res: {name: [round(float(x), 6) for x in w] for name, w in self._weighted(i, res, focus)[1].items()}
+                for res in sorted(self.heads, reverse=True)}
+
+    def _weighted(self, i: int, resolution: int, focus: Sequence[int] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(queries, keys) weighted map and the weights, cached per sample, resolution and focus."""
+        self._check_sample(i)
+        focus = tuple(sorted(set(focus))) if focus else self._default_focus(i)
+        key = (i, resolution, focus)
+        if key not in self._auto:
+            layers = {name: h[i] for name, h in self.heads[resolution].items()}
+            weights = auto_weights(layers, focus)
+            self._auto[key] = (combine(layers, weights), weights)
+        return self._auto[key]
+
+    def _default_focus(self, i: int) -> tuple[int, ...]:
+        """Every word's token positions; every text position when the words are not known."""
+        try:
+            p = self._prompt(i)
+        except RuntimeError:
+            p = None
+        positions = sorted({k for _, pos in p.words for k in pos if k < p.kept}) if p is not None else []
+        return tuple(positions) or tuple(range(next(iter(self._cross.values())).shape[1]))
 
     def self_attention(self, i: int, resolution: int) -> torch.Tensor:
         """(h*w, h*w) self-attention of sample ``i``; row q is where pixel q attends."""
@@ -93,9 +134,11 @@ class AttentionMaps:
                            f"(set capture.{kind}_resolutions)")
         return table[resolution][i]
 
-    def aggregate(self, i: int, size: int | tuple[int, int] | None = None, weights: dict[int, float] | None = None) -> torch.Tensor:
+    def aggregate(self, i: int, size: int | tuple[int, int] | None = None, weights: dict[int, float] | None = None,
+                  focus: Sequence[int] | None = None) -> torch.Tensor:
         """(tokens, S, S): cross maps of every weighted resolution, upsampled bilinearly to ``size``
-        (default: the largest captured) and averaged with ``weights`` (default: the spec's, else equal)."""
+        (default: the largest captured) and averaged with ``weights`` (default: the spec's, else equal).
+        ``focus``: the token positions auto aggregation weighs heads by (see :meth:`cross`)."""
         weights = weights or self.resolution_weights or {r: 1.0 for r in self._cross}
         unknown = sorted(set(weights) - set(self._cross))
         if unknown:
@@ -110,7 +153,7 @@ class AttentionMaps:
         for res, w in weights.items():
             if w == 0:
                 continue
-            m = self.cross(i, res)
+            m = self.cross(i, res, focus)
             up = m if tuple(m.shape[-2:]) == size else F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
             out = up * (w / total) if out is None else out + up * (w / total)
         return out
@@ -154,13 +197,15 @@ class AttentionMaps:
                  occurrence: str = "all") -> torch.Tensor:
         """(S, S) aggregated map of ``word``, its tokens reduced with ``reduce`` (default: the spec's)."""
         positions = self.token_positions(i, word, occurrence)
-        return self._reduce(self.aggregate(i, size)[positions], reduce)
+        return self._reduce(self.aggregate(i, size, focus=positions)[positions], reduce)
 
     def class_maps(self, i: int, class_words: dict[str, str], size: int | tuple[int, int] | None = None,
                    occurrence: str = "all") -> torch.Tensor:
-        """(C, S, S): the word map of each class's word, in the dict's order."""
-        aggregated = self.aggregate(i, size)  # once for all classes
-        return torch.stack([self._reduce(aggregated[self.token_positions(i, w, occurrence)]) for w in class_words.values()])
+        """(C, S, S): the word map of each class's word, in the dict's order (auto aggregation: heads weighted
+        by the maps of these words)."""
+        positions = [self.token_positions(i, w, occurrence) for w in class_words.values()]
+        aggregated = self.aggregate(i, size, focus=[k for pos in positions for k in pos])  # once for all classes
+        return torch.stack([self._reduce(aggregated[pos]) for pos in positions])
 
     def _reduce(self, maps: torch.Tensor, reduce: str | None = None) -> torch.Tensor:
         """Tokens of one word -> one map."""

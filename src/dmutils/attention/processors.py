@@ -45,6 +45,7 @@ class CaptureAttnProcessor:
     """``AttnProcessor2_0`` that records the probabilities of one layer into ``state``."""
 
     max_chunk_bytes = 256 * 2**20  # float32 scores computed at once; more heads are done in chunks
+    layer = ""  # the layer's name, set by capture: auto aggregation keeps each layer's heads apart
 
     def __init__(self, state: CaptureState, kind: str, resolution: int, original) -> None:
         if not isinstance(original, SUPPORTED):
@@ -116,6 +117,7 @@ class CaptureAttnProcessor:
         per_head = n * queries * key.shape[-2] * 4
         step = max(1, min(heads, self.max_chunk_bytes // max(per_head, 1)))
         reduce_max = self.state.head_reduce == "max"
+        kept = [] if self.state.keeps_heads(self.kind) else None
         reduced, outs = None, []
         for h in range(0, heads, step):
             heads_h = slice(h, h + step)
@@ -125,8 +127,11 @@ class CaptureAttnProcessor:
                 outs.append(torch.matmul(probs.to(value.dtype), value[:, heads_h]))
             part = probs.amax(1) if reduce_max else probs.sum(1)
             reduced = part if reduced is None else (torch.maximum(reduced, part) if reduce_max else reduced.add_(part))
+            if kept is not None:
+                kept.append(probs)
             del probs
-        self.state.add(self.kind, self.resolution, reduced if reduce_max else reduced.div_(heads))
+        self.state.add(self.kind, self.resolution, reduced if reduce_max else reduced.div_(heads),
+                       heads=None if kept is None else torch.cat(kept, 1), layer=self.layer)
         return torch.cat(outs, dim=1) if value is not None else None
 
     @staticmethod

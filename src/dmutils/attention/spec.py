@@ -11,6 +11,7 @@ STREAMS = ("dual", "single", "both")
 TEXT_PARTS = ("clip", "t5", "llama")
 JOINT_NORMS = ("text_softmax", "joint_slice")
 MAP_SPACES = ("attention", "output")
+AGGREGATES = ("mean", "auto")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class CaptureSpec:
     text_part: str = "clip"
     joint_norm: str = "joint_slice"
     map_space: str = "attention"
+    aggregate: str = "mean"  # cross maps over heads and layers: "mean", or "auto" (dmutils.attention.aggregate)
 
     def __post_init__(self) -> None:
         if self.transformer_blocks is not None:
@@ -50,7 +52,7 @@ class CaptureSpec:
         if not 0.0 <= self.depth[0] < self.depth[1] <= 1.0:
             raise ValueError(f"depth must be (start, end) with 0 <= start < end <= 1, got {self.depth}")
         for name, allowed in (("flux_streams", STREAMS), ("text_part", TEXT_PARTS), ("joint_norm", JOINT_NORMS),
-                              ("map_space", MAP_SPACES)):
+                              ("map_space", MAP_SPACES), ("aggregate", AGGREGATES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("cross_resolutions", "self_resolutions", "blocks", "timestep_window"):
@@ -88,7 +90,8 @@ class CaptureSpec:
                    resolution_weights=dict(resolution_weights) if resolution_weights else None,
                    transformer_blocks=tuple(capture.transformer_blocks) if capture.transformer_blocks is not None else None,
                    depth=tuple(capture.depth), flux_streams=capture.flux_streams, text_part=capture.text_part,
-                   joint_norm=capture.joint_norm, map_space=capture.map_space)
+                   joint_norm=capture.joint_norm, map_space=capture.map_space,
+                   aggregate=capture.aggregate)
 
     def resolutions(self, kind: str) -> tuple[int, ...]:
         return self.cross_resolutions if kind == "cross" else self.self_resolutions

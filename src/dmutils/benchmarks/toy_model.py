@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from dmutils.config import load_params
+from dmutils.config import deep_merge, load_params, parse_overrides
 from dmutils.oracles import toy_unet as oracle_mod
 from dmutils.toy.probe import (
     PROTOCOL_GUIDANCE,
@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> dict:
     quick = getattr(args, "quick", False)
     model = getattr(args, "model", None)
     # --model: another toy model (e.g. models/toy-sd3), loaded as its model_index.json says, with its own scheduler
-    params = load_params("params/toy.yaml", {"model": other_model(model)} if model else None)
+    overrides = parse_overrides(getattr(args, "overrides", None) or [])  # --set, e.g. capture.aggregate=auto
+    params = load_params("params/toy.yaml", deep_merge(overrides, {"model": other_model(model)}) if model else overrides or None)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pipe = load_pipeline(params.model, device="cpu")
     orc = oracle_mod.load()
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> dict:
         "attention_miou_at_params_guidance": round(at_params["attention_miou"], 4),
         "params_guidance_scale": params.model.guidance_scale,
         "cross_resolutions": list(params.capture.cross_resolutions),
+        "aggregate": params.capture.aggregate,
         "images": n,
         **_common(pipe, orc, params, quick),
         **inputs,

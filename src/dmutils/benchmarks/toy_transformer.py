@@ -64,6 +64,7 @@ def run_transformer(pipe, params, orc, n: int, batch: int, steps: int, quick: bo
         "text_isolated": isolated,
         "presence_rate_by_route": presence_by_route(pipe, orc, n, steps),
         "map_grid": grid,
+        "aggregate": params.capture.aggregate,
         "blocks": blocks,
         "guidance_scale": PROTOCOL_GUIDANCE,
         "images": n,

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "instead of params/toy.yaml (e.g. params/toy_sd3.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="segmenter: run.seed (prompts, sample seeds, training), to see "
                         "how much its figures move between seeds")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="toy-model: override a param of params/toy.yaml, e.g. --set capture.aggregate=auto (repeatable)")
     from dmutils.benchmarks import claims, study_options
 
     claims.add_arguments(parser)
@@ -81,6 +83,8 @@ def command_line(args: argparse.Namespace) -> list[str]:
     from dmutils.benchmarks.study_options import command_flags
 
     argv += command_flags(args)
+    for item in getattr(args, "overrides", None) or []:
+        argv += ["--set", item]
     argv += [f"--{flag}" for flag in ("quick", "json") if getattr(args, flag, False)]
     if getattr(args, "out", None):
         argv += ["--out", str(args.out)]

@@ -96,6 +96,9 @@ class CaptureParams(_Strict):
     timestep_window: tuple[float, float] = Field((0.5, 1.0), description="fraction of the denoising steps, 0 = first step")
     head_reduce: Literal["mean", "max"] = "mean"
     token_reduce: Literal["mean", "max", "sum"] = "mean"
+    aggregate: Literal["mean", "auto"] = Field(
+        "mean", description="cross maps over heads and layers: 'mean' = every head and layer alike; 'auto' = weighted per "
+        "head and layer from the maps alone (their spatial concentration), the weights kept in the metadata (docs/capture.md)")
     # Diffusion transformers (SD3/SD3.5, FLUX.1): every block's maps lie on the patch grid (latent side / patch size,
     # 32 for SD3.5 and FLUX.1 at 512 px), so cross/self_resolutions name that side; blocks are chosen here instead.
     transformer_blocks: list[int] | None = Field(None, description="transformer block indices (FLUX.1: the dual-stream blocks "

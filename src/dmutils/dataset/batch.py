@@ -22,7 +22,8 @@ def generate_batch(pipe, specs: list[SampleSpec], params: Params, batch_size: in
 
     Returns per sample: image (H, W, 3) uint8, cross {res: (C, r, r) float16}, self_attn
     {res: (N, N) float16} when the masks need it, and a reject reason or None. Self-attention is
-    captured only when the masks read it (:func:`dmutils.masks.refine.uses_self_attention`)."""
+    captured only when the masks read it (:func:`dmutils.masks.refine.uses_self_attention`). With
+    ``capture.aggregate: auto``, ``head_weights`` is the choice made for the sample's class words (else None)."""
     import dataclasses
     import inspect
 
@@ -50,15 +51,18 @@ def generate_batch(pipe, specs: list[SampleSpec], params: Params, batch_size: in
     images = (np.clip(np.asarray(out.images), 0, 1) * 255).round().astype(np.uint8)
     results = []
     for i, s in enumerate(specs):
-        item = {"image": images[i], "cross": {}, "self_attn": None, "reason": None}
+        item = {"image": images[i], "cross": {}, "self_attn": None, "reason": None, "head_weights": None}
         try:
             pos = [maps.token_positions(i, s.words[c]) for c in s.classes]
         except WordLookupError as e:
             item["reason"] = f"class word not in prompt: {e}"
             results.append(item)
             continue
+        focus = [k for p in pos for k in p]  # auto aggregation weighs heads by the class words' maps
+        if maps.heads:
+            item["head_weights"] = maps.head_weights(i, focus)
         for res in maps.cross_resolutions:
-            a = maps.cross(i, res)
+            a = maps.cross(i, res, focus)
             item["cross"][res] = torch.stack([_reduce(a[p], spec.token_reduce) for p in pos]).numpy().astype(np.float16)
         if need_self:
             item["self_attn"] = {r: maps.self_attention(i, r).numpy().astype(np.float16) for r in maps.self_resolutions}
@@ -74,6 +78,7 @@ def sample_job(s: SampleSpec, item: dict, params: Params, params_hash: str, root
     record = {"index": s.index, "id": s.id, "prompt": s.prompt, "seed": s.seed, "classes": list(s.classes),
               "words": s.words, "class_prompt": s.class_prompt, "source": s.source, "model": params.model.path,
               "params_hash": params_hash, "reason": item["reason"],
+              **({"head_weights": item["head_weights"]} if item.get("head_weights") else {}),
               "split": "val" if sample_uniform(params.run.seed, s.index, "split") < ds.val_fraction else "train"}
     return {"record": record, "root": str(root), "image": item["image"], "cross": item["cross"],
             "self_attn": item["self_attn"], "class_ids": [class_index[c] for c in s.classes],

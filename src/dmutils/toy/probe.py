@@ -44,7 +44,8 @@ def protocol_spec(params, window: tuple[float, float] | None = None):
 
     c = params.capture
     return CaptureSpec(cross_resolutions=tuple(c.cross_resolutions), self_resolutions=(), blocks=tuple(c.blocks),
-                       timestep_window=tuple(window or c.timestep_window), head_reduce=c.head_reduce, token_reduce=c.token_reduce)
+                       timestep_window=tuple(window or c.timestep_window), head_reduce=c.head_reduce, token_reduce=c.token_reduce,
+                       aggregate=c.aggregate)
 
 
 def found_named(truth: np.ndarray, classes, min_fraction: float = 0.01) -> list[bool]:
@@ -118,7 +119,8 @@ def kind_spec(params, grid: int, kind: str, blocks: tuple[int, ...] | None):
     joint_norm, space, _ = KINDS[kind]
     c = params.capture
     return CaptureSpec(cross_resolutions=(grid,), self_resolutions=(), timestep_window=tuple(c.timestep_window), head_reduce=c.head_reduce,
-                       token_reduce=c.token_reduce, transformer_blocks=blocks, joint_norm=joint_norm, map_space=space)
+                       token_reduce=c.token_reduce, transformer_blocks=blocks, joint_norm=joint_norm, map_space=space,
+                       aggregate=c.aggregate)
 
 
 def presence_by_route(pipe, orc, n: int, steps: int, min_fraction: float = 0.01) -> dict:

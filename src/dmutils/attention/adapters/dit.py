@@ -70,6 +70,7 @@ class _SideRecorder:
 
     max_chunk_bytes = CaptureAttnProcessor.max_chunk_bytes
     kind = ""
+    layer = ""  # the layer's name, set by capture (auto aggregation)
 
     def __init__(self, state: CaptureState, resolution: int, original) -> None:
         self.state, self.resolution, self.original = state, resolution, original
@@ -99,14 +100,18 @@ class _SideRecorder:
             mask = attn.prepare_attention_mask(mask, keys, n).view(n, heads, -1, keys)
         step = max(1, min(heads, self.max_chunk_bytes // max(n * queries * keys * 4, 1)))
         reduce_max = self.state.head_reduce == "max"
+        kept = [] if self.state.keeps_heads(self.kind) else None
         reduced = None
         for h in range(0, heads, step):
             heads_h = slice(h, h + step)
             probs = self.weights(query[:, heads_h], key[:, heads_h], None if mask is None else mask[:, heads_h])
             part = probs.amax(1) if reduce_max else probs.sum(1)
             reduced = part if reduced is None else (torch.maximum(reduced, part) if reduce_max else reduced.add_(part))
+            if kept is not None:
+                kept.append(probs)
             del probs
-        self.state.add(self.kind, self.resolution, reduced if reduce_max else reduced.div_(heads))
+        self.state.add(self.kind, self.resolution, reduced if reduce_max else reduced.div_(heads),
+                       heads=None if kept is None else torch.cat(kept, 1), layer=self.layer)
 
     def weights(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """(batch, heads, queries, keys) weights the layer mixes its values with, float32."""

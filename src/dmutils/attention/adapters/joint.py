@@ -43,6 +43,7 @@ class JointCaptureProcessor:
         self.stream, self.concepts = stream, concepts
         self.packed = packed  # () -> (text keys, per-sample text lengths) where each sample packs [its text, image, padding]
         self.text_start = n_image if text_start is None else text_start  # image first: where the text starts (after padding)
+        self.layer = ""  # the layer's name, set by capture (auto aggregation keeps each layer's heads apart)
         # diffusers passes a processor only the keyword arguments its __call__ names: those of the original
         self.__dict__["__call__"] = original.__call__
         self._calls = 0
@@ -117,11 +118,11 @@ class JointCaptureProcessor:
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
         image, text = self._layout(key.shape[2])
         out = attend_and_record(self.state, self._kinds(text), self.resolution, query, key, value, image, text, self.text_part,
-                                self.joint_norm, attn_mask=mask)
+                                self.joint_norm, attn_mask=mask, layer=self.layer)
         if self._concepts(text):  # class/concept tokens read the image through this block's text-stream weights
             c = self.state.cond
             self.stream.attend(self._module, query[c, :, image], key[c, :, image], value[c, :, image], out[c, :, image],
-                               self.resolution if "cross" in self.kinds else None)
+                               self.resolution if "cross" in self.kinds else None, layer=self.layer)
         return out
 
     def _record_only(self, query, key, mask):
@@ -133,7 +134,7 @@ class JointCaptureProcessor:
             kinds = self._kinds(text)
             if kinds:
                 record_joint(self.state, kinds, self.resolution, query, key, image, text, self.text_part, self.joint_norm,
-                             mask=mask)
+                             mask=mask, layer=self.layer)
 
     def _unpack(self, query, key):
         """Each sample's [text, image, padding] (its own text length) as [text padded to the text keys, image], the same

@@ -1,0 +1,126 @@
+"""capture.aggregate: auto weights layers and heads from the maps alone; the default mean costs and gives what it did."""
+import numpy as np
+import pytest
+import torch
+
+from dmutils.attention import CaptureSpec, capture
+from dmutils.attention.aggregate import auto_weights, combine, concentration
+from dmutils.config import load_params
+from dmutils.errors import ParamsError
+from dmutils.testing.dits import tiny_sd3_pipeline
+from dmutils.testing.sd import tiny_sd15_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PROMPTS = ["a dog on the grass", "an aeroplane in the sky"]
+
+
+def _softmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    return scores.softmax(-1)
+
+
+def _maps(concentrated: bool, heads: int = 2, side: int = 8, keys: int = 5) -> torch.Tensor:
+    """(heads, side*side, keys) rows over the keys; key 1's map a bright blob (concentrated) or flat."""
+    scores = torch.zeros(heads, side * side, keys)
+    if concentrated:  # key 1 attended to at 4 pixels, hardly anywhere else
+        scores[..., 1] = -6.0
+        scores.view(heads, side, side, keys)[:, 2:4, 2:4, 1] = 6.0
+    return _softmax_rows(scores)
+
+
+def test_concentration_orders_a_blob_above_a_flat_map():
+    flat, blob = torch.ones(64), torch.zeros(64)
+    blob[:4] = 1
+    assert concentration(flat).item() == pytest.approx(0, abs=1e-6)
+    assert concentration(blob).item() > 0.5
+
+
+def test_auto_weights_favour_the_concentrated_layer_heads_and_sum_to_one():
+    layers = {"uniform": _maps(False), "concentrated": _maps(True)}
+    w = auto_weights(layers, focus=[1])
+    assert set(w) == {"uniform", "concentrated"} and all(v.shape == (2,) for v in w.values())
+    assert w["concentrated"].min() > 10 * w["uniform"].max()
+    assert float(sum(v.sum() for v in w.values())) == pytest.approx(1, abs=1e-6)
+    again = auto_weights({k: v.clone() for k, v in layers.items()}, focus=[1])
+    assert all(torch.equal(w[k], again[k]) for k in w)  # deterministic
+    assert combine(layers, w).shape == (64, 5)
+
+
+def test_heads_with_one_budget_count_by_shape_a_joint_slice_by_its_mass():
+    """Rows that are distributions over the text: a head giving the word half the mass is scaled up to its
+    neighbour; rows that are not (a joint-attention slice) keep their mass."""
+    heads = _maps(True)
+    weak = heads.clone()
+    weak[1] = heads[1] * 0.5
+    weak[1, :, 0] += 1 - weak[1].sum(-1)  # the rest goes to the start token: rows still sum to 1
+    w = auto_weights({"layer": weak}, focus=[1])["layer"]
+    assert w[1] > w[0]
+    w = auto_weights({"layer": heads * 0.3}, focus=[1])["layer"]  # rows sum to 0.3: not distributions
+    assert torch.allclose(w, torch.full((2,), 0.5))
+
+
+def test_a_bad_aggregate_is_a_one_line_params_error():
+    assert load_params(None).capture.aggregate == "mean"
+    assert load_params(None, ["capture.aggregate=auto"]).capture.aggregate == "auto"
+    with pytest.raises(ParamsError) as err:
+        load_params(None, ["capture.aggregate=best"])
+    assert "aggregate" in str(err.value) and "\n" not in str(err.value).strip()
+    with pytest.raises(ValueError, match="aggregate"):
+        CaptureSpec(aggregate="best")
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return tiny_sd15_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def sd3():
+    return tiny_sd3_pipeline()
+
+
+def _run(pipe, spec, **kw):
+    gens = [torch.Generator().manual_seed(s) for s in range(len(PROMPTS))]
+    with capture(pipe, spec) as rec:
+        images = pipe(PROMPTS, generator=gens, num_inference_steps=2, output_type="np", **kw).images
+    return rec, rec.maps(PROMPTS), images
+
+
+def test_mean_keeps_no_heads_and_gives_the_same_bytes_as_the_mean_sums_under_auto(sd):
+    spec = CaptureSpec(cross_resolutions=(16, 8), self_resolutions=(8,))
+    rec, maps, images = _run(sd, spec)
+    assert rec.state.heads == {} and maps.heads == {} and maps.head_weights(0) == {}
+    peak = rec.state.peak_bytes
+    auto_rec, auto_maps, auto_images = _run(sd, CaptureSpec(cross_resolutions=(16, 8), self_resolutions=(8,), aggregate="auto"))
+    np.testing.assert_array_equal(images, auto_images)  # capture never changes the images
+    for res in (16, 8):  # the mean sums are what they were: auto only adds the per-head maps
+        assert torch.equal(rec.state.sums[("cross", res)], auto_rec.state.sums[("cross", res)])
+        assert maps.cross(0, res).numpy().tobytes() == maps._cross[res][0].numpy().tobytes()
+    assert torch.equal(maps.self_attention(1, 8), auto_maps.self_attention(1, 8))
+    assert auto_rec.state.peak_bytes > peak  # the heads cost memory only when asked for
+
+
+def _check_weights(maps, layer_names, res):
+    for i in range(len(PROMPTS)):
+        chosen = maps.head_weights(i)
+        assert list(chosen) == [res] and set(chosen[res]) == layer_names
+        total = sum(sum(w) for w in chosen[res].values())
+        assert total == pytest.approx(1, abs=1e-4) and all(x >= 0 for w in chosen[res].values() for x in w)
+        word = maps.word_map(i, PROMPTS[i].split()[1], 16)
+        assert word.shape == (16, 16) and torch.isfinite(word).all()
+
+
+def test_auto_on_a_unet_records_a_weight_per_layer_and_head(sd):
+    rec, maps, _ = _run(sd, CaptureSpec(cross_resolutions=(8,), self_resolutions=(), aggregate="auto"))
+    names = {name for (_, name) in rec.state.heads}
+    assert names and all(name.endswith("attn2") for name in names)
+    assert all(h.shape[1] == 8 for h in maps.heads[8].values())  # 8 heads a layer
+    _check_weights(maps, names, 8)
+    again = _run(sd, CaptureSpec(cross_resolutions=(8,), self_resolutions=(), aggregate="auto"))[1]
+    assert maps.head_weights(1) == again.head_weights(1)  # deterministic
+
+
+def test_auto_on_a_joint_attention_transformer_records_its_blocks(sd3):
+    rec, maps, _ = _run(sd3, CaptureSpec(cross_resolutions=(8,), self_resolutions=(), aggregate="auto"), max_sequence_length=8)
+    names = {name for (_, name) in rec.state.heads}
+    assert names == {f"transformer_blocks.{b}.attn" for b in range(4)}
+    _check_weights(maps, names, 8)
