@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 NUMBER = r"(\d[\d,]*(?:\.\d+)?)"
 # the figure, then at most eight words without digits or brackets ("0.958 of the named objects"), then the marker
-PROSE = re.compile(NUMBER + r"\**(?:\s+[^\s\d()]+){0,8}\s*\(from\s+`([^`]+\.json)`,\s+key\s+`([^`]+)`\)")
-# a link may carry a sign ("[+2.1](results/claims.json "rows.0.segmenter.diff")"): differences are quoted with theirs
+PROSE = re.compile(r"([+-]?" + NUMBER[1:] + r"\**(?:\s+[^\s\d()]+){0,8}\s*\(from\s+`([^`]+\.json)`,\s+key\s+`([^`]+)`\)")
+# a figure may carry a sign ("[+2.1](results/claims.json "rows.0.segmenter.diff")"): differences are quoted with theirs
 LINK = re.compile(r"\[([+-]?" + NUMBER[1:] + r"\]\(([^)\s]+\.json)\s+\"([^\"]+)\"\)")
 
 
