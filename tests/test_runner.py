@@ -1,13 +1,16 @@
 """``dmutils run``: papermill over a tiny temp notebook sequence, the failure path, the index, nb helpers.
 
-Each executed notebook starts a kernel (seconds), so only four tests execute notebooks; the rest
+Each executed notebook starts a kernel (seconds), so only six tests execute notebooks; the rest
 check what must happen before any kernel starts.
 """
 import ast
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -38,6 +41,7 @@ ctx.save_table(pd.DataFrame({"x": [1]}), "extra")
     "b_placeholder": 'ctx.placeholder("filled by a later issue")',
     "c_fail": 'raise ValueError("boom 42")',
     "d_after": 'open("should_not_run", "w").write("ran")',
+    "e_slow": 'import pathlib, time\npathlib.Path(ctx.run_dir, "started").write_text("yes")\ntime.sleep(120)',
 }
 
 
@@ -125,6 +129,37 @@ def test_failing_notebook_stops_the_run_and_keeps_the_report(project, capsys):
     assert any(o.get("ename") == "ValueError" for c in failed.cells for o in c.get("outputs", []))
     index = (d / "index.html").read_text()
     assert "boom 42" in index and "not run" in index and 'class="badge failed"' in index
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_cancel_during_run_keeps_the_report_and_says_how_to_resume(project, sig):
+    """Ctrl-C or a scheduler's cancel of ``dmutils run`` mid-notebook: exit 130, one line, no traceback; run.json and
+    index.html say which notebook was interrupted and which did not run; a re-run of the finished ones works."""
+    path, d = project("a_ok", "e_slow", "d_after"), project.run_dir
+    proc = subprocess.Popen([sys.executable, "-m", "dmutils", "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and not (d / "started").is_file():
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it could be stopped: {proc.stdout.read().decode()[-2000:]}"
+        os.killpg(proc.pid, sig)
+        output = proc.communicate(timeout=120)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in output, output
+    assert [x for x in output.splitlines() if "interrupted" in x] == [
+        "dmutils run: interrupted; finished work is kept, re-run to resume"], output
+    run = json.loads((d / "run.json").read_text())
+    assert run["status"] == "interrupted"
+    assert [(n["name"], n["status"]) for n in run["notebooks"]] == [("a_ok", "ok"), ("e_slow", "interrupted"),
+                                                                     ("d_after", "not run")]
+    index = (d / "index.html").read_text()
+    assert "interrupted" in index and 'src="figures/line.png"' in index  # the finished notebook's work is shown
+    assert not list(d.rglob("*.tmp")) and not (d.parents[1] / "nbs" / "should_not_run").exists()
+    assert cli.main(["run", str(project("a_ok"))]) == 0  # the re-run (here of the finished notebook) goes on
 
 
 def test_plain_papermill_cli_from_another_working_dir(tmp_path):

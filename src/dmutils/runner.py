@@ -155,20 +155,46 @@ def run(params_file: str | Path | None = None, overrides: list[str] | None = Non
     return record
 
 
-def kernel_options() -> dict[str, Any]:
-    """papermill keyword arguments that start each kernel with CurveZMQ keys provisioned by the kernel manager.
+def kernel_options(kernel_log: Path | None = None) -> dict[str, Any]:
+    """papermill keyword arguments that start each kernel with CurveZMQ keys provisioned by the kernel manager,
+    and with ``kernel_log`` its stderr written to that file instead of the terminal.
 
     ipykernel >= 7.4 warns "Kernel is running over TCP without encryption" on every start otherwise.
     ``KernelManager.transport_encryption = "auto"`` (jupyter_client >= 8.9) encrypts when the kernel spec
     declares ``supported_encryption: curve`` (ipykernel's specs do) and libzmq has CURVE; else nothing changes.
+    The kernel's own log goes to a file because on Ctrl-C it logs a traceback of a reply it can no longer send (its
+    manager has closed the sockets): the user's terminal keeps the one line that says what happened.
     """
     import zmq
     from jupyter_client import KernelManager
     from traitlets.config import Config
 
-    if not (KernelManager.class_traits().get("transport_encryption") and zmq.has("curve")):
-        return {}
-    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
+    config = {}
+    if KernelManager.class_traits().get("transport_encryption") and zmq.has("curve"):
+        config["KernelManager"] = {"transport_encryption": "auto"}
+    options: dict[str, Any] = {}
+    if kernel_log is not None:
+        config["LoggedKernelManager"] = {"stderr_file": str(kernel_log)}
+        options["kernel_manager_class"] = _logged_kernel_manager()
+    return {**options, "config": Config(config)} if config else options
+
+
+def _logged_kernel_manager() -> type:
+    """An AsyncKernelManager (nbclient's default) that starts its kernel with stderr appended to ``stderr_file``."""
+    from jupyter_client import AsyncKernelManager
+    from traitlets import Unicode
+
+    class LoggedKernelManager(AsyncKernelManager):
+        stderr_file = Unicode("", config=True, help="the file the kernel's stderr is appended to")
+
+        async def start_kernel(self, **kw: Any) -> None:
+            if not self.stderr_file:
+                return await super().start_kernel(**kw)
+            Path(self.stderr_file).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.stderr_file, "ab") as log:  # the kernel keeps its own copy of the descriptor
+                return await super().start_kernel(stderr=log, **kw)
+
+    return LoggedKernelManager
 
 
 def _execute(src: Path, entry: dict[str, Any], run_dir: Path, params_file: Path | None,
@@ -177,17 +203,23 @@ def _execute(src: Path, entry: dict[str, Any], run_dir: Path, params_file: Path 
     import papermill as pm
 
     out = run_dir / "notebooks" / src.name
+    kernel_log = out.with_suffix(".kernel.log")
+    kernel_log.unlink(missing_ok=True)
     before = len(nb.read_artifacts(run_dir))
     parameters = {"params_file": str(params_file) if params_file else "", "overrides": overrides, "run_dir": str(run_dir)}
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(src), str(out), parameters=parameters, kernel_name=kernel, cwd=str(src.parent),
-                            progress_bar=sys.stderr.isatty(), log_output=False, **kernel_options())
+                            progress_bar=sys.stderr.isatty(), log_output=False, **kernel_options(kernel_log))
     except pm.PapermillExecutionError as e:
         entry["error"] = {"cell": e.exec_count, "ename": e.ename, "evalue": e.evalue}
     except Exception as e:  # the kernel died or would not start: still a failure of this notebook
         entry["error"] = {"cell": None, "ename": type(e).__name__, "evalue": str(e)}
     entry["seconds"] = round(time.perf_counter() - t0, 2)
+    if kernel_log.is_file() and kernel_log.stat().st_size:
+        entry["kernel_log"] = kernel_log.relative_to(run_dir).as_posix()
+    else:
+        kernel_log.unlink(missing_ok=True)
     entry["artifacts"] = nb.read_artifacts(run_dir)[before:]
     if out.is_file():
         entry["ipynb"] = out.relative_to(run_dir).as_posix()
