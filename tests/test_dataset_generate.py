@@ -6,9 +6,7 @@ import errno
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from dmutils.dataset.remask import mask_overrides, remask_dataset
 from dmutils.dataset.shards import merge_shards
 from dmutils.dataset.pool import make_pool
 from dmutils.errors import DiskFullError, ParamsError, UserError, WorkersKilledError
+from dmutils.testing.signals import stop_when
 
 N = 4
 
@@ -152,24 +151,8 @@ def _stop_after_first_sample(setup, out: Path, sig: int) -> tuple[int, str]:
     cmd = [sys.executable, "-c", SECOND_BATCH_WAITS, "generate", str(setup["file"]), "--no-progress",
            "--set", f"dataset.out_dir={out}"]
     torch.set_num_threads(1)
-    # SIGINT back to its default: a shell that started this test in the background may have set it to ignore
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    manifest, deadline = out / "manifest.jsonl", time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if manifest.is_file() and manifest.read_bytes().count(b"\n") >= 1:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"generate ended before it could be stopped: {proc.stdout.read().decode()[-2000:]}"
-        os.killpg(proc.pid, sig)
-        output = proc.communicate(timeout=120)[0].decode()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return proc.returncode, output
+    manifest = out / "manifest.jsonl"
+    return stop_when(cmd, lambda: manifest.is_file() and manifest.read_bytes().count(b"\n") >= 1, sig, "generate")
 
 
 def _resume_equals_reference(setup, out: Path) -> None:

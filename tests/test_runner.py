@@ -5,12 +5,10 @@ check what must happen before any kernel starts.
 """
 import ast
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -24,6 +22,7 @@ from dmutils import nb, report, runner
 from dmutils.config import load_params
 from dmutils.errors import ParamsError
 from dmutils.paths import REPO_ROOT
+from dmutils.testing.signals import stop_when
 
 REMOTE_RESOURCE = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.I)
 PARAMETERS = 'params_file = "../params/toy.yaml"\noverrides = []\nrun_dir = ""'
@@ -136,20 +135,8 @@ def test_ctrl_c_or_cancel_during_run_keeps_the_report_and_says_how_to_resume(pro
     """Ctrl-C or a scheduler's cancel of ``dmutils run`` mid-notebook: exit 130, one line, no traceback; run.json and
     index.html say which notebook was interrupted and which did not run; a re-run of the finished ones works."""
     path, d = project("a_ok", "e_slow", "d_after"), project.run_dir
-    proc = subprocess.Popen([sys.executable, "-m", "dmutils", "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None and not (d / "started").is_file():
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the run ended before it could be stopped: {proc.stdout.read().decode()[-2000:]}"
-        os.killpg(proc.pid, sig)
-        output = proc.communicate(timeout=120)[0].decode()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == 130 and "Traceback" not in output, output
+    code, output = stop_when([sys.executable, "-m", "dmutils", "run", str(path)], (d / "started").is_file, sig, "run")
+    assert code == 130 and "Traceback" not in output, output
     assert [x for x in output.splitlines() if "interrupted" in x] == [
         "dmutils run: interrupted; finished work is kept, re-run to resume"], output
     run = json.loads((d / "run.json").read_text())

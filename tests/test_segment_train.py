@@ -1,10 +1,7 @@
 """Training (SegFormer, Mask2Former), checkpoint/resume, noise learning and the train/evaluate commands."""
 import json
-import os
 import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +17,7 @@ from dmutils.segment.data import VOCLayoutDataset
 from dmutils.segment.models import build_segmenter, load_segmenter, semantic_to_masks
 from dmutils.segment.noise import drop_noisy, noise_learning
 from dmutils.segment.train import train_segmenter
+from dmutils.testing.signals import stop_when
 
 CLASSES = ["background", *CLASS_NAMES]
 TINY_SEGFORMER = {"hidden_sizes": [8, 16, 16, 16], "depths": [1, 1, 1, 1], "num_attention_heads": [1, 1, 1, 1],
@@ -191,21 +189,7 @@ def _train_args(params_file, out, *extra) -> list[str]:
 
 def _stop_at_step_2(args: list[str], checkpoint, sig: int) -> tuple[int, str]:
     """Run ``dmutils ARGS`` in a subprocess, send ``sig`` once ``checkpoint`` exists; its exit code and output."""
-    proc = subprocess.Popen([sys.executable, "-c", STEP_2_WAITS, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and proc.poll() is None and not checkpoint.is_file():
-            time.sleep(0.02)
-        assert proc.poll() is None, f"train ended before it could be stopped: {proc.stdout.read().decode()[-2000:]}"
-        os.killpg(proc.pid, sig)
-        output = proc.communicate(timeout=120)[0].decode()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return proc.returncode, output
+    return stop_when([sys.executable, "-c", STEP_2_WAITS, *args], checkpoint.is_file, sig, "train")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
