@@ -174,3 +174,16 @@ def open_vocab_table(study: OpenVocabStudy, boot_seed: int = 0) -> pd.DataFrame:
                 row |= tr.flat("vs_real_only", tr.interval(per_arm[arm], per_arm[ARMS[0]], statistic=stat, seed=boot_seed))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def conclusions(table: pd.DataFrame) -> list[str]:
+    """The study's answer per group (seen, unseen, harmonic) as sentences, computed from :func:`open_vocab_table`."""
+    out = []
+    for group, rows in table.groupby("group", sort=False):
+        alone, both = rows[rows.arm == ARMS[0]].iloc[0], rows[rows.arm == ARMS[1]].iloc[0]
+        out.append(f"{group}: {alone['miou']:.3f} with the seen real labels alone, {both['miou']:.3f} with the unseen "
+                   f"classes' synthetic masks added; difference {both['vs_real_only']:+.3f} "
+                   f"[{both['vs_real_only_lo']:+.3f}, {both['vs_real_only_hi']:+.3f}], "
+                   f"{stats.reading(both['vs_real_only_lo'], both['vs_real_only_hi'])}.")
+    return out
+
