@@ -7,7 +7,7 @@ opened in JupyterLab the defaults work. Then::
     ctx = nb.setup(params_file, overrides, run_dir)
     ctx.save_figure(fig, "iou_vs_threshold", caption="...", key=True)
     ctx.save_table(df, "per_class_iou", caption="...", key=True)
-    ctx.conclude(study.conclusions(df))  # sentences computed from the tables, shown and recorded
+    ctx.conclude(study.conclusions(ctx.table("per_class_iou")))  # computed from the saved tables, shown and recorded
 
 Every figure/table/status is also appended to ``<run_dir>/artifacts.jsonl``; the runner files
 each line under the notebook that was running and the index shows the ``key`` ones.
@@ -112,6 +112,17 @@ class Context:
         self._record(kind="table", name=name, caption=caption, key=key, files={"csv": _rel(path, self.run_dir)},
                      shape=list(df.shape), **({"indicative": indicative} if indicative else {}))
         return path
+
+    def table(self, name: str, missing_ok: bool = False) -> Any:
+        """A table this run saved, read back from its CSV (what conclusions are computed from); ``None`` when it is
+        missing and ``missing_ok``."""
+        import pandas as pd
+
+        _check_name(name)
+        path = self.tables_dir / f"{name}.csv"
+        if missing_ok and not path.is_file():
+            return None
+        return pd.read_csv(path)
 
     def conclude(self, sentences: list[str]) -> list[str]:
         """The notebook's conclusions: shown as Markdown (one paragraph each) and recorded, so the index shows them

@@ -452,9 +452,7 @@ def conclusions(results: Any) -> list[str]:
     threshold, chosen on other images, excludes 0), those within noise, and the segmenter scores (one short training
     each, no interval: indicative). Variants that change training only have the baseline's masks and are left to the
     segmenter sentence."""
-    import math
-
-    from dmutils.studies.wording import NEGLIGIBLE, NOISE, interval, num, signed, verdict
+    from dmutils.studies.wording import NEGLIGIBLE, NOISE, interval, missing, num, signed, verdict
 
     rows = results.to_dict("records")
     base = next((r for r in rows if r["group"] == "baseline"), None)
@@ -463,7 +461,7 @@ def conclusions(results: Any) -> list[str]:
     out = [f"The baseline (the run's params) makes masks of mIoU {num(base['miou'])} {interval(base['miou_lo'], base['miou_hi'], sign=False)} "
            f"against the oracle on {int(base['n'])} images, {num(base['tuned_miou'])} at its own threshold chosen on other images."]
     same = [r for r in rows if r is not base and r["tuned_delta"] == 0 and r["tuned_delta_lo"] == 0 and r["tuned_delta_hi"] == 0]
-    masked = [r for r in rows if r is not base and r not in same and not math.isnan(r["tuned_delta"])]
+    masked = [r for r in rows if r is not base and r not in same and not missing(r["tuned_delta"])]
     by = {}
     for r in masked:
         by.setdefault(verdict(r["tuned_delta_lo"], r["tuned_delta_hi"], value=r["tuned_delta"], negligible=NEGLIGIBLE), []).append(r)
@@ -480,8 +478,8 @@ def conclusions(results: Any) -> list[str]:
                "No variant makes better masks than the baseline beyond noise.")
     if by.get(NOISE):
         out.append("Within noise of the baseline: " + ", ".join(r["variant"] for r in by[NOISE]) + ".")
-    scored = [r for r in rows if not math.isnan(r["segmenter_miou"])]
-    if len(scored) >= 2 and not math.isnan(base["segmenter_miou"]):
+    scored = [r for r in rows if not missing(r["segmenter_miou"])]
+    if len(scored) >= 2 and not missing(base["segmenter_miou"]):
         hi = max(scored, key=lambda r: r["segmenter_miou"])
         lo = min(scored, key=lambda r: r["segmenter_miou"])
         out.append(f"Segmenters trained on each main variant score from {num(lo['segmenter_miou'])} ({lo['variant']}) to "
