@@ -84,3 +84,18 @@ def unsupported(sentences: Iterable[str], values: Iterable[float]) -> list[str]:
             if not (k < len(values) and values[k] <= x + tol):
                 bad.append(f"{text} (in: {s})")
     return bad
+
+
+def run_conclusions(run_dir: str | Path) -> list[list[str]]:
+    """The sentences of every ``ctx.conclude`` of a run, in order (one list per notebook that concluded)."""
+    from dmutils import nb
+
+    return [a["sentences"] for a in nb.read_artifacts(Path(run_dir)) if a.get("kind") == "conclusions"]
+
+
+def unsupported_in_run(run_dir: str | Path) -> list[str]:
+    """The numbers of a run's recorded conclusions that are no cell of its ``tables/*.csv`` (see :func:`unsupported`)."""
+    from dmutils import nb
+
+    values = table_numbers(sorted((Path(run_dir) / nb.TABLES).glob("*.csv")))
+    return unsupported([s for sentences in run_conclusions(run_dir) for s in sentences], values)
