@@ -129,7 +129,7 @@ class Context:
         under the notebook. The sentences are computed from the notebook's tables (``dmutils.studies.<study>.conclusions``),
         never typed: every number in them is a table cell, rounded."""
         sentences = [str(s) for s in sentences]
-        self._record(kind="conclusions", sentences=sentences)
+        self._record(kind="conclusions", name="conclusions", files={}, sentences=sentences)
         try:
             from IPython.display import Markdown, display
 

@@ -116,7 +116,7 @@ def conclusions(speed: pd.DataFrame, classes: pd.DataFrame, outcomes: pd.DataFra
                    f"{int(lo.samples)} samples; the most has {hi['class']}, {num(hi.pixel_share)} in {int(hi.samples)} samples"
                    + (f"; background covers {num(bg.iloc[0].pixel_share)}" if len(bg) else "") + ".")
     if len(never):
-        out.append("Never written, so the model does not draw it acceptably: " + ", ".join(never["class"]) + ".")
+        out.append("No written sample names " + ", ".join(never["class"]) + " (never prompted, or every attempt rejected).")
     if s.generated_now > 0:
         out.append(f"This run generated {int(s.generated_now)} samples in {short(s.seconds)} s, {short(s.samples_per_s)} samples/s "
                    "(this machine's throughput, not a property of the method).")
