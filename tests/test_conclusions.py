@@ -84,6 +84,10 @@ def test_study01_within_noise_and_refinement_that_concentrates():
     assert "within noise" in s[0]  # the excess's interval holds 0
     assert "up, away from the uniform level" in s[1] and "concentrates each class map on the object" in s[1]
     assert "above uniform" in s[1]
+    flat = study01.against_uniform(in_mask({"tau=0": [0.1, 0.12, 0.11, 0.1], "tau=2": [0.1, 0.121, 0.11, 0.1]}))
+    s = study01.conclusions(flat)
+    supported(s, flat)
+    assert "leaves the mass in the mask where it was, within noise" in s[0] and "spreads" not in s[0]
 
 
 # -- study 02 --------------------------------------------------------------------------------------

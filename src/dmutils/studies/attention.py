@@ -378,11 +378,15 @@ def conclusions(vs_uniform: pd.DataFrame, heads: pd.DataFrame | None = None) -> 
         falls = last.mass_in_mask < first.mass_in_mask
         towards = abs(last.excess) < abs(first.excess)
         seq = ", ".join(f"{num(t.loc[m, 'mass_in_mask'])} at {m}" for m in taus)
-        s = (f"Self-attention refinement (A_self^tau · A_cross) moves the mass in the mask {'down' if falls else 'up'}, "
-             f"{'towards' if towards else 'away from'} the uniform level: {seq}; at {taus[-1]} it is {against(taus[-1])}")
-        if falls and towards:
+        # a move is called only when the two ends' intervals against uniform do not overlap and it is not negligible
+        moved = (abs(last.mass_in_mask - first.mass_in_mask) >= NEGLIGIBLE
+                 and (last.excess_hi < first.excess_lo or last.excess_lo > first.excess_hi))
+        how = (f"moves the mass in the mask {'down' if falls else 'up'}, {'towards' if towards else 'away from'} the uniform level"
+               if moved else "leaves the mass in the mask where it was, within noise")
+        s = f"Self-attention refinement (A_self^tau · A_cross) {how}: {seq}; at {taus[-1]} it is {against(taus[-1])}"
+        if moved and falls and towards:
             s += ". On this run the refinement spreads each class map over the image rather than concentrating it on the object"
-        elif not falls and not towards:
+        elif moved and not falls and not towards:
             s += ". On this run the refinement concentrates each class map on the object"
         out.append(s + ".")
     windows = [m for m in t.index if m.startswith("window ")]
