@@ -218,6 +218,9 @@ def test_notebook_07_shows_the_committed_ledger_and_reruns_a_row(tmp_path, monke
     assert live.loc["dm_densecrf", "committed"] == next(r for r in committed["rows"] if r["id"] == "dm_densecrf")["mask"]["per_seed"][0]
     text = (tmp_path / "07.ipynb").read_text()
     assert claims.conclusions(committed["rows"])[0] in text  # the conclusions are the ledger's, computed
+    from dmutils.studies import wording
+
+    assert wording.run_conclusions(out) == [claims.conclusions(committed["rows"])]  # recorded for index.html
 
 
 def nb_tables():

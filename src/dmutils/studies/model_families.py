@@ -220,7 +220,7 @@ def conclusions(head: pd.DataFrame, table: pd.DataFrame) -> list[str]:
             out.append(f"{model}: with the caption in the pooled vector only, the named objects are present at a rate "
                        f"{num(route['pooled_only'])} against {num(route['both'])} with both routes"
                        + (f" and {num(route['tokens_only'])} with the tokens only" if "tokens_only" in route.index else "")
-                       + (": the objects survive without the tokens, so its maps need not localise them." if survives else "."))
+                       + (": the objects are as present without the tokens as with them, so its maps need not localise them." if survives else "."))
         cut = g[(g["view"] == "text-to-text attention") & (g["setting"] == "cut")]["miou"].dropna()
         best = head[head["model"] == model]
         if len(cut) and len(best) and not missing(best.iloc[0].attention_miou):
