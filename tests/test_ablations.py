@@ -268,6 +268,13 @@ def test_run_grid_trains_segmenters_for_flagged_variants_and_caches_them(tmp_pat
     assert rows.loc["splicing: on", "key"] == rows.loc["baseline: params", "key"]
     assert rows.loc["splicing: on", "miou"] == rows.loc["baseline: params", "miou"]
 
+    # study 05's conclusions on this grid: every number a cell of the table the notebook saves (its CSV)
+    from dmutils.studies import wording
+
+    said = ablations.conclusions(first)
+    assert said[0].startswith("The baseline") and any("indicative" in x for x in said)
+    assert wording.unsupported(said, map(float, wording.numbers(first.drop(columns=["key", "cached"]).to_csv(index=False)))) == []
+
     again = ablations.run_grid(count, params, variants, tmp_path / "cache", get_oracle(params), progress=False, test=test)
     assert count.factory_calls == 1 and again["cached"].all()
     pd.testing.assert_series_equal(again["segmenter_miou"], first["segmenter_miou"])

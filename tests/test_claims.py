@@ -218,6 +218,25 @@ def test_notebook_07_shows_the_committed_ledger_and_reruns_a_row(tmp_path, monke
     assert live.loc["dm_densecrf", "committed"] == next(r for r in committed["rows"] if r["id"] == "dm_densecrf")["mask"]["per_seed"][0]
     text = (tmp_path / "07.ipynb").read_text()
     assert claims.conclusions(committed["rows"])[0] in text  # the conclusions are the ledger's, computed
+    from dmutils.studies import wording
+
+    recorded = wording.run_conclusions(out)  # recorded for index.html: the ledger's, then each committed study's
+    ledger_sentences = claims.conclusions(committed["rows"])
+    assert len(recorded) == 1 and recorded[0][:len(ledger_sentences)] == ledger_sentences
+    from dmutils.studies import noise_study, open_vocab, scaling
+
+    shown = {"bench_scaling.json": ("scaling_mixing_gain", lambda d: scaling.conclusions(
+                 pd.DataFrame(d["synthetic_equivalent"]), pd.DataFrame(d["mixing_gain"]))),
+             "bench_open_vocab.json": ("open_vocab", lambda d: open_vocab.conclusions(pd.DataFrame(d["table"]))),
+             "bench_noise_learning.json": ("noise_learning_controlled",
+                                           lambda d: noise_study.conclusions(pd.DataFrame(d["table"])))}
+    for name, (table_name, conclude) in shown.items():
+        result = REPO_ROOT / "results" / name
+        assert (out / nb_tables() / f"{table_name}.csv").is_file() == result.is_file(), name
+        if result.is_file():
+            sentences = conclude(json.loads(result.read_text()))
+            assert sentences and all(s in recorded[0] for s in sentences), name
+    assert wording.unsupported_in_run(out) == []  # every number of the conclusions is a cell of this run's tables
 
 
 def nb_tables():

@@ -134,3 +134,13 @@ def test_04_noise_learning_dropped_vs_kept_against_the_oracle(run):
     assert list(table["group"]) == ["kept", "dropped", "dropped - kept"]
     scores = pd.read_csv(run["tables"] / "segmenter_noise_scores.csv")
     assert table["samples"].tolist()[:2] == [int(scores["kept"].sum()), int((~scores["kept"]).sum())]
+
+
+def test_03_04_conclusions_are_computed_from_the_run_tables(run):
+    from dmutils.studies import wording
+
+    concluded = wording.run_conclusions(run["out"])
+    assert len(concluded) == 2 and all(concluded)
+    assert concluded[0][0].startswith(f"{sum(r['status'] == 'ok' for r in run['records'])} samples written")
+    assert any("indicative" in s for s in concluded[1])  # one training per run: no interval, no verdict
+    assert wording.unsupported_in_run(run["out"]) == []

@@ -18,7 +18,7 @@ from dmutils.masks.refine import make_mask, read_threshold_table
 from dmutils.oracles import OracleError, get_oracle, label_lookup
 from dmutils.paths import REPO_ROOT
 from dmutils.studies import attention as study
-from dmutils.studies import thresholds
+from dmutils.studies import thresholds, wording
 from dmutils.testing.sd import save_tiny_sd15, tiny_sd15_pipeline
 
 SMALL = ["model.num_inference_steps=3", "capture.cross_resolutions=[16,8]", "masks.tau=1", "masks.crf.enabled=false", "study.threshold_images_per_class=2", "study.thresholds=[0.2,0.4,0.6]",
@@ -312,3 +312,9 @@ def test_notebooks_write_the_tables_dmutils_computes(tmp_path, monkeypatch):
     assert all((out / f).is_file() for a in artifacts for f in a["files"].values())
     key = {a["name"] for a in artifacts if a.get("key")}
     assert {"iou_vs_threshold", "class_thresholds", "attention_in_mask"} <= key
+
+    # 01 and 02 end in conclusions computed from their tables: every number in them is a cell of this run's tables
+    concluded = wording.run_conclusions(out)
+    assert len(concluded) == 2 and all(concluded)  # the explorer draws no conclusions
+    assert wording.unsupported_in_run(out) == []
+    assert any("tau=2" in s for s in concluded[0]) and any("DenseCRF" in s for s in concluded[1])

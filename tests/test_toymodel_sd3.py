@@ -177,6 +177,11 @@ def test_notebook06_scores_every_view_of_both_families_and_its_cache_is_what_dmu
     assert list(head.segmenter_ratio.fillna(-1)) == [0.9, -1] and set(head.best_map_kind) <= {"cross", "joint_slice", "text_softmax", "concept_attention", "output"}
     assert set(pd.read_csv(out / nb.TABLES / "model_families_headline.csv").model) == {"toy-sd", tiny.name}
     assert {"model_families_scores", "model_families_examples"} <= {a["name"] for a in nb.read_artifacts(out) if a["kind"] == "figure"}
+    from dmutils.studies import wording
+
+    concluded = wording.run_conclusions(out)  # computed from the tables: every number is a cell of them
+    assert len(concluded) == 1 and concluded[0][0].startswith("toy-sd (UNet2DConditionModel)")
+    assert wording.unsupported_in_run(out) == []
     copy = shutil.copytree(tiny, tmp_path / "copy")
     before = study.model_key(params, str(copy), 2, 2)
     (copy / "transformer" / "config.json").write_text((copy / "transformer" / "config.json").read_text() + "\n")

@@ -7,6 +7,7 @@ opened in JupyterLab the defaults work. Then::
     ctx = nb.setup(params_file, overrides, run_dir)
     ctx.save_figure(fig, "iou_vs_threshold", caption="...", key=True)
     ctx.save_table(df, "per_class_iou", caption="...", key=True)
+    ctx.conclude(study.conclusions(ctx.table("per_class_iou")))  # computed from the saved tables, shown and recorded
 
 Every figure/table/status is also appended to ``<run_dir>/artifacts.jsonl``; the runner files
 each line under the notebook that was running and the index shows the ``key`` ones.
@@ -112,6 +113,31 @@ class Context:
                      shape=list(df.shape), **({"indicative": indicative} if indicative else {}))
         return path
 
+    def table(self, name: str, missing_ok: bool = False) -> Any:
+        """A table this run saved, read back from its CSV (what conclusions are computed from); ``None`` when it is
+        missing and ``missing_ok``."""
+        import pandas as pd
+
+        _check_name(name)
+        path = self.tables_dir / f"{name}.csv"
+        if missing_ok and not path.is_file():
+            return None
+        return pd.read_csv(path)
+
+    def conclude(self, sentences: list[str]) -> list[str]:
+        """The notebook's conclusions: shown as Markdown (one paragraph each) and recorded, so the index shows them
+        under the notebook. The sentences are computed from the notebook's tables (``dmutils.studies.<study>.conclusions``),
+        never typed: every number in them is a table cell, rounded."""
+        sentences = [str(s) for s in sentences]
+        self._record(kind="conclusions", name="conclusions", files={}, sentences=sentences)
+        try:
+            from IPython.display import Markdown, display
+
+            display(Markdown("\n\n".join(sentences)))
+        except ImportError:  # outside IPython: plain text
+            print("\n\n".join(sentences))
+        return sentences
+
     def placeholder(self, note: str) -> None:
         """Mark this notebook as a placeholder (a later issue fills it); the index says so."""
         self._record(kind="status", status="placeholder", note=note)
@@ -152,6 +178,12 @@ def read_artifacts(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def conclusions(artifacts: list[dict[str, Any]]) -> list[str]:
+    """The sentences of the last :meth:`Context.conclude` in ``artifacts`` (empty when there is none)."""
+    found = [a for a in artifacts if a.get("kind") == "conclusions"]
+    return list(found[-1]["sentences"]) if found else []
 
 
 def _check_name(name: str) -> None:

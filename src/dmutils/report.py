@@ -64,6 +64,15 @@ _TEMPLATE = r"""<!doctype html>
 {% endfor %}
 </table>
 
+{% if conclusions %}
+<h2>Conclusions</h2>
+<p class="note">Computed from each notebook's tables when it ran; no figure here is typed by hand.</p>
+{% for c in conclusions %}
+<div class="conclusions"><p><b>{{ c.notebook }}</b></p>
+<ul>{% for s in c.sentences %}<li>{{ s }}</li>{% endfor %}</ul></div>
+{% endfor %}
+{% endif %}
+
 <h2>Key figures</h2>
 {% for f in key_figures %}
 <figure>
@@ -136,9 +145,11 @@ def render_index(run: dict[str, Any], run_dir: Path) -> str:
     key_figures = [a for a in outputs if a["kind"] == "figure" and a.get("key")]
     key_tables = [{**a, "html": _table_html(run_dir, a)} for a in outputs if a["kind"] == "table" and a.get("key")]
     others = [a for a in outputs if not a.get("key")]
+    conclusions = [{"notebook": nb["name"], "sentences": c[-1]["sentences"]} for nb in run.get("notebooks", [])
+                   if (c := [a for a in nb.get("artifacts", []) if a.get("kind") == "conclusions"])]
     params_yaml = yaml.safe_dump(run.get("params", {}), sort_keys=False, default_flow_style=None, width=110)
     return _env().from_string(_TEMPLATE).render(run=run, key_figures=key_figures, key_tables=key_tables,
-                                                  others=others, params_yaml=params_yaml)
+                                                  others=others, conclusions=conclusions, params_yaml=params_yaml)
 
 
 def write_index(run: dict[str, Any], run_dir: Path) -> Path:

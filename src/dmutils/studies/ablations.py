@@ -441,3 +441,48 @@ def pivot_tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
             names |= {"segmenter_miou": "segmenter mIoU (%)", "segmenter_delta": "segmenter Δ"}
         out[str(group)] = t.rename(columns=names).reset_index(drop=True)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Conclusions
+# ---------------------------------------------------------------------------------------------
+def conclusions(results: Any) -> list[str]:
+    """Study 05's findings, every number a cell of the ``ablations`` table (:func:`run_grid`'s columns): the baseline,
+    the variants whose masks are worse or better than it (the paired interval of the change at each variant's own
+    threshold, chosen on other images, excludes 0), those within noise, and the segmenter scores (one short training
+    each, no interval: indicative). Variants that change training only have the baseline's masks and are left to the
+    segmenter sentence."""
+    from dmutils.studies.wording import NEGLIGIBLE, NOISE, interval, missing, num, signed, verdict
+
+    rows = results.to_dict("records")
+    base = next((r for r in rows if r["group"] == "baseline"), None)
+    if base is None:
+        return []
+    out = [f"The baseline (the run's params) makes masks of mIoU {num(base['miou'])} {interval(base['miou_lo'], base['miou_hi'], sign=False)} "
+           f"against the oracle on {int(base['n'])} images, {num(base['tuned_miou'])} at its own threshold chosen on other images."]
+    same = [r for r in rows if r is not base and r["tuned_delta"] == 0 and r["tuned_delta_lo"] == 0 and r["tuned_delta_hi"] == 0]
+    masked = [r for r in rows if r is not base and r not in same and not missing(r["tuned_delta"])]
+    by = {}
+    for r in masked:
+        by.setdefault(verdict(r["tuned_delta_lo"], r["tuned_delta_hi"], value=r["tuned_delta"], negligible=NEGLIGIBLE), []).append(r)
+
+    def listed(group: list[dict]) -> str:
+        return "; ".join(f"{r['variant']} ({signed(r['tuned_delta'])} {interval(r['tuned_delta_lo'], r['tuned_delta_hi'])}"
+                         + (f", leaving a fraction {num(r['ignored'])} of the pixels unscored" if r.get("ignored", 0) > 0 else "") + ")"
+                         for r in group)
+
+    if by.get("worse"):
+        out.append("Worse masks than the baseline (the change, each at its own threshold chosen on other images, with its "
+                   f"interval): {listed(by['worse'])}.")
+    out.append(f"Better masks than the baseline (the same measure): {listed(by['better'])}." if by.get("better") else
+               "No variant makes better masks than the baseline beyond noise.")
+    if by.get(NOISE):
+        out.append("Within noise of the baseline: " + ", ".join(r["variant"] for r in by[NOISE]) + ".")
+    scored = [r for r in rows if not missing(r["segmenter_miou"])]
+    if len(scored) >= 2 and not missing(base["segmenter_miou"]):
+        hi = max(scored, key=lambda r: r["segmenter_miou"])
+        lo = min(scored, key=lambda r: r["segmenter_miou"])
+        out.append(f"Segmenters trained on each main variant score from {num(lo['segmenter_miou'])} ({lo['variant']}) to "
+                   f"{num(hi['segmenter_miou'])} ({hi['variant']}) on the real test split, the baseline {num(base['segmenter_miou'])}; "
+                   "one short training each and no interval, so these differences are indicative, not verdicts.")
+    return out

@@ -326,3 +326,82 @@ def normalized(m: torch.Tensor | np.ndarray) -> np.ndarray:
     """A map scaled to [0, 1] (for display next to masks)."""
     t = torch.as_tensor(np.asarray(m), dtype=torch.float32)
     return normalize(t[None])[0].numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Conclusions
+# ---------------------------------------------------------------------------------------------
+def against_uniform(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per map of :func:`attention_in_mask`: the mean mass in the mask, what a uniform map puts there (the mean mask
+    fraction), their difference ``excess`` and its 95% percentile interval over the (sample, class) rows resampled
+    (``excess_lo``, ``excess_hi``); ``n`` rows. An interval that holds 0 is a map no better localised than uniform."""
+    from dmutils import stats
+
+    rows = []
+    rng = np.random.default_rng(seed)
+    for name, g in table.groupby("map", sort=False):
+        g = g.dropna(subset=["mass_in_mask", "mask_fraction"])
+        x = (g["mass_in_mask"] - g["mask_fraction"]).to_numpy(np.float64)
+        lo = hi = float("nan")
+        if len(x):
+            boot = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+            lo, hi = (float(v) for v in np.quantile(boot, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2]))
+        rows.append({"map": name, "mass_in_mask": float(g["mass_in_mask"].mean()) if len(x) else float("nan"),
+                     "uniform": float(g["mask_fraction"].mean()) if len(x) else float("nan"),
+                     "excess": float(x.mean()) if len(x) else float("nan"), "excess_lo": lo, "excess_hi": hi, "n": len(x)})
+    return pd.DataFrame(rows, columns=["map", "mass_in_mask", "uniform", "excess", "excess_lo", "excess_hi", "n"])
+
+
+def conclusions(vs_uniform: pd.DataFrame, heads: pd.DataFrame | None = None) -> list[str]:
+    """Study 01's findings, every number a cell of ``vs_uniform`` (:func:`against_uniform`) or ``heads``
+    (:func:`head_spread`): how far the aggregated map sits above a uniform one, what τ does to it, the timestep
+    windows, and how much the heads agree."""
+    from dmutils.studies.wording import NEGLIGIBLE, interval, missing, num, signed, verdict
+
+    t = vs_uniform.dropna(subset=["mass_in_mask"]).set_index("map")
+    out = []
+
+    def against(m: str) -> str:
+        r = t.loc[m]
+        return (f"{signed(r.excess)} over uniform, interval {interval(r.excess_lo, r.excess_hi)}, "
+                f"{verdict(r.excess_lo, r.excess_hi, 'above uniform', 'below uniform', r.excess, NEGLIGIBLE)}")
+
+    if "aggregated" in t.index:
+        r = t.loc["aggregated"]
+        res = [m for m in t.index if m.startswith("cross@")]
+        per_res = "; per resolution: " + ", ".join(f"{m} {num(t.loc[m, 'mass_in_mask'])}" for m in res) if len(res) > 1 else ""
+        out.append(f"The aggregated cross-attention puts {num(r.mass_in_mask)} of a class word's mass inside the oracle's mask, "
+                   f"where a uniform map puts {num(r.uniform)}: {against('aggregated')}{per_res}.")
+    taus = sorted((m for m in t.index if m.startswith("tau=")), key=lambda m: float(m.split("=")[1]))
+    if len(taus) >= 2:
+        first, last = t.loc[taus[0]], t.loc[taus[-1]]
+        falls = last.mass_in_mask < first.mass_in_mask
+        towards = abs(last.excess) < abs(first.excess)
+        seq = ", ".join(f"{num(t.loc[m, 'mass_in_mask'])} at {m}" for m in taus)
+        # a move is called only when the two ends' intervals against uniform do not overlap and it is not negligible
+        moved = (abs(last.mass_in_mask - first.mass_in_mask) >= NEGLIGIBLE
+                 and (last.excess_hi < first.excess_lo or last.excess_lo > first.excess_hi))
+        how = (f"moves the mass in the mask {'down' if falls else 'up'}, {'towards' if towards else 'away from'} the uniform level"
+               if moved else "leaves the mass in the mask where it was, within noise")
+        s = f"Self-attention refinement (A_self^tau · A_cross) {how}: {seq}; at {taus[-1]} it is {against(taus[-1])}"
+        if moved and falls and towards:
+            s += ". On this run the refinement spreads each class map over the image rather than concentrating it on the object"
+        elif moved and not falls and not towards:
+            s += ". On this run the refinement concentrates each class map on the object"
+        out.append(s + ".")
+    windows = [m for m in t.index if m.startswith("window ")]
+    if len(windows) >= 2:
+        best = max(windows, key=lambda m: t.loc[m, "mass_in_mask"])
+        w = [windows[0], windows[-1]] + ([best] if best not in (windows[0], windows[-1]) else [])
+        out.append("Over the denoising steps: " + "; ".join(
+            f"{m.removeprefix('window ')} put {num(t.loc[m, 'mass_in_mask'])} inside ({against(m)})" for m in w)
+            + (f"; the most is in {best.removeprefix('window ')}" if best not in (windows[0], windows[-1]) else "") + ".")
+    if heads is not None and len(heads.dropna(subset=["corr_with_mean"])):
+        h = heads.dropna(subset=["corr_with_mean"])
+        lo, hi = h["corr_with_mean"].min(), h["corr_with_mean"].max()
+        e = h["entropy"].dropna()
+        ent = f", and their normalised spatial entropy from {num(e.min())} to {num(e.max())}" if len(e) and not missing(e.min()) else ""
+        word = "differ" if lo < 0.5 else "largely agree"
+        out.append(f"The heads {word}: a head's map correlates with the heads' mean from {num(lo)} to {num(hi)}{ent}; "
+                   "the capture records their mean.")
+    return out

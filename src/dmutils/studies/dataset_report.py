@@ -90,3 +90,36 @@ def sample_grid(root: str | Path, records: list[dict], class_names: list[str], n
     titles = [r["prompt"] for r in ok] + ["mask"] * len(ok) + [f"ignore {float((lab == IGNORE).mean()):.0%}" for lab in labels]
     return figures.image_grid([*images, *images, *ignore], [None] * len(ok) + labels + [None] * len(ok), titles,
                               ncols=len(ok), class_names=class_names, title="Generated samples, masks and ignore regions")
+
+
+def conclusions(speed: pd.DataFrame, classes: pd.DataFrame, outcomes: pd.DataFrame) -> list[str]:
+    """Study 03's findings, every number a cell of ``speed`` (:func:`throughput`), ``classes`` (:func:`class_table`)
+    and ``outcomes`` (:func:`reason_counts`): what was written and why the rest was not, which class has the fewest
+    pixels, and how fast this run generated."""
+    from dmutils.studies.wording import num, short
+
+    out = []
+    s = speed.iloc[0]
+    ok = outcomes[outcomes["outcome"] == "ok"]
+    bad = outcomes[outcomes["outcome"] != "ok"]
+    share = f" (a fraction {num(ok.iloc[0].fraction)} of all samples)" if len(ok) else ""
+    why = ("; rejected: " + ", ".join(f"{r.outcome} {int(r.samples)}" for r in bad.itertuples()) if len(bad)
+           else "; none was rejected")
+    out.append(f"{int(s.written)} samples written{share}{why}.")
+    named = classes[~classes["class"].isin(["background", "ignore"])]
+    never = named[named["samples"] == 0]
+    drawn = named[named["samples"] > 0]
+    if len(drawn):
+        lo, hi = drawn.loc[drawn["pixel_share"].idxmin()], drawn.loc[drawn["pixel_share"].idxmax()]
+        bg = classes[classes["class"] == "background"]
+        out.append(f"The class with the fewest labelled pixels is {lo['class']}, a share {num(lo.pixel_share)} of all pixels in "
+                   f"{int(lo.samples)} samples; the most has {hi['class']}, {num(hi.pixel_share)} in {int(hi.samples)} samples"
+                   + (f"; background covers {num(bg.iloc[0].pixel_share)}" if len(bg) else "") + ".")
+    if len(never):
+        out.append("No written sample names " + ", ".join(never["class"]) + " (never prompted, or every attempt rejected).")
+    if s.generated_now > 0:
+        out.append(f"This run generated {int(s.generated_now)} samples in {short(s.seconds)} s, {short(s.samples_per_s)} samples/s "
+                   "(this machine's throughput, not a property of the method).")
+    else:
+        out.append(f"Nothing was generated now: {int(s.skipped_done)} samples were resumed from an earlier run with the same params.")
+    return out

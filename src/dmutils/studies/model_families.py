@@ -193,3 +193,39 @@ def scores_figure(table: pd.DataFrame):
         ax.tick_params(axis="x", labelrotation=45, labelsize="x-small")
     sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Conclusions
+# ---------------------------------------------------------------------------------------------
+def conclusions(head: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """Study 06's findings, every number a cell of ``head`` (:func:`headline`) or ``table`` (:func:`scores_table`):
+    each model's best map kind, the caption's routes, and whether cutting text-to-text attention changes the MMDiT's
+    maps. The scores have no interval (a few images per score), so comparisons between them are indicative."""
+    from dmutils.studies.wording import NEGLIGIBLE, missing, num
+
+    out = []
+    for r in head.itertuples():
+        ratio = (f", a synthetic/real segmenter ratio of {num(r.segmenter_ratio)}" if not missing(r.segmenter_ratio)
+                 else ", no segmenter ratio measured")
+        miou = num(r.attention_miou) if not missing(r.attention_miou) else "no score"
+        presence = f", the named objects present at a rate {num(r.presence_rate)}" if not missing(r.presence_rate) else ""
+        out.append(f"{r.model} ({r.family}): best map kind {r.best_map_kind}, mask mIoU {miou} against the oracle{presence}{ratio}.")
+    if len(head) >= 2:
+        out.append("These mIoUs come from a few images per score and have no interval: a gap between models is indicative, not a verdict.")
+    for model, g in table.groupby("model", sort=False):
+        route = g[g["view"] == "caption route"].set_index("setting")["presence"].dropna()
+        if {"both", "pooled_only"} <= set(route.index):
+            survives = route["pooled_only"] >= route["both"]
+            out.append(f"{model}: with the caption in the pooled vector only, the named objects are present at a rate "
+                       f"{num(route['pooled_only'])} against {num(route['both'])} with both routes"
+                       + (f" and {num(route['tokens_only'])} with the tokens only" if "tokens_only" in route.index else "")
+                       + (": the objects are as present without the tokens as with them, so its maps need not localise them." if survives else "."))
+        cut = g[(g["view"] == "text-to-text attention") & (g["setting"] == "cut")]["miou"].dropna()
+        best = head[head["model"] == model]
+        if len(cut) and len(best) and not missing(best.iloc[0].attention_miou):
+            small = abs(cut.iloc[0] - best.iloc[0].attention_miou) < NEGLIGIBLE
+            out.append(f"{model}: cutting text-to-text attention gives mask mIoU {num(cut.iloc[0])} against "
+                       f"{num(best.iloc[0].attention_miou)} uncut (best map kind), "
+                       + ("within noise." if small else "without an interval: indicative."))
+    return out

@@ -160,3 +160,38 @@ def indicative_note(headline: pd.DataFrame, params: Params) -> str | None:
         return None
     return (f"indicative: {n} training images a run and {t.steps} steps at batch {t.batch_size}; "
             f"`dmutils bench segmenter` ({BENCH_SAMPLES}+ images, {BENCH_STEPS} steps at batch {BENCH_BATCH}) gives the figures to quote")
+
+
+def conclusions(headline: pd.DataFrame, gap: pd.DataFrame | None = None, dropped: pd.DataFrame | None = None) -> list[str]:
+    """Study 04's findings, every number a cell of ``headline`` (:class:`SegmenterStudy`), ``gap``
+    (:func:`dmutils.studies.colour_gap.real_vs_synthetic`) and ``dropped`` (:func:`dmutils.studies.noise_study.dropped_vs_kept`).
+    The four runs are one training each, with no interval: their differences are indicative and say so; noise
+    learning's dropped-vs-kept difference has an interval and gets a verdict."""
+    from dmutils.studies.wording import interval, missing, num, signed, verdict
+
+    out = []
+    h = headline.set_index("run")
+    if {"a", "b"} <= set(h.index) and not missing(h.loc["a", "miou"], h.loc["b", "miou"]):
+        a, b = h.loc["a"], h.loc["b"]
+        out.append(f"Trained on synthetic masks alone, the segmenter reaches {num(b.miou)} mIoU on the real test split against "
+                   f"{num(a.miou)} with real labels, a ratio (b)/(a) of {num(b.ratio_to_real)} ({int(b.train_samples)} training "
+                   "samples each); one training per run, so there is no interval and the gap is indicative, not a verdict.")
+    rest = [f"{h.loc[r, 'data']} {num(h.loc[r, 'miou'])} (ratio {num(h.loc[r, 'ratio_to_real'])}, {int(h.loc[r, 'train_samples'])} samples)"
+            for r in ("c", "d") if r in h.index and not missing(h.loc[r, "miou"])]
+    if rest:
+        out.append("The other runs, indicative in the same way: " + "; ".join(rest) + ".")
+    if dropped is not None and len(dropped):
+        d = dropped.set_index("group")
+        if {"kept", "dropped", "dropped - kept"} <= set(d.index) and int(d.loc["dropped", "samples"]) > 0:
+            k, x, diff = d.loc["kept"], d.loc["dropped"], d.loc["dropped - kept"]
+            word = verdict(diff.ci_lo, diff.ci_hi, "it dropped better masks than it kept", "it dropped worse masks than it kept")
+            out.append(f"Against the oracle, the {int(x.samples)} masks noise learning dropped score {num(x.miou)} mIoU and the "
+                       f"{int(k.samples)} it kept {num(k.miou)}: {signed(diff.miou)} {interval(diff.ci_lo, diff.ci_hi)}, {word}.")
+        elif "dropped" in d.index:
+            out.append("Noise learning dropped no mask in this run.")
+    if gap is not None and len(gap.dropna(subset=["hue_spread_ratio"])):
+        g = gap.dropna(subset=["hue_spread_ratio"])
+        r = g.loc[g["hue_spread_ratio"].idxmin()]
+        out.append(f"The narrowest synthetic colours against real ones are {r['class']}'s: hue spread ratio {num(r.hue_spread_ratio)} "
+                   f"(hue shift {signed(r.hue_shift)}, value shift {signed(r.value_shift)}); one guidance setting, no interval.")
+    return out

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -409,3 +409,51 @@ def variant_maps(sample: Sample, params: Params) -> tuple[dict, dict | None]:
     cross = {r: sample.cross[r] for r in params.capture.cross_resolutions}
     self_attn = {r: sample.self_attn[r] for r in params.capture.self_resolutions} if sample.self_attn else None
     return cross, self_attn
+
+
+# ---------------------------------------------------------------------------------------------
+# Conclusions
+# ---------------------------------------------------------------------------------------------
+def _setting(by: str, value) -> str:
+    if by == "crf":
+        return "DenseCRF on" if str(value).lower() in ("true", "1", "1.0") else "DenseCRF off"
+    return f"{by}={value:g}" if isinstance(value, (int, float, np.integer, np.floating)) else f"{by}={value}"
+
+
+def conclusions(best: pd.DataFrame, tuned: Mapping[str, pd.DataFrame], modes: pd.DataFrame | None = None) -> list[str]:
+    """Study 02's findings, every number a cell of its tables: ``best`` (:func:`best_thresholds`), ``tuned``
+    ({"tau": ..., "crf": ...} of :func:`tuned_comparison`) and ``modes`` (:func:`compare_modes`). A setting is better
+    or worse than the params' own only when the paired interval of its difference excludes 0."""
+    from dmutils.studies.wording import NEGLIGIBLE, interval, num, short, signed, verdict
+
+    out = []
+    b = best.dropna(subset=["iou"])
+    if len(b):
+        lo_t, hi_t = b.loc[b["threshold"].idxmin()], b.loc[b["threshold"].idxmax()]
+        span = (f"Every class's best threshold is {short(lo_t.threshold)}" if lo_t.threshold == hi_t.threshold else
+                f"The best threshold per class runs from {short(lo_t.threshold)} ({lo_t['class']}) to {short(hi_t.threshold)} ({hi_t['class']})")
+        weak, strong = b.loc[b["iou"].idxmin()], b.loc[b["iou"].idxmax()]
+        out.append(f"{span}; at it the weakest class is {weak['class']}, IoU {num(weak.iou)} {interval(weak.ci_lo, weak.ci_hi, sign=False)} "
+                   f"on {int(weak.n)} images, the strongest {strong['class']}, {num(strong.iou)} {interval(strong.ci_lo, strong.ci_hi, sign=False)}.")
+    for by, t in tuned.items():
+        t = t.dropna(subset=["miou"])
+        ref = t[(t["diff"] == 0) & (t["diff_lo"] == 0) & (t["diff_hi"] == 0)]
+        if not len(ref) or len(t) < 2:
+            continue
+        r = ref.iloc[0]
+        others = [
+            f"{_setting(by, o[by])} {signed(o['diff'])} {interval(o.diff_lo, o.diff_hi)}, {verdict(o.diff_lo, o.diff_hi, value=o['diff'], negligible=NEGLIGIBLE)}"
+            for _, o in t.iterrows() if o.name != ref.index[0]]
+        out.append(f"Each {'τ' if by == 'tau' else 'CRF setting'} at its own threshold chosen on other images, against the params' "
+                   f"{_setting(by, r[by])} (mIoU {num(r.miou)} {interval(r.ci_lo, r.ci_hi, sign=False)} at threshold {r.thresholds}): "
+                   + "; ".join(others) + ".")
+    if modes is not None and len(modes.dropna(subset=["mean"])) >= 2:
+        m = modes.dropna(subset=["mean"])
+        top = m.loc[m["mean"].idxmax()]
+        rest = m.drop(index=top.name)
+        apart = bool((top.ci_lo > rest["ci_hi"]).all())
+        listed = "; ".join(f"{r['mode']} {num(r['mean'])} {interval(r.ci_lo, r.ci_hi, sign=False)}" for _, r in m.iterrows())
+        out.append(f"Threshold modes (pooled mIoU): {listed}. The highest, {top['mode']}, "
+                   + ("lies above every other mode's interval" if apart else "overlaps another mode's interval: the ranking is within noise")
+                   + "; the per-class thresholds are scored on the images they were chosen on, so their figure is optimistic.")
+    return out

@@ -1,0 +1,194 @@
+"""Each study's conclusions are computed from its tables: every number in them is a table cell (rounded), an interval
+that holds 0 is called within noise, and ``ctx.conclude`` records them for the report. The notebook tests
+(test_studies, test_notebooks_03_04, test_toymodel_sd3) check the same on the conclusions of executed notebooks."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dmutils import nb, report
+from dmutils.studies import ablations, dataset_report, model_families, segmenter_study, thresholds, wording
+from dmutils.studies import attention as study01
+
+
+def supported(sentences: list[str], *tables: pd.DataFrame) -> None:
+    """Every number of ``sentences`` is a cell of ``tables`` as their CSVs write it (the notebooks' rule)."""
+    assert sentences and all(isinstance(s, str) and s for s in sentences)
+    values = [float(x) for t in tables for x in wording.numbers(t.to_csv(index=False))]
+    assert wording.unsupported(sentences, values) == []
+    assert not any("nan" in s.lower().split() for s in sentences)
+
+
+# -- the shared rules ------------------------------------------------------------------------------
+def test_numbers_are_read_alike_from_sentences_and_tables():
+    assert wording.numbers("tau=4 puts 0.082 at steps 1-7 (cross@16), toy-sd3 -0.015 [+0.001, 0.5].") == \
+        ["4", "0.082", "1", "7", "16", "-0.015", "+0.001", "0.5"]
+    values = [0.08159264958205859, -0.014743840691403332, 1, 7, 4, 16, 0.001, 0.5]
+    assert wording.unsupported(["0.082 and -0.015 at tau=4, steps 1-7 (cross@16) [+0.001, 0.5]."], values) == []
+    bad = wording.unsupported(["0.083 is no cell, nor is 0.08 a rounding of 0.0816 to two decimals, 12 is none"], values)
+    assert [b.split()[0] for b in bad] == ["0.083", "12"]  # 0.08 is 0.0816 rounded to 2 decimals: supported
+
+
+def test_verdict_is_within_noise_when_the_interval_holds_zero_or_the_difference_is_negligible():
+    assert wording.verdict(0.01, 0.03) == "better" and wording.verdict(-0.03, -0.01) == "worse"
+    assert wording.verdict(-0.01, 0.03) == wording.NOISE == "within noise"
+    assert wording.verdict(float("nan"), 0.1) == wording.NOISE
+    assert wording.verdict(0.0001, 0.0009, value=0.0004, negligible=wording.NEGLIGIBLE) == wording.NOISE
+
+
+def test_conclude_records_the_sentences_and_the_index_shows_them(tmp_path):
+    ctx = nb.setup(None, ["run.name=c"], tmp_path, style=False)
+    ctx.save_table(pd.DataFrame({"a": [0.25]}), "t")
+    assert ctx.table("t")["a"].tolist() == [0.25] and ctx.table("missing", missing_ok=True) is None
+    ctx.conclude(["A is 0.250 <b>.", "B."])
+    assert nb.conclusions(nb.read_artifacts(tmp_path)) == ["A is 0.250 <b>.", "B."]
+    assert wording.run_conclusions(tmp_path) == [["A is 0.250 <b>.", "B."]] and wording.unsupported_in_run(tmp_path) == []
+    run = {"name": "c", "status": "ok", "seconds": None, "versions": {}, "notebooks": [{"name": "01_x", "status": "ok", "seconds": 1.0,
+                                                         "artifacts": nb.read_artifacts(tmp_path)}]}
+    html = report.render_index(run, tmp_path)
+    assert "<h2>Conclusions</h2>" in html and "<li>A is 0.250 &lt;b&gt;.</li>" in html and "01_x" in html
+    ctx.conclude(["A is 0.999."])
+    assert wording.unsupported_in_run(tmp_path) == ["0.999 (in: A is 0.999.)"]
+
+
+# -- study 01 --------------------------------------------------------------------------------------
+def in_mask(maps: dict[str, list[float]], fraction: float = 0.1) -> pd.DataFrame:
+    return pd.DataFrame([{"prompt": "p", "seed": k, "class": "circle", "word": "circle", "map": m, "mass_in_mask": v,
+                          "mask_fraction": fraction} for m, vs in maps.items() for k, v in enumerate(vs)])
+
+
+def test_study01_says_tau_spreads_the_map_towards_uniform_when_the_table_shows_it():
+    table = in_mask({"cross@16": [0.4, 0.5, 0.45, 0.42], "cross@8": [0.3, 0.35, 0.3, 0.32], "aggregated": [0.4, 0.5, 0.45, 0.42],
+                     "window steps 1-2": [0.1, 0.2, 0.05, 0.12], "window steps 3-4": [0.4, 0.5, 0.45, 0.42],
+                     "tau=0": [0.4, 0.5, 0.45, 0.42], "tau=2": [0.2, 0.25, 0.2, 0.21], "tau=4": [0.1, 0.1, 0.1, 0.1]})
+    vs = study01.against_uniform(table)
+    assert list(vs["map"]) == list(table["map"].unique()) and (vs["n"] == 4).all()
+    row = vs.set_index("map").loc["aggregated"]
+    assert row.uniform == pytest.approx(0.1) and row.excess == pytest.approx(0.3425) and 0 < row.excess_lo < row.excess < row.excess_hi
+    heads = pd.DataFrame({"layer": ["l"] * 3, "head": [0, 1, 2], "entropy": [0.9, 0.95, 0.99], "corr_with_mean": [-0.2, 0.5, 0.9]})
+    s = study01.conclusions(vs, heads)
+    supported(s, vs, heads)
+    assert "0.443 of a class word's mass" in s[0] and "above uniform" in s[0] and "cross@8 0.318" in s[0]
+    assert "down, towards the uniform level" in s[1] and "spreads each class map over the image" in s[1]
+    assert "at tau=4 it is +0.000 over uniform" in s[1] and s[1].count("within noise") == 1  # exactly uniform
+    assert "fills" not in " ".join(s) and "concentrates" not in " ".join(s)
+    assert "steps 1-2 put 0.118 inside (+0.017 over uniform, interval [-0.033, +0.075], within noise)" in s[2] and "from -0.200 to 0.900" in s[3] and "differ" in s[3]
+
+
+def test_study01_within_noise_and_refinement_that_concentrates():
+    table = in_mask({"aggregated": [0.05, 0.2, 0.1, 0.08], "tau=0": [0.05, 0.2, 0.1, 0.08], "tau=1": [0.5, 0.6, 0.55, 0.5]})
+    vs = study01.against_uniform(table)
+    s = study01.conclusions(vs)
+    supported(s, vs)
+    assert "within noise" in s[0]  # the excess's interval holds 0
+    assert "up, away from the uniform level" in s[1] and "concentrates each class map on the object" in s[1]
+    assert "above uniform" in s[1]
+    flat = study01.against_uniform(in_mask({"tau=0": [0.1, 0.12, 0.11, 0.1], "tau=2": [0.1, 0.121, 0.11, 0.1]}))
+    s = study01.conclusions(flat)
+    supported(s, flat)
+    assert "leaves the mass in the mask where it was, within noise" in s[0] and "spreads" not in s[0]
+
+
+# -- study 02 --------------------------------------------------------------------------------------
+def tuned(by: str, settings: list, diffs: list[tuple[float, float, float]]) -> pd.DataFrame:
+    return pd.DataFrame([{by: v, "miou": 0.8 + d, "ci_lo": 0.75 + d, "ci_hi": 0.85 + d, "n": 12, "thresholds": "0.4 0.5" if d else 0.4,
+                          "diff": d, "diff_lo": lo, "diff_hi": hi} for v, (d, lo, hi) in zip(settings, diffs)])
+
+
+def test_study02_reads_each_setting_against_the_params_own_with_its_interval():
+    best = pd.DataFrame({"class": ["circle", "square"], "threshold": [0.3, 0.45], "iou": [0.91, 0.8], "ci_lo": [0.85, 0.7],
+                         "ci_hi": [0.95, 0.86], "n": [6, 7]})
+    tau = tuned("tau", [0, 1, 4], [(0, 0, 0), (-0.012, -0.05, 0.02), (-0.1, -0.2, -0.04)])
+    crf = tuned("crf", [False, True], [(-0.13, -0.16, -0.1), (0, 0, 0)])
+    modes = pd.DataFrame({"mode": ["fixed 0.5", "per class", "adaptive"], "mean": [0.87, 0.91, 0.88], "ci_lo": [0.84, 0.88, 0.85],
+                          "ci_hi": [0.89, 0.93, 0.9], "n": [12] * 3})
+    s = thresholds.conclusions(best, {"tau": tau, "crf": crf}, modes)
+    supported(s, best, tau, crf, modes)
+    assert "from 0.3 (circle) to 0.45 (square)" in s[0] and "weakest class is square, IoU 0.800 [0.700, 0.860] on 7 images" in s[0]
+    assert "tau=1 -0.012 [-0.050, +0.020], within noise" in s[1] and "tau=4 -0.100 [-0.200, -0.040], worse" in s[1]
+    assert "params' tau=0 (mIoU 0.800" in s[1]
+    assert "params' DenseCRF on" in s[2] and "DenseCRF off -0.130 [-0.160, -0.100], worse" in s[2]
+    assert "the ranking is within noise" in s[3] and "optimistic" in s[3]
+    apart = modes.assign(ci_lo=[0.8, 0.95, 0.8], mean=[0.85, 0.97, 0.86], ci_hi=[0.9, 0.99, 0.92])
+    assert "lies above every other mode's interval" in thresholds.conclusions(best, {}, apart)[-1]
+
+
+# -- study 03 --------------------------------------------------------------------------------------
+def test_study03_names_rejections_the_rarest_class_and_the_run_speed():
+    speed = pd.DataFrame([{"generated_now": 10, "skipped_done": 0, "written": 8, "rejected": 2, "seconds": 3.25, "samples_per_s": 3.077}])
+    classes = pd.DataFrame({"class": ["background", "circle", "square", "star", "ignore"], "samples": [8, 5, 3, 0, 0],
+                            "mean_fraction": [np.nan, 0.1, 0.05, np.nan, np.nan], "pixel_share": [0.9, 0.06, 0.015, 0.0, 0.025]})
+    outcomes = pd.DataFrame({"outcome": ["ok", "empty mask", "class word missing"], "samples": [8, 1, 1], "fraction": [0.8, 0.1, 0.1]})
+    s = dataset_report.conclusions(speed, classes, outcomes)
+    supported(s, speed, classes, outcomes)
+    assert s[0] == "8 samples written (a fraction 0.800 of all samples); rejected: empty mask 1, class word missing 1."
+    assert "fewest labelled pixels is square, a share 0.015" in s[1] and "the most has circle, 0.060 in 5 samples" in s[1]
+    assert s[2] == "No written sample names star (never prompted, or every attempt rejected)."
+    assert "3.25 s, 3.077 samples/s" in s[3]
+    resumed = dataset_report.conclusions(speed.assign(generated_now=0, skipped_done=10), classes, outcomes[:1])
+    assert "none was rejected" in resumed[0] and "10 samples were resumed" in resumed[-1]
+
+
+# -- study 04 --------------------------------------------------------------------------------------
+def test_study04_marks_single_trainings_indicative_and_judges_noise_learning_by_its_interval():
+    head = pd.DataFrame({"run": list("abcd"), "data": ["real", "synthetic", "real+synthetic", "synthetic+noise learning"],
+                         "train_samples": [20, 20, 40, 16], "miou": [0.8, 0.68, 0.79, 0.63], "ratio_to_real": [1.0, 0.85, 0.9875, 0.7875],
+                         "train_seconds": [1.0] * 4, "cached": [False] * 4})
+    dropped = pd.DataFrame({"group": ["kept", "dropped", "dropped - kept"], "samples": [16, 4, 20], "miou": [0.7, 0.66, -0.04],
+                            "ci_lo": [0.6, 0.5, -0.15], "ci_hi": [0.8, 0.8, 0.06], "mean_image_iou": [0.7, 0.6, -0.1]})
+    gap = pd.DataFrame({"class": ["circle", "square"], "hue_spread_ratio": [0.9, 0.07], "hue_shift": [0.01, -0.002], "value_shift": [0.05, 0.055]})
+    s = segmenter_study.conclusions(head, gap, dropped)
+    supported(s, head, gap, dropped)
+    assert "reaches 0.680 mIoU" in s[0] and "against 0.800 with real labels, a ratio (b)/(a) of 0.850" in s[0] and "indicative" in s[0]
+    assert "real+synthetic 0.790 (ratio 0.988, 40 samples)" in s[1]  # 0.9875 rounds half to even
+    assert "the 4 masks noise learning dropped score 0.660" in s[2] and "-0.040 [-0.150, +0.060], within noise" in s[2]
+    assert "square's: hue spread ratio 0.070" in s[3]
+    worse = dropped.assign(ci_lo=[0.6, 0.5, -0.15], ci_hi=[0.8, 0.8, -0.01])
+    assert "it dropped worse masks than it kept" in segmenter_study.conclusions(head, None, worse)[2]
+    none = dropped.assign(samples=[20, 0, 20], miou=[0.7, np.nan, np.nan])
+    assert segmenter_study.conclusions(head, None, none)[2] == "Noise learning dropped no mask in this run."
+
+
+# -- study 05 --------------------------------------------------------------------------------------
+def ablation_rows() -> pd.DataFrame:
+    def row(variant, group, d, lo, hi, seg=np.nan, ignored=0.0):
+        return {"variant": variant, "group": group, "setting": variant.split(": ")[-1], "miou": 0.9 + d, "miou_lo": 0.85 + d,
+                "miou_hi": 0.93 + d, "delta": d, "delta_lo": lo, "delta_hi": hi, "tuned_miou": 0.92 + d, "tuned_lo": 0.9 + d,
+                "tuned_hi": 0.94 + d, "tuned_delta": d, "tuned_delta_lo": lo, "tuned_delta_hi": hi, "tuned_thresholds": "0.4",
+                "n": 24, "ignored": ignored, "segmenter_miou": seg, "train_samples": np.nan if math.isnan(seg) else 20}
+    return pd.DataFrame([row("baseline: params", "baseline", 0, 0, 0, seg=0.3), row("tau: 4", "tau", -0.15, -0.25, -0.04),
+                         row("tau: 1", "tau", -0.014, -0.03, 0.006, seg=0.33), row("crf: off", "crf", 0.003, 0.001, 0.005),
+                         row("threshold_mode: band [0.5, 0.6)", "threshold_mode", 0.007, 0.001, 0.013, ignored=0.025),
+                         row("splicing: on", "splicing", 0, 0, 0, seg=0.25)])
+
+
+def test_study05_sorts_variants_by_the_interval_of_their_change():
+    table = ablation_rows()
+    s = ablations.conclusions(table)
+    supported(s, table)
+    assert "mIoU 0.900 [0.850, 0.930] against the oracle on 24 images, 0.920 at its own threshold" in s[0]
+    assert s[1].startswith("Worse masks") and "tau: 4 (-0.150 [-0.250, -0.040])" in s[1] and "tau: 1" not in s[1]
+    assert "threshold_mode: band [0.5, 0.6) (+0.007 [+0.001, +0.013], leaving a fraction 0.025 of the pixels unscored)" in s[2]
+    assert s[3] == "Within noise of the baseline: tau: 1, crf: off."  # crf: interval above 0 but the change is negligible
+    assert "splicing" not in " ".join(s[:4])  # training only: the baseline's masks
+    assert "from 0.250 (splicing: on) to 0.330 (tau: 1)" in s[4] and "baseline 0.300" in s[4] and "indicative" in s[4]
+    only_noise = table[table["variant"].isin(["baseline: params", "tau: 1"])]
+    assert ablations.conclusions(only_noise)[1] == "No variant makes better masks than the baseline beyond noise."
+
+
+# -- study 06 --------------------------------------------------------------------------------------
+def test_study06_reads_the_headline_and_the_views():
+    head = pd.DataFrame({"model": ["toy-sd", "toy-sd3"], "family": ["UNet2DConditionModel", "SD3Transformer2DModel"],
+                         "best_map_kind": ["cross", "joint_slice"], "attention_miou": [0.714, 0.692], "presence_rate": [1.0, 1.0],
+                         "segmenter_ratio": [0.947, np.nan]})
+    table = pd.DataFrame({"model": ["toy-sd3"] * 4, "family": ["SD3Transformer2DModel"] * 4,
+                          "view": ["text-to-text attention", "caption route", "caption route", "caption route"],
+                          "setting": ["cut", "both", "tokens_only", "pooled_only"], "miou": [0.6875, np.nan, np.nan, np.nan],
+                          "presence": [1.0, 1.0, 1.0, 0.3125], "cached": [False] * 4})
+    s = model_families.conclusions(head, table)
+    supported(s, head, table)
+    assert "toy-sd (UNet2DConditionModel): best map kind cross, mask mIoU 0.714" in s[0] and "ratio of 0.947" in s[0]
+    assert "no segmenter ratio measured" in s[1] and "indicative" in s[2]
+    assert "pooled vector only, the named objects are present at a rate 0.312 against 1.000" in s[3]
+    assert "0.688 against 0.692 uncut (best map kind), within noise." in s[4]
