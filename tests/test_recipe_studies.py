@@ -173,3 +173,40 @@ def test_bad_bench_options_end_in_one_line(argv, message, capsys):
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and err.startswith("dmutils bench: error:")
+
+
+def test_recipe_conclusions_say_within_noise_and_quote_only_table_cells():
+    """Scaling, open vocabulary and noise learning conclude from their tables: every number a cell, an interval
+    holding 0 called within noise."""
+    import pandas as pd
+
+    from dmutils.studies import noise_study, open_vocab, scaling, wording
+
+    equivalent = pd.DataFrame([{"real_images": 25, "real_miou": 0.41234, "synthetic_images": 100.0, "at_most": True,
+                                "synthetic_per_real": 4.0},
+                               {"real_images": 50, "real_miou": 0.5, "synthetic_images": 312.7, "at_most": False,
+                                "synthetic_per_real": 6.254},
+                               {"real_images": 100, "real_miou": 0.6, "synthetic_images": float("nan"), "at_most": False,
+                                "synthetic_per_real": float("nan")}])
+    gain = pd.DataFrame([{"real_images": 25, "gain": 0.031, "gain_lo": 0.004, "gain_hi": 0.06, "beats": True},
+                         {"real_images": 50, "gain": 0.01, "gain_lo": -0.02, "gain_hi": 0.04, "beats": False}])
+    said = scaling.conclusions(equivalent, gain)
+    assert "about 313 synthetic images (6.3 per real image)" in said[1] and "more synthetic images" in said[2]
+    assert said[3].endswith("better.") and said[4].endswith("within noise.")
+    ov = pd.DataFrame([{"group": g, "arm": arm, "miou": m, "miou_lo": m - 0.1, "miou_hi": m + 0.1,
+                        **({"vs_real_only": d, "vs_real_only_lo": d - 0.05, "vs_real_only_hi": d + 0.05}
+                           if arm == open_vocab.ARMS[1] else {})}
+                       for g, m, d in (("seen", 0.6, 0.0), ("unseen", 0.2, 0.3), ("harmonic", 0.3, 0.2))
+                       for arm in open_vocab.ARMS])
+    ov_said = open_vocab.conclusions(ov)
+    assert [s.split(":")[0] for s in ov_said] == ["seen", "unseen", "harmonic"]
+    assert ov_said[0].endswith("within noise.") and ov_said[1].endswith("better.")
+    nl = pd.DataFrame([{"kind": "shifted", "share": 0.2, "arm": "noise learning", "drop": 0.2, "vs_none": -0.01,
+                        "vs_none_lo": -0.03, "vs_none_hi": 0.01, "recovered": -0.25, "recall": 0.3, "auc": 0.52},
+                       {"kind": "shifted", "share": 0.4, "arm": "noise learning", "drop": 0.2, "vs_none": 0.1,
+                        "vs_none_lo": 0.05, "vs_none_hi": 0.15, "recovered": 0.5, "recall": 0.6, "auc": 0.8}])
+    nl_said = noise_study.conclusions(nl)
+    assert len(nl_said) == 1 and "within noise" in nl_said[0]  # only drop fraction = share is concluded on
+    for sentences, tables in ((said, (equivalent, gain)), (ov_said, (ov,)), (nl_said, (nl,))):
+        values = [float(x) for t in tables for x in wording.numbers(t.to_csv(index=False))]
+        assert wording.unsupported(sentences, values) == []

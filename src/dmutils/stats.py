@@ -220,11 +220,6 @@ def seeds_paired_bootstrap(pairs, shared_images: bool = False, paired: bool = Tr
             "miou_b": float(np.mean(b)), "seeds": k, "n": [len(x[0]) for x, _ in checked]}
 
 
-def reading(ci_lo: float, ci_hi: float) -> str:
-    """A difference's interval in words for a computed conclusion: "above 0", "below 0" or "within noise"."""
-    return {"holds": "above 0", "does not hold": "below 0"}.get(verdict(ci_lo, ci_hi), "within noise")
-
-
 def verdict(ci_lo: float, ci_hi: float, direction: int = 1) -> str:
     """``holds`` when the interval lies on the claimed side of 0 (``direction`` +1: the variant is better),
     ``does not hold`` when it lies on the other side, ``inconclusive`` when it holds 0 (or is NaN)."""

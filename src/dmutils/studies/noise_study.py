@@ -32,6 +32,7 @@ from dmutils import stats
 from dmutils.config import Params
 from dmutils.errors import ParamsError
 from dmutils.studies import trainings as tr
+from dmutils.studies import wording as w
 
 KINDS = ("shifted", "swapped", "eroded")
 VERSION = 1  # bumped when what a cached training holds changes
@@ -252,14 +253,16 @@ def answers(table: pd.DataFrame) -> dict[str, Any]:
 
 def conclusions(table: pd.DataFrame) -> list[str]:
     """Per corruption kind and share, at drop fraction = share: what noise learning does to the segmenter against no
-    noise learning, how much of the corruption's loss it wins back, and how well it finds the corrupted masks."""
+    noise learning, how much of the corruption's loss it wins back, and how well it finds the corrupted masks (every
+    number a cell of :func:`noise_table`)."""
     out = []
     nl = table[(table.arm == "noise learning") & np.isclose(table["drop"], table["share"])]
     for _, r in nl.iterrows():
-        out.append(f"{r['kind']} masks, {r['share']:.0%} of them: noise learning {r['vs_none']:+.3f} "
-                   f"[{r['vs_none_lo']:+.3f}, {r['vs_none_hi']:+.3f}] mIoU against none ({stats.reading(r['vs_none_lo'], r['vs_none_hi'])}), "
-                   f"{r['recovered']:.0%} of the loss won back; it finds the corrupted masks with recall {r['recall']:.2f} "
-                   f"and AUC {r['auc']:.2f} (0.5: chance).")
+        lo, hi = r["vs_none_lo"], r["vs_none_hi"]
+        out.append(f"{r['kind']} masks, a share of {r['share']:g}: noise learning against none {w.signed(r['vs_none'])} "
+                   f"{w.interval(lo, hi)} mIoU, {w.verdict(lo, hi)}; share of the loss won back {w.num(r['recovered'])}; "
+                   f"it finds the corrupted masks with recall {w.num(r['recall'])} and AUC {w.num(r['auc'])} "
+                   "(chance: one half).")
     return out
 
 

@@ -25,6 +25,7 @@ from dmutils import stats
 from dmutils.config import Params
 from dmutils.errors import ParamsError
 from dmutils.studies import trainings as tr
+from dmutils.studies import wording as w
 
 ARMS = ("seen real", "seen real + unseen synthetic")
 VERSION = 1
@@ -177,13 +178,12 @@ def open_vocab_table(study: OpenVocabStudy, boot_seed: int = 0) -> pd.DataFrame:
 
 
 def conclusions(table: pd.DataFrame) -> list[str]:
-    """The study's answer per group (seen, unseen, harmonic) as sentences, computed from :func:`open_vocab_table`."""
+    """The study's answer per group (seen, unseen, harmonic), every number a cell of :func:`open_vocab_table`."""
     out = []
     for group, rows in table.groupby("group", sort=False):
         alone, both = rows[rows.arm == ARMS[0]].iloc[0], rows[rows.arm == ARMS[1]].iloc[0]
-        out.append(f"{group}: {alone['miou']:.3f} with the seen real labels alone, {both['miou']:.3f} with the unseen "
-                   f"classes' synthetic masks added; difference {both['vs_real_only']:+.3f} "
-                   f"[{both['vs_real_only_lo']:+.3f}, {both['vs_real_only_hi']:+.3f}], "
-                   f"{stats.reading(both['vs_real_only_lo'], both['vs_real_only_hi'])}.")
+        lo, hi = both["vs_real_only_lo"], both["vs_real_only_hi"]
+        out.append(f"{group}: {w.num(alone['miou'])} with the seen real labels alone, {w.num(both['miou'])} with the "
+                   f"unseen classes' synthetic masks added: {w.signed(both['vs_real_only'])} {w.interval(lo, hi)}, "
+                   f"{w.verdict(lo, hi)}.")
     return out
-

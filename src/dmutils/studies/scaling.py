@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmutils import stats
 from dmutils.config import Params
 from dmutils.errors import DataError
 from dmutils.studies import trainings as tr
+from dmutils.studies import wording as w
 
 ARMS = ("synthetic", "real", "real+synthetic")
 VERSION = 1
@@ -173,20 +173,18 @@ def figure(curve: pd.DataFrame):
 
 
 def conclusions(equivalent: pd.DataFrame, gain: pd.DataFrame) -> list[str]:
-    """The study's answers as sentences, computed from its two tables (mIoU as fractions, 3 decimals)."""
+    """The study's answers as sentences, every number a cell of its two tables (:mod:`dmutils.studies.wording`)."""
     out = []
     for _, r in equivalent.iterrows():
-        real = f"{int(r['real_images'])} real images (mIoU {r['real_miou']:.3f})"
+        real = f"{r['real_images']:g} real images (mIoU {w.num(r['real_miou'])})"
         if pd.isna(r["synthetic_images"]):
             out.append(f"{real}: no synthetic set measured reaches them; more synthetic images would be needed.")
         elif r["at_most"]:
-            out.append(f"{real}: matched by the smallest synthetic set measured, {r['synthetic_images']:.0f} images, "
-                       f"or fewer.")
+            out.append(f"{real}: matched by the smallest synthetic set measured, {r['synthetic_images']:g} images, or fewer.")
         else:
-            out.append(f"{real}: matched by about {r['synthetic_images']:.0f} synthetic images "
-                       f"({r['synthetic_per_real']:.1f} per real image).")
+            out.append(f"{real}: matched by about {w.num(r['synthetic_images'], 0)} synthetic images "
+                       f"({w.num(r['synthetic_per_real'], 1)} per real image).")
     for _, r in gain.iterrows():
-        out.append(f"Real + synthetic over {int(r['real_images'])} real images alone: {r['gain']:+.3f} "
-                   f"[{r['gain_lo']:+.3f}, {r['gain_hi']:+.3f}], {stats.reading(r['gain_lo'], r['gain_hi'])}.")
+        out.append(f"Real + synthetic against {r['real_images']:g} real images alone: {w.signed(r['gain'])} "
+                   f"{w.interval(r['gain_lo'], r['gain_hi'])}, {w.verdict(r['gain_lo'], r['gain_hi'])}.")
     return out
-
