@@ -2,6 +2,7 @@
 prompts and IoU in the titles, an ignore row only when there is an ignore region."""
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 
 from dmutils import figures
@@ -123,3 +124,75 @@ def test_model_families_examples_have_prompts_iou_and_a_legend():
     assert len(titles) == 2 and all(p in t and "IoU 1.00" in t and "toy-sd (cross)" in t for p, t in zip(prompts, titles))
     assert legend_names(fig) == ["background", *CLASS_NAMES]
     assert fig.axes[0].collections  # outlines, not a blend
+
+
+def ablation_results() -> pd.DataFrame:
+    """A baseline, two mask variants 1-2 points off it, and a training-only one (the baseline's masks)."""
+    rows = [("baseline", "params", 0.0, 0.0, 0.0, 0.30, False), ("tau", "1", 0.012, -0.004, 0.025, 0.31, False),
+            ("crf", "off", -0.021, -0.035, -0.008, 0.29, False), ("splicing", "on", 0.0, 0.0, 0.0, 0.27, True)]
+    return pd.DataFrame([{"variant": "baseline: params" if g == "baseline" else f"{g}: {s}", "group": g, "setting": s,
+                          "miou": 0.80 + d, "delta": d, "delta_lo": lo, "delta_hi": hi, "tuned_delta": d / 2,
+                          "tuned_delta_lo": lo, "tuned_delta_hi": hi, "n": 24, "paired_n": 24, "segmenter_miou": seg,
+                          "train_samples": 20, "same_masks": same, "key": "base" if same or g == "baseline" else g}
+                         for g, s, d, lo, hi, seg, same in rows])
+
+
+def test_ablation_deltas_have_intervals_a_zero_line_and_a_fitted_axis():
+    from dmutils.studies import ablations
+
+    results = ablation_results()
+    fig = ablations.delta_figure(results)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["tau: 1", "crf: off"]  # no baseline, no training-only variant
+    bars = [c for c in ax.containers if c.has_xerr]
+    assert len(bars) == 2  # at the params' threshold and at each one's own threshold, both with intervals
+    x = np.sort(bars[0].lines[0].get_xdata())
+    assert np.allclose(x, [-2.1, 1.2])  # differences in points, not mIoU
+    lo, hi = ax.get_xlim()
+    assert -4.5 < lo < -3.5 and 2.5 < hi < 3.5  # fit to the intervals (-3.5 to 2.5), not from 0 to the mIoU
+    assert any(np.allclose(line.get_xdata(), 0) for line in ax.get_lines())  # the baseline's zero line
+    assert "baseline" in [t.get_text() for t in ax.get_legend().get_texts()][0]
+    # without run_grid's same_masks column, the baseline's score key tells the training-only variants
+    fig = ablations.delta_figure(results.drop(columns="same_masks"))
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["tau: 1", "crf: off"]
+
+
+def test_ablation_captions_state_n_the_protocol_and_what_is_left_out():
+    from dmutils.config import Params
+    from dmutils.studies import ablations
+
+    results, params = ablation_results(), Params()
+    text = ablations.delta_caption(results, params)
+    assert "n = 24 images" in text and "95%" in text and "guidance" in text and "threshold" in text
+    assert "splicing: on" in text  # named as not drawn
+    seg = ablations.segmenter_caption(results, params)
+    assert "No intervals" in seg and "guidance" in seg
+
+
+def test_segmenter_deltas_are_points_without_intervals():
+    from dmutils.studies import ablations
+
+    results = ablation_results()
+    assert ablations.segmenter_scored(results)
+    fig = ablations.segmenter_delta_figure(results)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["tau: 1", "crf: off", "splicing: on"]
+    assert not any(c.has_xerr for c in ax.containers)
+    assert np.allclose(np.sort(ax.containers[0].lines[0].get_xdata()), [-3, -1, 1])
+    assert not ablations.segmenter_scored(results.assign(segmenter_miou=[np.nan, 0.3, 0.3, 0.3]))
+
+
+def test_crf_figure_has_an_off_on_legend_and_the_whole_threshold_axis():
+    from dmutils.config import Params
+    from dmutils.studies import thresholds
+
+    off = [{"crf": False, "threshold": t, "mean": 0.5, "ci_lo": 0.4, "ci_hi": 0.6, "n": 12} for t in (0.05, 0.5, 0.95)]
+    on = [{"crf": True, "threshold": t, "mean": 0.6, "ci_lo": 0.5, "ci_hi": 0.7, "n": 12} for t in (0.2, 0.7)]
+    table = pd.DataFrame(off + on)
+    ax = thresholds.crf_figure(table).axes[0]
+    legend = ax.get_legend()
+    assert legend.get_title().get_text() == "DenseCRF" and [t.get_text() for t in legend.get_texts()] == ["off", "on"]
+    lo, hi = ax.get_xlim()
+    assert lo <= 0.05 and hi >= 0.95
+    text = thresholds.crf_caption(table, Params())
+    assert "n = 12" in text and "0.05-0.95" in text and "0.2-0.7" in text and "guidance" in text and "threshold" in text
