@@ -151,7 +151,7 @@ def test_ablation_deltas_have_intervals_a_zero_line_and_a_fitted_axis():
     lo, hi = ax.get_xlim()
     assert -4.5 < lo < -3.5 and 2.5 < hi < 3.5  # fit to the intervals (-3.5 to 2.5), not from 0 to the mIoU
     assert any(np.allclose(line.get_xdata(), 0) for line in ax.get_lines())  # the baseline's zero line
-    assert "baseline" in [t.get_text() for t in ax.get_legend().get_texts()][0]
+    assert "baseline" in legend_names(fig)[0]
     # without run_grid's same_masks column, the baseline's score key tells the training-only variants
     fig = ablations.delta_figure(results.drop(columns="same_masks"))
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["tau: 1", "crf: off"]

@@ -346,8 +346,8 @@ def intervals(scores: dict[str, dict], baseline: str, folds: int = FOLDS, seed: 
 def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence[Variant], cache_dir: str | Path,
              oracle=None, progress: bool = True, test=None) -> pd.DataFrame:
     """Score every variant: one row each (variant, group, setting, miou, the interval columns of :func:`intervals`,
-    n, ignored, cached, key, same_masks (a variant whose masks are the baseline's by construction: it changes only
-    training, so its mask score is the baseline's),
+    n, ignored, cached, key, same_masks (a variant whose masks are the baseline's by construction: same score key, as
+    when it changes only training; its mask score is the baseline's),
     and for ``Variant.segmenter`` ones segmenter_miou, train_samples, train_seconds; NaN otherwise).
 
     ``pipe_factory`` is called once, and only when some score is not cached; samples are generated
@@ -506,11 +506,11 @@ def delta_figure(results: pd.DataFrame):
     if "tuned_delta" in rows and rows["tuned_delta"].notna().any():
         columns.append(("tuned_delta", "tuned_delta_lo", "tuned_delta_hi", "each at its own threshold (cross-fitted)",
                         {"color": "C1", "fmt": "D", "mfc": "white", "ms": 4}))
-    fig, ax = plt.subplots(figsize=(7.0, 1.0 + 0.3 * len(rows)), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7.0, 1.6 + 0.3 * len(rows)), layout="constrained")
     _fit_axis(ax, _delta_rows(ax, rows, columns))
     ax.set(xlabel="Δ mask mIoU vs the baseline (points; oracle labels)", title="Ablations: masks, difference from the baseline")
     ax.grid(axis="y", visible=False)
-    ax.legend(fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1.06), ncols=3, frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="x-small", frameon=False)
     return fig
 
 
@@ -531,12 +531,12 @@ def segmenter_delta_figure(results: pd.DataFrame):
     if not segmenter_scored(results):
         raise ValueError("no variant (or no baseline) was scored by a segmenter")
     rows["seg_delta"] = rows["segmenter_miou"] - float(base.iloc[0])
-    fig, ax = plt.subplots(figsize=(7.0, 1.0 + 0.3 * len(rows)), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7.0, 1.6 + 0.3 * len(rows)), layout="constrained")
     _fit_axis(ax, _delta_rows(ax, rows, [("seg_delta", "", "", "one training each (no interval)", {"color": "C2"})]))
     ax.set(xlabel="Δ segmenter mIoU on the real test split vs the baseline (points)",
            title="Ablations: segmenters, difference from the baseline")
     ax.grid(axis="y", visible=False)
-    ax.legend(fontsize="x-small", loc="lower left", bbox_to_anchor=(0, 1.06), ncols=2, frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="x-small", frameon=False)
     return fig
 
 
@@ -547,14 +547,18 @@ def delta_caption(results: pd.DataFrame, params: Params) -> str:
     base = results[results["group"] == BASELINE[0]].iloc[0]
     left = results.loc[same_masks(results), "variant"].tolist()
     paired = int(base["paired_n"]) if "paired_n" in base and pd.notna(base["paired_n"]) else int(base["n"])
-    grid = threshold_grid(params)
-    tuned = (f" Diamonds: each variant and the baseline at their own threshold of {min(grid):g}-{max(grid):g} chosen on "
-             f"other images ({FOLDS}-fold)." if grid else "")
+    s = params.study
+    grids = f"study.thresholds ({min(s.thresholds):g}-{max(s.thresholds):g})" + (
+        f", or study.crf_thresholds ({min(s.crf_thresholds):g}-{max(s.crf_thresholds):g}) with DenseCRF on"
+        if s.crf_thresholds else "")
+    tuned = (f" Diamonds: each variant and the baseline at their own threshold of {grids}, chosen on other images "
+             f"({FOLDS}-fold; per-class and adaptive thresholds as they are)." if "tuned_delta" in results else "")
     return (f"Mask mIoU against the oracle of each ablation variant minus the baseline's, in points, n = {paired} images "
             f"(the baseline's; a variant is paired on the images both scored), with paired bootstrap 95% intervals over "
             f"images ({stats.N_BOOT} resamples); 0 = the baseline. Circles: at the params' threshold.{tuned} "
             f"Baseline protocol: {figures.protocol(params)}; each variant changes only what its name says."
-            + (f" Not drawn (they change only training, so their masks are the baseline's): {', '.join(left)}." if left else ""))
+            + (f" Not drawn, their mask settings being the baseline's (they change only training, or repeat the "
+               f"baseline's setting), so their masks are the baseline's: {', '.join(left)}." if left else ""))
 
 
 def segmenter_caption(results: pd.DataFrame, params: Params) -> str:
