@@ -196,3 +196,18 @@ def test_crf_figure_has_an_off_on_legend_and_the_whole_threshold_axis():
     assert lo <= 0.05 and hi >= 0.95
     text = thresholds.crf_caption(table, Params())
     assert "n = 12" in text and "0.05-0.95" in text and "0.2-0.7" in text and "guidance" in text and "threshold" in text
+
+
+def test_threshold_examples_outline_the_mask_beside_the_oracle():
+    from dmutils.config import Params
+    from dmutils.studies import thresholds
+
+    params = Params()
+    image = np.full((16, 16, 3), 128, np.uint8)
+    ex = {"images": [image], "masks": [square_labels(1)], "oracle": [square_labels(1)], "prompts": ["a circle"]}
+    fig = thresholds.examples_figure(ex, params)
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()][1:] == ["mask", "oracle"]
+    assert "'a circle'" in fig.axes[0].get_title() and "IoU 1.00" in fig.axes[0].get_title()
+    assert legend_names(fig) == ["background", *params.class_names]
+    text = thresholds.examples_caption(ex, params)
+    assert text.startswith("1 study samples") and "guidance" in text and "per-class thresholds" in text

@@ -434,6 +434,27 @@ def example_masks(samples: Sequence[Sample], params: Params, table_path: str | P
             "prompts": [s.spec.prompt for s in chosen]}
 
 
+def examples_figure(ex: dict[str, list], params: Params):
+    """:func:`example_masks` drawn: each image with its per-class-threshold mask's outlines, that mask and the
+    oracle's labels in the flat class palette, the prompt and the image's mIoU against the oracle above."""
+    from dmutils import figures
+
+    k = len(params.class_names) + 1
+    titles = [figures.column_title(p, figures.image_iou(m, o, k)) for p, m, o in zip(ex["prompts"], ex["masks"], ex["oracle"])]
+    return figures.segmentation_grid(ex["images"], [ex["masks"], ex["oracle"]], ["mask", "oracle"], titles, params.class_names,
+                                     title="Per-class-threshold masks beside the oracle's labels")
+
+
+def examples_caption(ex: dict[str, list], params: Params) -> str:
+    """The caption of :func:`examples_figure`: n and the protocol."""
+    tau, crf = main_condition(params)
+    return (f"{len(ex['images'])} study samples (one per class where possible): the image with the outlines of its mask "
+            f"at the per-class thresholds (chosen on this study's records), that mask and the oracle's labels in the "
+            f"fixed class palette, the prompt and the image's mIoU against the oracle (background included) above. "
+            f"Protocol: guidance {params.model.guidance_scale:g}, {params.model.num_inference_steps} steps; masks: "
+            f"tau {tau}, DenseCRF {'on' if crf else 'off'}, {params.masks.normalize}, per-class thresholds, no uncertain band.")
+
+
 def stable_hash(obj: Any) -> str:
     """A short hash of a JSON-able object, stable across runs: the studies' cache keys."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
