@@ -267,6 +267,7 @@ def test_run_grid_trains_segmenters_for_flagged_variants_and_caches_them(tmp_pat
     # training-only variants make the baseline's masks: same mask score, same cache entry
     assert rows.loc["splicing: on", "key"] == rows.loc["baseline: params", "key"]
     assert rows.loc["splicing: on", "miou"] == rows.loc["baseline: params", "miou"]
+    assert list(rows.index[rows["same_masks"]]) == ["splicing: on", "noise_learning: on"]  # left out of the mask figure
 
     # study 05's conclusions on this grid: every number a cell of the table the notebook saves (its CSV)
     from dmutils.studies import wording

@@ -2,6 +2,11 @@
 
 - :func:`overlay` / :func:`image_grid`: images with label masks blended in the VOC palette
   (255 = ignore in the palette's cream), a legend of the classes shown.
+- :func:`segmentation_grid`: masks as a reviewer reads them -- each image with its mask's *outlines*
+  (nothing blended, so a class's colour never mixes with the image's), flat-palette mask panels beside
+  it (one fixed palette: class k is always ``PALETTE[k]``), a full legend of the class names, and the
+  prompt and per-image IoU in each column's title (:func:`image_iou`); :func:`protocol` words the
+  generation and mask settings for captions.
 - :func:`map_grid`: a grid of score/attention maps with row and column titles and one colour bar
   per row (or for the whole grid), as the papers' per-resolution / per-timestep figures.
 - :func:`curves_with_band`: mean curves with their confidence band from a tidy table (the
@@ -20,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
+from dmutils import stats
 from dmutils.data.voc import PALETTE
 from dmutils.nb import FIGSIZE
 
@@ -46,6 +52,88 @@ def class_legend(ax, class_names: Sequence[str], labels: Sequence[np.ndarray] | 
         handles.append(Patch(color=PALETTE[IGNORE] / 255, label="ignore (255)"))
     if handles:
         ax.legend(handles=handles, **{"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": "small", "frameon": False, **kw})
+
+
+def full_legend(fig, class_names: Sequence[str], ignore: bool = False, **kw) -> None:
+    """A figure legend of every class of the fixed palette (background first), whether shown or not, plus
+    'ignore (255)' when ``ignore``; outside the panels on the right (constrained layout makes room)."""
+    handles = [Patch(facecolor=PALETTE[0] / 255, edgecolor="grey", label="background")]
+    handles += [Patch(color=PALETTE[k] / 255, label=name) for k, name in enumerate(class_names, 1)]
+    if ignore:
+        handles.append(Patch(facecolor=PALETTE[IGNORE] / 255, edgecolor="grey", label="ignore (255)"))
+    fig.legend(handles=handles, **{"loc": "outside right upper", "fontsize": "small", "frameon": False, "title": "classes", **kw})
+
+
+def flat_mask(labels: np.ndarray) -> np.ndarray:
+    """``labels`` (H, W) as an RGB image in the fixed palette: nothing of the image blended in."""
+    return PALETTE[np.asarray(labels)].astype(np.uint8)
+
+
+def draw_outlines(ax, labels: np.ndarray, width: float = 1.2) -> None:
+    """Each labelled region's boundary in its class colour over a white halo, so it shows on any image (a red
+    outline on a red circle stays visible) and hides none of its pixels; 0 and 255 are not outlined."""
+    labels = np.asarray(labels)
+    for k in np.unique(labels):
+        if k in (0, IGNORE):
+            continue
+        region = (labels == k).astype(np.float32)
+        ax.contour(region, levels=[0.5], colors="white", linewidths=width + 1.6)
+        ax.contour(region, levels=[0.5], colors=[PALETTE[k] / 255], linewidths=width)
+
+
+def image_iou(pred: np.ndarray, true: np.ndarray, num_classes: int) -> float:
+    """One image's mIoU of ``pred`` against ``true``: mean over the classes (background included) either marks,
+    pixels 255 in either left out; NaN when no class is present."""
+    inter, union = stats.confusion_counts(np.asarray(pred), np.asarray(true), num_classes)
+    return float(stats.pooled_miou(inter[None], union[None]))
+
+
+def protocol(params) -> str:
+    """The generation and mask settings of ``params`` in words, for a caption (guidance, refinement, threshold)."""
+    m = params.masks
+    refine = {"none": "no refinement", "self_attention": f"self-attention refinement (tau {m.tau})",
+              "affinity": "learned-affinity refinement"}[m.refine]
+    threshold = {"fixed": f"fixed threshold {m.threshold:g}", "per_class": "per-class thresholds",
+                 "adaptive": "adaptive threshold"}.get(m.threshold_mode, m.threshold_mode)
+    band = f", uncertain band [{m.uncertain_band[0]:g}, {m.uncertain_band[1]:g}) left as 255" if m.uncertain_band else ""
+    return (f"guidance {params.model.guidance_scale:g}, {params.model.num_inference_steps} steps; masks: {refine}, "
+            f"DenseCRF {'on' if m.crf.enabled else 'off'}, {threshold}{band}")
+
+
+def column_title(prompt: str, iou: float | None = None, head: str | None = None, width: int = 22) -> str:
+    """A column's title: ``head`` (e.g. the model), the prompt wrapped to ``width`` characters, and 'IoU 0.83' when known."""
+    lines = ([head] if head else []) + textwrap.wrap(repr(prompt), width)
+    if iou is not None and not np.isnan(iou):
+        lines.append(f"IoU {iou:.2f}")
+    return "\n".join(lines)
+
+
+def segmentation_grid(images: Sequence[np.ndarray], masks: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
+                      titles: Sequence[str], class_names: Sequence[str], outline: int | None = 0, title: str | None = None):
+    """One column per image: the image with the outlines of ``masks[outline]`` (plain when None), then one
+    flat-palette row per mask set (``masks[r][c]``, labelled ``row_labels[r]``); ``titles[c]`` above each column
+    (prompt, IoU); a legend of every class name (and 'ignore' when some mask has 255)."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("segmentation_grid needs at least one image")
+    if len(row_labels) != len(masks) or any(len(m) != n for m in masks) or len(titles) != n:
+        raise ValueError(f"{n} images need {n} titles and {len(masks)} mask rows of {n} masks with one label each")
+    fig, axes = _grid(len(masks) + 1, n, extra_width=1.4, panel_width=PANEL + 0.15)
+    for c in range(n):
+        axes[0, c].imshow(images[c], interpolation="nearest")
+        if outline is not None:
+            draw_outlines(axes[0, c], masks[outline][c])
+        axes[0, c].set_title(titles[c], fontsize="x-small", fontweight="normal")
+        for r, row in enumerate(masks, 1):
+            axes[r, c].imshow(flat_mask(row[c]), interpolation="nearest")
+    axes[0, 0].set_ylabel("image" + (f" +\n{row_labels[outline]} outlines" if outline is not None else ""), fontsize="x-small")
+    for r, label in enumerate(row_labels, 1):
+        axes[r, 0].set_ylabel(label, fontsize="x-small")
+    ignore = any((np.asarray(m) == IGNORE).any() for row in masks for m in row)
+    full_legend(fig, class_names, ignore=ignore)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def _grid(rows: int, cols: int, extra_width: float = 0.0, panel_width: float = PANEL):

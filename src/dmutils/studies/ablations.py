@@ -346,7 +346,8 @@ def intervals(scores: dict[str, dict], baseline: str, folds: int = FOLDS, seed: 
 def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence[Variant], cache_dir: str | Path,
              oracle=None, progress: bool = True, test=None) -> pd.DataFrame:
     """Score every variant: one row each (variant, group, setting, miou, the interval columns of :func:`intervals`,
-    n, ignored, cached, key,
+    n, ignored, cached, key, same_masks (a variant whose masks are the baseline's by construction: same score key, as
+    when it changes only training; its mask score is the baseline's),
     and for ``Variant.segmenter`` ones segmenter_miou, train_samples, train_seconds; NaN otherwise).
 
     ``pipe_factory`` is called once, and only when some score is not cached; samples are generated
@@ -403,7 +404,7 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
         rows.append({"variant": v.name, "group": v.group, "setting": v.setting, "miou": r["miou"], **bars[v.name], "n": r["n"],
                      "ignored": r["ignored"], "segmenter_miou": sr["segmenter_miou"], "train_samples": sr["train_samples"],
                      "train_seconds": sr["train_seconds"], "cached": r["cached"] and (sr.get("cached", True)),
-                     "key": keys[v.name]})
+                     "key": keys[v.name], "same_masks": v is not variants[0] and keys[v.name] == keys[variants[0].name]})
     return pd.DataFrame(rows)
 
 
@@ -486,3 +487,133 @@ def conclusions(results: Any) -> list[str]:
                    f"{num(hi['segmenter_miou'])} ({hi['variant']}) on the real test split, the baseline {num(base['segmenter_miou'])}; "
                    "one short training each and no interval, so these differences are indicative, not verdicts.")
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+def same_masks(results: pd.DataFrame) -> pd.Series:
+    """Rows whose masks are the baseline's by construction (``run_grid``'s ``same_masks``, else the baseline's score
+    key); False for all when the table has neither column."""
+    if "same_masks" in results:
+        return results["same_masks"].fillna(False).astype(bool)
+    if "key" in results:
+        base = results.loc[results["group"] == BASELINE[0], "key"]
+        return (results["group"] != BASELINE[0]) & results["key"].eq(base.iloc[0] if len(base) else None)
+    return pd.Series(False, index=results.index)
+
+
+def _fit_axis(ax, values) -> None:
+    """x limits around ``values`` and 0 (the baseline) with a small margin: the differences fill the axis."""
+    v = np.asarray([x for x in np.ravel(values) if np.isfinite(x)] + [0.0])
+    lo, hi = float(v.min()), float(v.max())
+    pad = max(hi - lo, 0.5) * 0.08
+    ax.set_xlim(lo - pad, hi + pad)
+
+
+def _delta_rows(ax, rows: pd.DataFrame, columns: list[tuple[str, str, str, str, dict]]) -> list[float]:
+    """Points of each ``(value, lo, hi, label, style)`` column in points (x 100) with their intervals, one line per
+    row (top to bottom), offsets within a line; returns every value drawn (for the axis)."""
+    y = np.arange(len(rows))[::-1].astype(float)
+    shown = []
+    for j, (col, lo, hi, label, style) in enumerate(columns):
+        x = rows[col].to_numpy(float) * 100
+        offset = (j - (len(columns) - 1) / 2) * 0.25
+        err = None
+        if lo in rows and hi in rows:
+            lo_v, hi_v = rows[lo].to_numpy(float) * 100, rows[hi].to_numpy(float) * 100
+            err = np.vstack([x - lo_v, hi_v - x]).clip(min=0)
+            err = np.where(np.isfinite(err), err, 0)
+            shown += [*lo_v, *hi_v]
+        style = dict(style)
+        ax.errorbar(x, y + offset, xerr=err, fmt=style.pop("fmt", "o"), capsize=2, lw=1, label=label, **style)
+        shown += list(x)
+    ax.set_yticks(y, rows["variant"])
+    groups = rows["group"].to_numpy()
+    for k in range(1, len(rows)):
+        if groups[k] != groups[k - 1]:
+            ax.axhline(y[k] + 0.5, color="0.85", lw=0.8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.axvline(0, color="black", lw=1, zorder=0, label="baseline (0)")
+    return shown
+
+
+def delta_figure(results: pd.DataFrame):
+    """Mask mIoU of each variant minus the baseline's (points) with paired bootstrap 95% intervals over the images
+    both scored: at the params' threshold and, where present, at each one's own threshold chosen on other images;
+    a zero line; the axis fit to the differences. Variants with the baseline's masks (training only) are left out."""
+    import matplotlib.pyplot as plt
+
+    rows = results[(results["group"] != BASELINE[0]) & ~same_masks(results)]
+    if not len(rows):
+        raise ValueError("no variant changes the masks: nothing to compare against the baseline")
+    columns = [("delta", "delta_lo", "delta_hi", "at the params' threshold", {"color": "C0"})]
+    if "tuned_delta" in rows and rows["tuned_delta"].notna().any():
+        columns.append(("tuned_delta", "tuned_delta_lo", "tuned_delta_hi", "each at its own threshold (cross-fitted)",
+                        {"color": "C1", "fmt": "D", "mfc": "white", "ms": 4}))
+    fig, ax = plt.subplots(figsize=(7.0, 1.6 + 0.3 * len(rows)), layout="constrained")
+    _fit_axis(ax, _delta_rows(ax, rows, columns))
+    ax.set(xlabel="Δ mask mIoU vs the baseline (points; oracle labels)", title="Ablations: masks, difference from the baseline")
+    ax.grid(axis="y", visible=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="x-small", frameon=False)
+    return fig
+
+
+def segmenter_scored(results: pd.DataFrame) -> bool:
+    """Whether the baseline and at least one variant were scored by a segmenter (:func:`segmenter_delta_figure` draws)."""
+    seg = results["segmenter_miou"].notna() if "segmenter_miou" in results else pd.Series(False, index=results.index)
+    base = results["group"] == BASELINE[0]
+    return bool((seg & base).any() and (seg & ~base).any())
+
+
+def segmenter_delta_figure(results: pd.DataFrame):
+    """Segmenter mIoU on the real test split of each scored variant minus the baseline's (points, no intervals: one
+    training per variant and no per-image counts kept), a zero line and the axis fit to the differences."""
+    import matplotlib.pyplot as plt
+
+    base = results.loc[results["group"] == BASELINE[0], "segmenter_miou"]
+    rows = results[(results["group"] != BASELINE[0]) & results["segmenter_miou"].notna()].copy()
+    if not segmenter_scored(results):
+        raise ValueError("no variant (or no baseline) was scored by a segmenter")
+    rows["seg_delta"] = rows["segmenter_miou"] - float(base.iloc[0])
+    fig, ax = plt.subplots(figsize=(7.0, 1.6 + 0.3 * len(rows)), layout="constrained")
+    _fit_axis(ax, _delta_rows(ax, rows, [("seg_delta", "", "", "one training each (no interval)", {"color": "C2"})]))
+    ax.set(xlabel="Δ segmenter mIoU on the real test split vs the baseline (points)",
+           title="Ablations: segmenters, difference from the baseline")
+    ax.grid(axis="y", visible=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="x-small", frameon=False)
+    return fig
+
+
+def delta_caption(results: pd.DataFrame, params: Params) -> str:
+    """The caption of :func:`delta_figure`: n, the protocol and what is left out."""
+    from dmutils import figures
+
+    base = results[results["group"] == BASELINE[0]].iloc[0]
+    left = results.loc[same_masks(results), "variant"].tolist()
+    paired = int(base["paired_n"]) if "paired_n" in base and pd.notna(base["paired_n"]) else int(base["n"])
+    s = params.study
+    grids = f"study.thresholds ({min(s.thresholds):g}-{max(s.thresholds):g})" + (
+        f", or study.crf_thresholds ({min(s.crf_thresholds):g}-{max(s.crf_thresholds):g}) with DenseCRF on"
+        if s.crf_thresholds else "")
+    tuned = (f" Diamonds: each variant and the baseline at their own threshold of {grids}, chosen on other images "
+             f"({FOLDS}-fold; per-class and adaptive thresholds as they are)." if "tuned_delta" in results else "")
+    return (f"Mask mIoU against the oracle of each ablation variant minus the baseline's, in points, n = {paired} images "
+            f"(the baseline's; a variant is paired on the images both scored), with paired bootstrap 95% intervals over "
+            f"images ({stats.N_BOOT} resamples); 0 = the baseline. Circles: at the params' threshold.{tuned} "
+            f"Baseline protocol: {figures.protocol(params)}; each variant changes only what its name says."
+            + (f" Not drawn, their mask settings being the baseline's (they change only training, or repeat the "
+               f"baseline's setting), so their masks are the baseline's: {', '.join(left)}." if left else ""))
+
+
+def segmenter_caption(results: pd.DataFrame, params: Params) -> str:
+    """The caption of :func:`segmenter_delta_figure`: n, the protocol, and why there are no intervals."""
+    from dmutils import figures
+
+    scored = results[results["segmenter_miou"].notna()]
+    train = scored["train_samples"].dropna()
+    sizes = f"{int(train.min())}-{int(train.max())}" if len(train) else "?"
+    return (f"mIoU on the real test split of a segmenter trained on each main variant's masks minus the baseline's, in "
+            f"points ({len(scored)} trainings, the baseline's included, of {sizes} synthetic images each, one seed: short and indicative). No "
+            f"intervals: one training per variant and no per-image test counts are kept, so none can be computed; "
+            f"0 = the baseline. Baseline protocol: {figures.protocol(params)}.")

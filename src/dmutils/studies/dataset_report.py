@@ -76,8 +76,10 @@ def throughput(summary: dict) -> pd.DataFrame:
                           "samples_per_s": summary["samples_per_s"]}])
 
 
-def sample_grid(root: str | Path, records: list[dict], class_names: list[str], n: int = 6):
-    """The first ``n`` written samples: image, mask overlay (VOC palette), and the ignore (255) region in white."""
+def sample_grid(root: str | Path, records: list[dict], class_names: list[str], n: int = 6, oracle=None):
+    """The first ``n`` written samples: each image with its mask's outlines, the mask in the flat palette, the
+    ``oracle``'s labels when given (with the per-image mIoU against them in the titles), and an ignore (255) row
+    only when some shown mask has an ignore region."""
     from dmutils import figures
 
     ok = [r for r in records if r["status"] == "ok"][:n]
@@ -86,10 +88,30 @@ def sample_grid(root: str | Path, records: list[dict], class_names: list[str], n
     root = Path(root)
     images = [voc.read_image(root / voc.IMAGES / f"{r['id']}.jpg") for r in ok]
     labels = [voc.read_label(root / voc.LABELS / f"{r['id']}.png") for r in ok]
-    ignore = [np.repeat(((lab == IGNORE) * 255).astype(np.uint8)[..., None], 3, axis=2) for lab in labels]
-    titles = [r["prompt"] for r in ok] + ["mask"] * len(ok) + [f"ignore {float((lab == IGNORE).mean()):.0%}" for lab in labels]
-    return figures.image_grid([*images, *images, *ignore], [None] * len(ok) + labels + [None] * len(ok), titles,
-                              ncols=len(ok), class_names=class_names, title="Generated samples, masks and ignore regions")
+    rows, names = [labels], ["mask"]
+    truth = list(oracle.predict(np.stack(images))) if oracle is not None else None
+    if truth is not None:
+        rows.append(truth)
+        names.append("oracle")
+    if any((lab == IGNORE).any() for lab in labels):
+        rows.append([np.where(lab == IGNORE, IGNORE, 0).astype(np.uint8) for lab in labels])
+        names.append("ignore (255)")
+    k = len(class_names) + 1
+    titles = [figures.column_title(r["prompt"], figures.image_iou(lab, t, k) if truth is not None else None)
+              + (f"\nignore {float((lab == IGNORE).mean()):.0%}" if (lab == IGNORE).any() else "")
+              for r, lab, t in zip(ok, labels, truth or [None] * len(ok))]
+    return figures.segmentation_grid(images, rows, names, titles, class_names, title="Generated samples and their masks")
+
+
+def sample_caption(params, records: list[dict], shown: int, oracle: bool) -> str:
+    """The caption of :func:`sample_grid`: what is shown, of how many written samples, under which protocol."""
+    from dmutils import figures
+
+    written = sum(r["status"] == "ok" for r in records)
+    iou = " and its mIoU against the oracle's labels (per image, background included)" if oracle else ""
+    return (f"The first {min(shown, written)} of {written} written samples (n = {len(records)} generated): the image with "
+            f"its mask's outlines, the mask in the fixed class palette{iou}; the prompt above each column. "
+            f"Protocol: {figures.protocol(params)}.")
 
 
 def conclusions(speed: pd.DataFrame, classes: pd.DataFrame, outcomes: pd.DataFrame) -> list[str]:

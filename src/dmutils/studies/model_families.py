@@ -166,17 +166,38 @@ def measured_segmenter_ratio(params: Params, path: str) -> float | None:
 
 
 def example_grid(results: dict[str, dict]):
-    """Per model, four images with the oracle's labels and the best kind's attention masks."""
+    """Per model, its examples (four images of the same prompts and seeds): each image with the outlines of the best
+    kind's attention mask, the oracle's labels and that mask in the flat class palette; the model, the prompt and the
+    image's mIoU against the oracle above each column, a legend of every class."""
     from dmutils import figures
+    from dmutils.toy.probe import CLASS_NAMES, two_class_prompts
 
-    images, labels, titles = [], [], []
+    images, targets, preds, titles = [], [], [], []
     for m, r in results.items():
         ex = r["examples"]
-        for img, pred, target in zip(ex["images"], ex["preds"], ex["targets"]):
-            images += [np.asarray(img, dtype=np.uint8)] * 2
-            labels += [np.asarray(target), np.asarray(pred)]
-            titles += [f"{Path(m).name}: oracle", f"{Path(m).name}: {r['best_kind']}"]
-    return figures.image_grid(images, labels, titles, ncols=8)
+        prompts = [p for p, _ in two_class_prompts(len(ex["images"]))]  # bench toy-model's order: image k is prompt k, seed k
+        for img, pred, target, prompt in zip(ex["images"], ex["preds"], ex["targets"], prompts):
+            images.append(np.asarray(img, dtype=np.uint8))
+            preds.append(np.asarray(pred))
+            targets.append(np.asarray(target))
+            iou = figures.image_iou(preds[-1], targets[-1], len(CLASS_NAMES) + 1)
+            titles.append(figures.column_title(prompt, iou, head=f"{Path(m).name} ({r['best_kind']})"))
+    return figures.segmentation_grid(images, [preds, targets], ["attention mask", "oracle"], titles, CLASS_NAMES,
+                                     title="Attention masks per model family (best map kind)")
+
+
+def examples_caption(results: dict[str, dict], params: Params) -> str:
+    """The caption of :func:`example_grid`: n and the protocol (bench toy-model's: guidance, plain masks, threshold)."""
+    from dmutils.toy.probe import PROTOCOL_GUIDANCE
+
+    shown = {Path(m).name: len(r["examples"]["images"]) for m, r in results.items()}
+    return (f"Per model ({', '.join(f'{k}: {v} images' for k, v in shown.items())}, the first of "
+            f"{params.study.family_images} scored; the same prompts and seeds for every model): the image with the "
+            f"outlines of its best map kind's attention mask, that mask and the oracle's labels (unnamed classes as "
+            f"background) in the fixed class palette, the prompt and the image's mIoU against the oracle (background "
+            f"included) above. Protocol: guidance {PROTOCOL_GUIDANCE:g}, {params.model.num_inference_steps} steps, plain "
+            f"attention masks (no refinement, no DenseCRF), {params.masks.normalize} normalisation, fixed threshold "
+            f"{params.masks.threshold:g}.")
 
 
 def scores_figure(table: pd.DataFrame):

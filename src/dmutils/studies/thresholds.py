@@ -298,6 +298,41 @@ def crf_curves(records: pd.DataFrame, params: Params) -> pd.DataFrame:
     return curves(_at(records, tau=main_condition(params)[0]), ["crf", "threshold"])
 
 
+def crf_figure(crf_table: pd.DataFrame):
+    """:func:`crf_curves`' table drawn: pooled mIoU vs threshold with DenseCRF off and on (a legend saying so), 95%
+    bands, the threshold axis over 0.05-0.95 whatever each condition's grid covers."""
+    from dmutils import figures
+
+    table = crf_table.assign(DenseCRF=crf_table["crf"].map({False: "off", True: "on"}))
+    fig = figures.curves_with_band(table, "threshold", hue="DenseCRF", hue_order=["off", "on"], xlabel="threshold",
+                                   title="IoU vs threshold, DenseCRF off/on", ylabel="pooled mIoU vs oracle")
+    ax = fig.axes[0]
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xticks(np.round(np.arange(0.05, 1.0, 0.15), 2))
+    return fig
+
+
+def _span(values) -> str:
+    v = sorted(float(x) for x in values)
+    return f"{v[0]:g}-{v[-1]:g}, {len(v)} values" if v else "none"
+
+
+def crf_caption(crf_table: pd.DataFrame, params: Params) -> str:
+    """The caption of :func:`crf_figure`: n, the protocol and each condition's threshold grid."""
+    tau = main_condition(params)[0]
+    grids = {crf: _span(g["threshold"]) for crf, g in crf_table.groupby("crf")}
+    n = crf_table["n"].dropna()
+    images = f"n = {int(n.min())}" + (f"-{int(n.max())}" if n.max() != n.min() else "")
+    short = "" if params.study.crf_thresholds is None else (
+        " DenseCRF on is swept at study.crf_thresholds only (DenseCRF is slow); --set study.crf_thresholds=null sweeps "
+        "it over study.thresholds as CRF off.")
+    return (f"Pooled mIoU against the oracle (every class instance pooled, {images} images per point) vs the mask "
+            f"threshold, DenseCRF off (thresholds {grids.get(False, 'none')}) and on ({grids.get(True, 'none')}), with "
+            f"95% bootstrap bands over images.{short} Protocol: guidance {params.model.guidance_scale:g}, "
+            f"{params.model.num_inference_steps} steps; masks: the params' (tau {tau}, {params.masks.normalize}), a fixed "
+            f"threshold at each swept value, no uncertain band.")
+
+
 def sweep_counts(records: pd.DataFrame, samples: Sequence[str], classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """``inter``, ``union`` ``[images, thresholds, classes]`` of one (tau, crf) condition's records, rows in the
     order of ``samples`` (every condition's arrays share it, so they can be paired), and the thresholds."""
@@ -397,6 +432,27 @@ def example_masks(samples: Sequence[Sample], params: Params, table_path: str | P
         masks = [make_mask(s.cross, s.image, mp, s.class_ids, s.self_attn, class_names=list(s.spec.classes))[0] for s in chosen]
     return {"images": [s.image for s in chosen], "oracle": [s.oracle for s in chosen], "masks": masks,
             "prompts": [s.spec.prompt for s in chosen]}
+
+
+def examples_figure(ex: dict[str, list], params: Params):
+    """:func:`example_masks` drawn: each image with its per-class-threshold mask's outlines, that mask and the
+    oracle's labels in the flat class palette, the prompt and the image's mIoU against the oracle above."""
+    from dmutils import figures
+
+    k = len(params.class_names) + 1
+    titles = [figures.column_title(p, figures.image_iou(m, o, k)) for p, m, o in zip(ex["prompts"], ex["masks"], ex["oracle"])]
+    return figures.segmentation_grid(ex["images"], [ex["masks"], ex["oracle"]], ["mask", "oracle"], titles, params.class_names,
+                                     title="Per-class-threshold masks beside the oracle's labels")
+
+
+def examples_caption(ex: dict[str, list], params: Params) -> str:
+    """The caption of :func:`examples_figure`: n and the protocol."""
+    tau, crf = main_condition(params)
+    return (f"{len(ex['images'])} study samples (one per class where possible): the image with the outlines of its mask "
+            f"at the per-class thresholds (chosen on this study's records), that mask and the oracle's labels in the "
+            f"fixed class palette, the prompt and the image's mIoU against the oracle (background included) above. "
+            f"Protocol: guidance {params.model.guidance_scale:g}, {params.model.num_inference_steps} steps; masks: "
+            f"tau {tau}, DenseCRF {'on' if crf else 'off'}, {params.masks.normalize}, per-class thresholds, no uncertain band.")
 
 
 def stable_hash(obj: Any) -> str:
