@@ -129,6 +129,17 @@ def test_folder_made_with_other_params_is_refused(setup):
         generate_dataset(other, pipe=None, progress=False)  # refused before any model is loaded
 
 
+def test_a_dataset_made_before_a_setting_existed_resumes_at_its_default(setup, tmp_path):
+    """capture.aggregate came after datasets were made: at its default ('mean', what they were made with) the
+    hash is unchanged, so such a dataset resumes; 'auto' is other data."""
+    from dmutils.dataset.layout import data_hash, data_params
+
+    params = setup["params"]
+    assert "aggregate" not in data_params(params)["capture"]
+    auto = params.model_copy(update={"capture": params.capture.model_copy(update={"aggregate": "auto"})})
+    assert data_params(auto)["capture"]["aggregate"] == "auto" and data_hash(auto) != data_hash(params)
+
+
 # ``dmutils generate`` whose second batch waits: stopped there, the run has its first batch committed and no more,
 # whatever the machine's speed (a run that could finish before the signal would make the test flaky)
 SECOND_BATCH_WAITS = """

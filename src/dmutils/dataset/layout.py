@@ -33,6 +33,9 @@ OUR_ENTRIES = (voc.IMAGES, voc.LABELS, "ImageSets", MAPS, MANIFEST, META, "shard
 
 
 NON_DATA = ("out_dir", "num_samples", "batch_size", "workers", "splice")
+# Settings added after datasets were made, at the value that gives those datasets' bytes: left out of the hash there,
+# so a dataset made before the setting existed resumes instead of being refused as "made with other params".
+ADDED_AT_DEFAULT = {("capture", "aggregate"): "mean"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,6 +50,9 @@ def data_params(params: Params) -> dict[str, Any]:
     files they name (caption file, corpus, threshold table)."""
     d = params.model_dump(mode="json")
     out = {k: d[k] for k in ("model", "classes", "prompts", "capture", "masks")}
+    for (section, key), default in ADDED_AT_DEFAULT.items():
+        if out[section].get(key) == default:
+            out[section].pop(key)
     m = out["masks"]  # settings the chosen mask modes never read do not change the data
     if m["refine"] != "affinity":
         m.pop("affinity", None)
