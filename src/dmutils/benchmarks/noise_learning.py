@@ -21,12 +21,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = ns.NoiseSettings(seeds=opt.seeds(args))
     if quick:
         settings = ns.NoiseSettings(shares=(0.25,), seeds=settings.seeds, n_train=16, n_test=8, image_size=32)
-    if getattr(args, "shares", None):
-        settings.shares = tuple(args.shares)
-    if getattr(args, "kinds", None):
-        settings.kinds = tuple(args.kinds)
-    if getattr(args, "test_images", None) is not None:
-        settings.n_test = args.test_images
+    opt.apply(settings, args, shares="shares", kinds="kinds", n_test="test_images")
     with opt.CacheFolder(args, "noise-learning") as cache:
         study = ns.run_noise_study(params, settings, cache, progress=False)
     table = ns.noise_table(study)

@@ -21,11 +21,7 @@ def run(args: argparse.Namespace) -> dict:
     if quick:
         settings = ov.OpenVocabSettings(seeds=settings.seeds, n_train=16, n_test=8, n_synthetic=8, image_size=32)
         params = override(params, {"model": {"num_inference_steps": 4}, "dataset": {"workers": 0}})
-    settings.unseen = tuple(args.unseen) if getattr(args, "unseen", None) else None
-    if getattr(args, "test_images", None) is not None:
-        settings.n_test = args.test_images
-    if getattr(args, "synthetic_images", None) is not None:
-        settings.n_synthetic = args.synthetic_images
+    opt.apply(settings, args, unseen="unseen", n_test="test_images", n_synthetic="synthetic_images")
     with opt.CacheFolder(args, "open-vocab") as cache:
         study = ov.run_open_vocab(params, settings, cache, progress=not getattr(args, "json", False))
     table = ov.open_vocab_table(study)

@@ -22,12 +22,7 @@ def run(args: argparse.Namespace) -> dict:
         settings = sc.ScalingSettings(synthetic_sizes=(4, 8), real_sizes=(4, 8), seeds=settings.seeds, n_test=8,
                                       image_size=32, oversample=1.5)
         params = override(params, {"model": {"num_inference_steps": 4}, "dataset": {"workers": 0}})
-    if getattr(args, "synthetic_sizes", None):
-        settings.synthetic_sizes = tuple(args.synthetic_sizes)
-    if getattr(args, "real_sizes", None):
-        settings.real_sizes = tuple(args.real_sizes)
-    if getattr(args, "test_images", None) is not None:
-        settings.n_test = args.test_images
+    opt.apply(settings, args, synthetic_sizes="synthetic_sizes", real_sizes="real_sizes", n_test="test_images")
     ray = None
     if getattr(args, "ray", None):
         ray = "local"

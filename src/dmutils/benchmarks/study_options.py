@@ -69,6 +69,15 @@ def seeds(args: argparse.Namespace, default=(0, 1, 2)) -> tuple[int, ...]:
     return tuple(value) if value else (QUICK_SEEDS if getattr(args, "quick", False) else tuple(default))
 
 
+def apply(settings, args: argparse.Namespace, **fields: str) -> None:
+    """Each option given on the command line onto its study setting (``attribute="option_name"``), lists as tuples;
+    an option left out keeps the setting (0 is a size, not 'unset')."""
+    for attr, name in fields.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(settings, attr, tuple(value) if isinstance(value, list) else value)
+
+
 class CacheFolder:
     """``--cache``, or data/bench-<name> (a temporary folder, removed after, with ``--quick``)."""
 
