@@ -1,6 +1,8 @@
 """Issue 24's recipe studies at tiny scale: noise learning on corrupted toy labels, open vocabulary, scaling."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -148,6 +150,9 @@ def test_scaling_nests_subsets_caches_and_reads_off_equivalents(tmp_path):
     assert len(sc.figure(curve).axes[0].lines) == 3
     with pytest.raises(ParamsError, match="real sizes must be distinct"):
         sc.run_scaling(params, sc.ScalingSettings(real_sizes=(4, 4)), tmp_path)
+    two_arms = dataclasses.replace(settings, arms=("synthetic", "real"))  # every training read from the cache above
+    fewer = sc.run_scaling(params, two_arms, tmp_path)
+    assert fewer.runs.cached.all() and set(fewer.runs.arm) == {"synthetic", "real"} and sc.mixing_gain(fewer).empty
 
 
 def test_synthetic_equivalent_interpolates_on_log_size():

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> dict:
         settings = sc.ScalingSettings(synthetic_sizes=(4, 8), real_sizes=(4, 8), seeds=settings.seeds, n_test=8,
                                       image_size=32, oversample=1.5)
         params = override(params, {"model": {"num_inference_steps": 4}, "dataset": {"workers": 0}})
-    opt.apply(settings, args, synthetic_sizes="synthetic_sizes", real_sizes="real_sizes", n_test="test_images")
+    opt.apply(settings, args, synthetic_sizes="synthetic_sizes", real_sizes="real_sizes", n_test="test_images", arms="arms")
     ray = None
     if getattr(args, "ray", None):
         ray = "local"
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> dict:
     curve = sc.curves(study)
     return {"curves": records(curve), "synthetic_equivalent": records(sc.synthetic_equivalent(curve)),
             "mixing_gain": records(sc.mixing_gain(study)), "seeds": list(settings.seeds),
-            "synthetic_sizes": list(settings.synthetic_sizes), "real_sizes": list(settings.real_sizes),
+            "synthetic_sizes": list(settings.synthetic_sizes), "real_sizes": list(settings.real_sizes), "arms": list(settings.arms),
             "mix_synthetic": settings.mix, "steps": params.train.steps, "batch_size": params.train.batch_size,
             "trainings": len(study.runs), "trainings_cached": int(study.runs.cached.sum()),
             "train_seconds_total": round(float(study.runs.train_seconds.sum()), 1), "runs": records(study.runs),

@@ -12,7 +12,7 @@ from dmutils.config import Params, load_params
 QUICK_SEEDS = (0, 1)
 QUICK_STEPS = 6
 FLAGS = ("seeds", "steps", "cache", "test_images", "shares", "kinds", "unseen", "synthetic_sizes", "real_sizes",
-         "synthetic_images")
+         "synthetic_images", "arms")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="scaling: nested synthetic subset sizes (default 100 200 400 800 1600 3200)")
     g.add_argument("--real-sizes", type=int, nargs="+", default=None, metavar="N",
                    help="scaling: real subset sizes (default 25 50 100 200 400 800)")
+    g.add_argument("--arms", nargs="+", default=None, choices=["synthetic", "real", "real+synthetic"],
+                   help="scaling: the curves trained (default all three; without real+synthetic no mixing gain)")
 
 
 def command_flags(args: argparse.Namespace) -> list[str]:

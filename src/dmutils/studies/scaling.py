@@ -37,8 +37,12 @@ class ScalingSettings:
     image_size: int = 64
     mix_synthetic: int | None = None  # synthetic images added to each real size; None = the largest synthetic size
     oversample: float = 1.1  # generated / needed: room for rejected generations
+    arms: tuple[str, ...] = ARMS  # the curves trained (leaving out real+synthetic leaves the mixing gain unmeasured)
 
     def check(self) -> ScalingSettings:
+        unknown = sorted(set(self.arms) - set(ARMS))
+        if unknown or not self.arms:
+            raise DataError(f"scaling arms {unknown or '(none)'}: choose among {', '.join(ARMS)}")
         tr.check_sizes("synthetic sizes", self.synthetic_sizes)
         tr.check_sizes("real sizes", self.real_sizes)
         tr.check_sizes("seeds", self.seeds, 0)
@@ -92,6 +96,7 @@ def run_scaling(params: Params, settings: ScalingSettings, cache_dir: str | Path
             + [("real", n, lambda n=n: [tr.first_n(real, n)], {}) for n in settings.real_sizes]
             + [("real+synthetic", n, lambda n=n: [tr.first_n(real, n), mix], {"synthetic": syn_hash, "mix": settings.mix})
                for n in settings.real_sizes])
+    plan = [step for step in plan if step[0] in settings.arms]
     rows, counts = [], {}
     for seed in settings.seeds:
         p = tr.with_seed(params, seed)
@@ -144,9 +149,11 @@ def synthetic_equivalent(curve: pd.DataFrame) -> pd.DataFrame:
 
 def mixing_gain(study: ScalingStudy, boot_seed: int = 0) -> pd.DataFrame:
     """For each real size: mIoU of real + synthetic minus real alone (paired: same seeds, same test images) with its
-    interval, and ``beats`` = the interval is above 0."""
+    interval, and ``beats`` = the interval is above 0; no rows when either arm was left out."""
     rows = []
     seeds = study.settings.seeds
+    if not {"real", "real+synthetic"} <= set(study.settings.arms):
+        return pd.DataFrame(rows, columns=["real_images", "gain", "gain_lo", "gain_hi", "beats"])
     for n in study.settings.real_sizes:
         mixed = [study.counts[("real+synthetic", n, s)] for s in seeds]
         alone = [study.counts[("real", n, s)] for s in seeds]
