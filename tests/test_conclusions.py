@@ -177,18 +177,44 @@ def test_study05_sorts_variants_by_the_interval_of_their_change():
     assert ablations.conclusions(only_noise)[1] == "No variant makes better masks than the baseline beyond noise."
 
 
+def test_study05_reads_segmenter_effects_from_the_ledger_rows_of_its_groups():
+    from dmutils.studies import claims
+
+    def claim(cid, changed, diff, lo, hi, verdict):
+        return {"id": cid, "claim": cid.replace("_", " "), "variant": {"data": "synthetic", **changed},
+                "reference": {"data": "synthetic"}, "segmenter": {"diff": diff, "ci_lo": lo, "ci_hi": hi, "seeds": 3, "verdict": verdict}}
+
+    rows = [claim("tau_row", {"masks.tau": 1}, 9.31, -3.55, 18.21, "inconclusive"),
+            claim("crf_row", {"masks.crf.enabled": True}, 6.8, 3.4, 10.7, "holds"),
+            claim("other_row", {"train.tta": True}, -1.0, -2.0, -0.5, "does not hold")]
+    variants = [ablations.Variant("baseline", "params"), ablations.Variant("tau", "1", {"masks.tau": 1}),
+                ablations.Variant("crf", "off", {"masks.crf.enabled": False})]
+    ledger = claims.for_ablation_groups(variants, rows)
+    assert list(zip(ledger["group"], ledger["claim"])) == [("tau", "tau_row"), ("crf", "crf_row")]  # other_row changes no grid setting
+    table = ablation_rows()
+    s = ablations.conclusions(table, ledger)
+    supported(s, table, ledger)
+    assert "over 3 seeds" in s[-3]
+    assert s[-2] == "Holding: crf_row (+6.8 [+3.4, +10.7])." and s[-1] == "Within noise: tau_row (+9.3 [-3.5, +18.2])."
+    assert ablations.conclusions(table, ledger.iloc[:0]) == ablations.conclusions(table)
+
+
 # -- study 06 --------------------------------------------------------------------------------------
 def test_study06_reads_the_headline_and_the_views():
     head = pd.DataFrame({"model": ["toy-sd", "toy-sd3"], "family": ["UNet2DConditionModel", "SD3Transformer2DModel"],
-                         "best_map_kind": ["cross", "joint_slice"], "attention_miou": [0.714, 0.692], "presence_rate": [1.0, 1.0],
-                         "segmenter_ratio": [0.947, np.nan]})
-    table = pd.DataFrame({"model": ["toy-sd3"] * 4, "family": ["SD3Transformer2DModel"] * 4,
-                          "view": ["text-to-text attention", "caption route", "caption route", "caption route"],
-                          "setting": ["cut", "both", "tokens_only", "pooled_only"], "miou": [0.6875, np.nan, np.nan, np.nan],
-                          "presence": [1.0, 1.0, 1.0, 0.3125], "cached": [False] * 4})
+                         "best_map_kind": ["cross", "joint_slice"], "attention_miou": [0.714, 0.692], "selected_on": [4, 4],
+                         "scored_on": [4, 4], "presence_rate": [1.0, 1.0], "segmenter_ratio": [0.947, np.nan]})
+    table = pd.DataFrame({"model": ["toy-sd3"] * 7, "family": ["SD3Transformer2DModel"] * 7,
+                          "view": ["map kind", "named word", "named word", "text-to-text attention", "caption route", "caption route",
+                                   "caption route"],
+                          "setting": ["joint_slice", "first", "second", "cut", "both", "tokens_only", "pooled_only"],
+                          "miou": [0.69, 0.61, 0.43, 0.6875, np.nan, np.nan, np.nan],
+                          "presence": [1.0, None, None, 1.0, 1.0, 1.0, 0.3125], "cached": [False] * 7})
     s = model_families.conclusions(head, table)
     supported(s, head, table)
-    assert "toy-sd (UNet2DConditionModel): best map kind cross, mask mIoU 0.714" in s[0] and "ratio of 0.947" in s[0]
+    assert ("toy-sd (UNet2DConditionModel): best map kind cross, chosen on 4 images, scores mask mIoU 0.714 against the "
+            "oracle on 4 other images") in s[0] and "ratio of 0.947" in s[0]
     assert "no segmenter ratio measured" in s[1] and "indicative" in s[2]
     assert "pooled vector only, the named objects are present at a rate 0.312 against 1.000" in s[3]
-    assert "0.688 against 0.692 uncut (best map kind), within noise." in s[4]
+    assert s[4] == "toy-sd3: the first class a prompt names scores IoU 0.610, the second 0.430 (indicative: no interval)."
+    assert "0.688 against 0.690 uncut (best map kind, the same images), within noise" in s[5]

@@ -173,7 +173,12 @@ def test_notebook06_scores_every_view_of_both_families_and_its_cache_is_what_dmu
     again = study.run_study(params, out / "model_families_cache")  # every score read from the notebook's cache
     assert all(r["cached"] for r in again.values())
     pd.testing.assert_frame_equal(table.drop(columns="cached"), study.scores_table(again).drop(columns="cached"), check_dtype=False)
-    head = study.headline(again, {"models/toy-sd": 0.9})
+    head = study.headline(again, {"models/toy-sd": 0.9}, params)
+    kinds = table[table.view == "map kind"]
+    for r in head.itertuples():  # the best kind is the one chosen on the first image, scored on the second
+        mine = kinds[kinds.model == r.model]
+        assert r.best_map_kind == mine.loc[mine.miou_selection.idxmax(), "setting"] and (r.selected_on, r.scored_on) == (1, 1)
+        assert r.attention_miou == mine.loc[mine.miou_selection.idxmax(), "miou_held_out"] and "guidance 7.5" in r.protocol
     assert list(head.segmenter_ratio.fillna(-1)) == [0.9, -1] and set(head.best_map_kind) <= {"cross", "joint_slice", "text_softmax", "concept_attention", "output"}
     assert set(pd.read_csv(out / nb.TABLES / "model_families_headline.csv").model) == {"toy-sd", tiny.name}
     assert {"model_families_scores", "model_families_examples"} <= {a["name"] for a in nb.read_artifacts(out) if a["kind"] == "figure"}

@@ -302,7 +302,7 @@ class StudyParams(_Strict):
     ablation_samples: int = Field(24, ge=1)
     family_models: list[str] = Field(default_factory=lambda: ["models/toy-sd", "models/toy-sd3"],
                                      description="study 06: model folders compared (any family; each read as its model_index.json says)")
-    family_images: int = Field(8, ge=1, description="study 06: two-class prompts per score (bench toy-model's protocol)")
+    family_images: int = Field(8, ge=2, description="study 06: two-class prompts per score (bench toy-model's protocol); the best map kind is chosen on the first half and scored on the second")
     family_windows: int = Field(2, ge=1, le=50, description="study 06: disjoint timestep windows scored")
 
 

@@ -347,7 +347,7 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
              oracle=None, progress: bool = True, test=None) -> pd.DataFrame:
     """Score every variant: one row each (variant, group, setting, miou, the interval columns of :func:`intervals`,
     n, ignored, cached, key, same_masks (a variant whose masks are the baseline's by construction: same score key, as
-    when it changes only training; its mask score is the baseline's),
+    when it changes only training; its mask score is the baseline's), protocol (how its masks were made, in words),
     and for ``Variant.segmenter`` ones segmenter_miou, train_samples, train_seconds; NaN otherwise).
 
     ``pipe_factory`` is called once, and only when some score is not cached; samples are generated
@@ -355,6 +355,7 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
     segmenters' test set) default: the real test split; both loaded lazily."""
     from dmutils.progress import progress_bar
 
+    from dmutils.figures import protocol
     from dmutils.paths import atomic_write_bytes
     from dmutils.studies import ablation_segmenter as seg
 
@@ -404,7 +405,8 @@ def run_grid(pipe_factory: Callable[[], Any], params: Params, variants: Sequence
         rows.append({"variant": v.name, "group": v.group, "setting": v.setting, "miou": r["miou"], **bars[v.name], "n": r["n"],
                      "ignored": r["ignored"], "segmenter_miou": sr["segmenter_miou"], "train_samples": sr["train_samples"],
                      "train_seconds": sr["train_seconds"], "cached": r["cached"] and (sr.get("cached", True)),
-                     "key": keys[v.name], "same_masks": v is not variants[0] and keys[v.name] == keys[variants[0].name]})
+                     "key": keys[v.name], "same_masks": v is not variants[0] and keys[v.name] == keys[variants[0].name],
+                     "protocol": protocol(vparams[v.name])})
     return pd.DataFrame(rows)
 
 
@@ -447,12 +449,13 @@ def pivot_tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
 # ---------------------------------------------------------------------------------------------
 # Conclusions
 # ---------------------------------------------------------------------------------------------
-def conclusions(results: Any) -> list[str]:
+def conclusions(results: Any, ledger: pd.DataFrame | None = None) -> list[str]:
     """Study 05's findings, every number a cell of the ``ablations`` table (:func:`run_grid`'s columns): the baseline,
     the variants whose masks are worse or better than it (the paired interval of the change at each variant's own
     threshold, chosen on other images, excludes 0), those within noise, and the segmenter scores (one short training
     each, no interval: indicative). Variants that change training only have the baseline's masks and are left to the
-    segmenter sentence."""
+    segmenter sentence. ``ledger``: the claims ledger's rows for the grid's groups
+    (:func:`dmutils.studies.claims.for_ablation_groups`), read as the segmenter-level evidence."""
     from dmutils.studies.wording import NEGLIGIBLE, NOISE, interval, missing, num, signed, verdict
 
     rows = results.to_dict("records")
@@ -486,6 +489,23 @@ def conclusions(results: Any) -> list[str]:
         out.append(f"Segmenters trained on each main variant score from {num(lo['segmenter_miou'])} ({lo['variant']}) to "
                    f"{num(hi['segmenter_miou'])} ({hi['variant']}) on the real test split, the baseline {num(base['segmenter_miou'])}; "
                    "one short training each and no interval, so these differences are indicative, not verdicts.")
+    return out + ledger_sentences(ledger)
+
+
+def ledger_sentences(ledger: pd.DataFrame | None) -> list[str]:
+    """The segmenter-level verdicts of the claims ledger's rows for the grid's groups, grouped by verdict."""
+    from dmutils.studies.wording import interval, signed
+
+    if ledger is None or not len(ledger):
+        return []
+    seeds = int(ledger["seeds"].max())
+    out = [f"At the segmenter level, the claims ledger's rows that change settings of these groups (mIoU on the real "
+           f"test split over {seeds} seeds, differences in points) read as follows."]
+    for verdict, lead in (("holds", "Holding"), ("does not hold", "Reversed"), ("inconclusive", "Within noise")):
+        rows = ledger[ledger["verdict"] == verdict].drop_duplicates("claim")
+        if len(rows):
+            out.append(f"{lead}: " + "; ".join(f"{r.claim} ({signed(r.diff, 1)} {interval(r.ci_lo, r.ci_hi, digits=1)})"
+                                               for r in rows.itertuples()) + ".")
     return out
 
 

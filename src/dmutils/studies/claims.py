@@ -386,6 +386,30 @@ def table(rows: Sequence[dict]) -> pd.DataFrame:
                           "mask verdict": r["mask"]["verdict"]} for r in rows], index=[r["id"] for r in rows])
 
 
+def changed_keys(row: dict) -> set[str]:
+    """The settings a claim changes: the dotted keys whose value differs between its variant and its reference."""
+    a, b = row["variant"], row["reference"]
+    return {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+
+
+def rows_changing(rows: Sequence[dict], keys: set[str]) -> list[dict]:
+    """The ledger's rows whose claim changes any of the dotted ``keys`` (e.g. an ablation group's settings)."""
+    return [r for r in rows if changed_keys(r) & set(keys)]
+
+
+def for_ablation_groups(variants: Sequence[ablations.Variant], rows: Sequence[dict]) -> pd.DataFrame:
+    """Study 05's segmenter-level evidence: per ablation group, the ledger rows whose claim changes one of the group's
+    settings, with the segmenter's difference (points, 95% interval over seeds and images) and verdict."""
+    out = []
+    for group in dict.fromkeys(v.group for v in variants if v.overrides):
+        keys = {k for v in variants if v.group == group for k in v.overrides}
+        for r in rows_changing(rows, keys):
+            s = r["segmenter"]
+            out.append({"group": group, "claim": r["id"], "what": r["claim"], "diff": s.get("diff"), "ci_lo": s.get("ci_lo"),
+                        "ci_hi": s.get("ci_hi"), "seeds": s.get("seeds"), "verdict": s["verdict"]})
+    return pd.DataFrame(out, columns=["group", "claim", "what", "diff", "ci_lo", "ci_hi", "seeds", "verdict"])
+
+
 def forest(rows: Sequence[dict]) -> pd.DataFrame:
     """Long form for the ledger's figure: one line per claim and measure (difference, interval, verdict), plus the
     paper's difference where it gives one."""

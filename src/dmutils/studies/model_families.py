@@ -3,7 +3,9 @@
 Both models draw the same two-class prompts with the same seeds (``bench toy-model``'s protocol: guidance 7.5,
 plain masks, the params' threshold), and each map is scored against the oracle's labels of its own image:
 - per map kind: the UNet's cross-attention; the MMDiT's joint-softmax slice, text-only softmax, and concept tokens
-  read in attention and in output space (ConceptAttention; :data:`dmutils.toy.probe.KINDS`);
+  read in attention and in output space (ConceptAttention; :data:`dmutils.toy.probe.KINDS`). The best kind is chosen
+  on the first half of the images (``miou_selection``) and the headline scores it on the other half (``miou_held_out``),
+  so no score is of a choice made on the images it scores;
 - per depth: the UNet's down and up blocks at the captured resolution; each of the MMDiT's blocks (best kind);
 - per timestep window (best kind);
 - per named word: the IoU of the first and of the second class the prompt names (best kind; a word absorbing its
@@ -29,7 +31,7 @@ from dmutils.config import Params
 from dmutils.paths import RESULTS_DIR, atomic_write_bytes
 from dmutils.provenance import model_hash, require_same_weights
 
-SCORES_VERSION = 2  # part of the cache key: raise it when score_model scores something new
+SCORES_VERSION = 3  # part of the cache key: raise it when score_model scores something new
 UNET_DEPTHS = ("down", "up")  # the toy UNet's blocks that hold maps at its 16x16 level (mid is coarser)
 
 
@@ -92,9 +94,11 @@ def score_model(params: Params, path: str, images: int, windows: int, orc=None, 
 
     rows, results = [], {}
     for kind, spec in kinds.items():
-        results[kind] = score(spec, uses_concepts(kind))
-        rows.append({"view": "map kind", "setting": kind, "miou": results[kind]["attention_miou"], "presence": results[kind]["presence_rate"]})
-    best = max(results, key=lambda k: results[k]["attention_miou"])
+        results[kind] = r = score(spec, uses_concepts(kind))
+        selection, held_out = split_miou(r, images)
+        rows.append({"view": "map kind", "setting": kind, "miou": r["attention_miou"], "presence": r["presence_rate"],
+                     "miou_selection": selection, "miou_held_out": held_out})
+    best = max((row for row in rows if row["view"] == "map kind"), key=lambda row: row["miou_selection"])["setting"]
     views = [("depth", label, change) for label, change in depths]
     views += [("timestep window", "{:.2f}-{:.2f}".format(*w["timestep_window"]), w) for w in window_list]
     for view, label, change in views:
@@ -113,6 +117,24 @@ def score_model(params: Params, path: str, images: int, windows: int, orc=None, 
     family = type(getattr(pipe, "transformer", None) or pipe.unet).__name__
     examples = {k: results[best][k][:4].tolist() for k in ("images", "preds", "targets")}
     return {"model": path, "family": family, "best_kind": best, "rows": rows, "examples": examples}
+
+
+def split_miou(result: dict, images: int) -> tuple[float, float]:
+    """The mask mIoU of the first half of the images (where a kind is chosen) and of the second (where it is scored)."""
+    from dmutils.oracles import toy_unet as oracle_mod
+
+    half = images // 2
+    preds, targets = np.asarray(result["preds"]), np.asarray(result["targets"])
+    return oracle_mod.miou(preds[:half], targets[:half]), oracle_mod.miou(preds[half:], targets[half:])
+
+
+def protocol(params: Params) -> str:
+    """How study 06 makes and scores its masks, in words (``bench toy-model``'s protocol, not the dataset's)."""
+    from dmutils.toy.probe import PROTOCOL_GUIDANCE
+
+    return (f"bench toy-model: guidance {PROTOCOL_GUIDANCE:g}, {params.model.num_inference_steps} steps; the attention "
+            f"map alone (no self-attention refinement, no DenseCRF), {params.masks.normalize} normalisation, fixed "
+            f"threshold {params.masks.threshold:g}")
 
 
 def run_study(params: Params, cache_dir: str | Path, progress: bool = False) -> dict[str, dict]:
@@ -138,13 +160,16 @@ def scores_table(results: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def headline(results: dict[str, dict], segmenter_ratios: dict[str, float | None]) -> pd.DataFrame:
-    """Per model: the best map kind's mIoU and presence, and the synthetic/real segmenter ratio where one was measured."""
+def headline(results: dict[str, dict], segmenter_ratios: dict[str, float | None], params: Params) -> pd.DataFrame:
+    """Per model: the best map kind (chosen on ``selected_on`` images) and its mIoU on ``scored_on`` other images,
+    the presence of the named objects, the synthetic/real segmenter ratio where one was measured, and the protocol."""
     rows = []
+    n = params.study.family_images
     for m, r in results.items():
         best = next(row for row in r["rows"] if row["view"] == "map kind" and row["setting"] == r["best_kind"])
-        rows.append({"model": Path(m).name, "family": r["family"], "best_map_kind": r["best_kind"], "attention_miou": best["miou"],
-                     "presence_rate": best["presence"], "segmenter_ratio": segmenter_ratios.get(m)})
+        rows.append({"model": Path(m).name, "family": r["family"], "best_map_kind": r["best_kind"],
+                     "attention_miou": best["miou_held_out"], "selected_on": n // 2, "scored_on": n - n // 2,
+                     "presence_rate": best["presence"], "segmenter_ratio": segmenter_ratios.get(m), "protocol": protocol(params)})
     return pd.DataFrame(rows)
 
 
@@ -221,8 +246,10 @@ def scores_figure(table: pd.DataFrame):
 # ---------------------------------------------------------------------------------------------
 def conclusions(head: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """Study 06's findings, every number a cell of ``head`` (:func:`headline`) or ``table`` (:func:`scores_table`):
-    each model's best map kind, the caption's routes, and whether cutting text-to-text attention changes the MMDiT's
-    maps. The scores have no interval (a few images per score), so comparisons between them are indicative."""
+    do each model's words localise (its best map kind, chosen on other images than those it is scored on), does the
+    caption reach the image through the tokens, and do the class words stay apart (the IoU of the first and second
+    named class; the MMDiT with text-to-text attention cut). The scores have no interval (a few images per score), so
+    comparisons between them are indicative."""
     from dmutils.studies.wording import NEGLIGIBLE, missing, num
 
     out = []
@@ -231,7 +258,8 @@ def conclusions(head: pd.DataFrame, table: pd.DataFrame) -> list[str]:
                  else ", no segmenter ratio measured")
         miou = num(r.attention_miou) if not missing(r.attention_miou) else "no score"
         presence = f", the named objects present at a rate {num(r.presence_rate)}" if not missing(r.presence_rate) else ""
-        out.append(f"{r.model} ({r.family}): best map kind {r.best_map_kind}, mask mIoU {miou} against the oracle{presence}{ratio}.")
+        out.append(f"{r.model} ({r.family}): best map kind {r.best_map_kind}, chosen on {r.selected_on} images, scores mask "
+                   f"mIoU {miou} against the oracle on {r.scored_on} other images{presence}{ratio}.")
     if len(head) >= 2:
         out.append("These mIoUs come from a few images per score and have no interval: a gap between models is indicative, not a verdict.")
     for model, g in table.groupby("model", sort=False):
@@ -242,11 +270,18 @@ def conclusions(head: pd.DataFrame, table: pd.DataFrame) -> list[str]:
                        f"{num(route['pooled_only'])} against {num(route['both'])} with both routes"
                        + (f" and {num(route['tokens_only'])} with the tokens only" if "tokens_only" in route.index else "")
                        + (": the objects are as present without the tokens as with them, so its maps need not localise them." if survives else "."))
-        cut = g[(g["view"] == "text-to-text attention") & (g["setting"] == "cut")]["miou"].dropna()
+        words = g[g["view"] == "named word"]["miou"].dropna()
+        if len(words) == 2:
+            gap = abs(words.iloc[0] - words.iloc[1])
+            out.append(f"{model}: the first class a prompt names scores IoU {num(words.iloc[0])}, the second "
+                       f"{num(words.iloc[1])}" + (", alike: no sign that one word took in the other's meaning."
+                                                  if gap < NEGLIGIBLE else " (indicative: no interval)."))
         best = head[head["model"] == model]
-        if len(cut) and len(best) and not missing(best.iloc[0].attention_miou):
-            small = abs(cut.iloc[0] - best.iloc[0].attention_miou) < NEGLIGIBLE
+        kind = g[(g["view"] == "map kind") & g["setting"].isin(best["best_map_kind"])]["miou"].dropna()
+        cut = g[(g["view"] == "text-to-text attention") & (g["setting"] == "cut")]["miou"].dropna()
+        if len(cut) and len(kind):
+            small = abs(cut.iloc[0] - kind.iloc[0]) < NEGLIGIBLE
             out.append(f"{model}: cutting text-to-text attention gives mask mIoU {num(cut.iloc[0])} against "
-                       f"{num(best.iloc[0].attention_miou)} uncut (best map kind), "
-                       + ("within noise." if small else "without an interval: indicative."))
+                       f"{num(kind.iloc[0])} uncut (best map kind, the same images), "
+                       + ("within noise: the class words stay apart without it." if small else "without an interval: indicative."))
     return out
