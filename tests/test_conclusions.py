@@ -131,23 +131,28 @@ def test_study03_names_rejections_the_rarest_class_and_the_run_speed():
 
 
 # -- study 04 --------------------------------------------------------------------------------------
-def test_study04_marks_single_trainings_indicative_and_judges_noise_learning_by_its_interval():
+def test_study04_reads_each_run_against_its_reference_by_the_interval_and_judges_noise_learning_by_its_interval():
     head = pd.DataFrame({"run": list("abcd"), "data": ["real", "synthetic", "real+synthetic", "synthetic+noise learning"],
-                         "train_samples": [20, 20, 40, 16], "miou": [0.8, 0.68, 0.79, 0.63], "ratio_to_real": [1.0, 0.85, 0.9875, 0.7875],
-                         "train_seconds": [1.0] * 4, "cached": [False] * 4})
+                         "train_samples": [20, 20, 40, 16], "steps": [160, 160, 320, 128], "epochs": [128.0, 128.0, 128.0, 128.0],
+                         "seeds": [3] * 4, "miou": [0.8, 0.68, 0.79, 0.63], "miou_lo": [0.75, 0.6, 0.7, 0.55],
+                         "miou_hi": [0.85, 0.7, 0.83, 0.7], "ratio_to_real": [1.0, 0.85, 0.9875, 0.7875], "vs": [None, "a", "a", "b"],
+                         "diff": [np.nan, -0.12, -0.01, -0.05], "diff_lo": [np.nan, -0.2, -0.04, -0.09],
+                         "diff_hi": [np.nan, -0.05, 0.02, 0.01], "train_seconds": [1.0] * 4, "cached": [False] * 4})
     dropped = pd.DataFrame({"group": ["kept", "dropped", "dropped - kept"], "samples": [16, 4, 20], "miou": [0.7, 0.66, -0.04],
                             "ci_lo": [0.6, 0.5, -0.15], "ci_hi": [0.8, 0.8, 0.06], "mean_image_iou": [0.7, 0.6, -0.1]})
     gap = pd.DataFrame({"class": ["circle", "square"], "hue_spread_ratio": [0.9, 0.07], "hue_shift": [0.01, -0.002], "value_shift": [0.05, 0.055]})
     s = segmenter_study.conclusions(head, gap, dropped)
     supported(s, head, gap, dropped)
-    assert "reaches 0.680 mIoU" in s[0] and "against 0.800 with real labels, a ratio (b)/(a) of 0.850" in s[0] and "indicative" in s[0]
-    assert "real+synthetic 0.790 (ratio 0.988, 40 samples)" in s[1]  # 0.9875 rounds half to even
-    assert "the 4 masks noise learning dropped score 0.660" in s[2] and "-0.040 [-0.150, +0.060], within noise" in s[2]
-    assert "square's: hue spread ratio 0.070" in s[3]
+    assert ("reaches 0.680 [0.600, 0.700] mIoU on the real test split against 0.800 [0.750, 0.850] with real labels, a ratio "
+            "(b)/(a) of 0.850: -0.120 [-0.200, -0.050], worse than real labels (3 seeds, 20 training samples each, 128 epochs)") in s[0]
+    assert "(40 samples, the same 128 epochs) gives 0.790 [0.700, 0.830]: -0.010 [-0.040, +0.020], within noise." in s[1]
+    assert "the 16 synthetic samples it kept, 128 epochs) gives 0.630" in s[2] and "-0.050 [-0.090, +0.010], within noise" in s[2]
+    assert "the 4 masks noise learning dropped score 0.660" in s[3] and "-0.040 [-0.150, +0.060], within noise" in s[3]
+    assert "square's: hue spread ratio 0.070" in s[4]
     worse = dropped.assign(ci_lo=[0.6, 0.5, -0.15], ci_hi=[0.8, 0.8, -0.01])
-    assert "it dropped worse masks than it kept" in segmenter_study.conclusions(head, None, worse)[2]
+    assert "it dropped worse masks than it kept" in segmenter_study.conclusions(head, None, worse)[3]
     none = dropped.assign(samples=[20, 0, 20], miou=[0.7, np.nan, np.nan])
-    assert segmenter_study.conclusions(head, None, none)[2] == "Noise learning dropped no mask in this run."
+    assert segmenter_study.conclusions(head, None, none)[3] == "Noise learning dropped no mask in this run."
 
 
 # -- study 05 --------------------------------------------------------------------------------------

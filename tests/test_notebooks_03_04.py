@@ -32,7 +32,8 @@ def run(tmp_path_factory, pytestconfig):
                  f"dataset.num_samples={N}", "dataset.batch_size=4", "dataset.workers=0", "dataset.min_area=0.02",
                  "masks.threshold=0.4", "masks.uncertain_band=[0.3,0.4]", f"dataset.out_dir={tmp / 'synthetic'}",
                  f"real.root={tmp / 'real'}", "real.toy_sizes={train: 6, val: 2, test: 6}", "train.steps=4",
-                 "train.batch_size=4", "train.image_size=32", "train.noise_learning.fold_steps=2", "train.device=cpu"]
+                 "train.batch_size=4", "train.image_size=32", "train.noise_learning.fold_steps=2", "train.device=cpu",
+                 "study.segmenter_steps=4", "study.segmenter_seeds=[0,1]"]
     out = tmp / "report"
     kernel = choose_kernel()
     try:
@@ -81,12 +82,15 @@ def test_03_tables_match_the_manifest_and_labels(run):
 def test_04_headline_is_consistent_with_the_per_class_evaluation(run):
     t, records = run["tables"], run["records"]
     head = pd.read_csv(t / "segmenter_headline.csv").set_index("run")
-    assert list(head.index) == ["a", "b", "c", "d"] and {"miou", "ratio_to_real"} <= set(head.columns)
+    assert list(head.index) == ["a", "b", "c", "d"] and {"miou", "miou_lo", "miou_hi", "ratio_to_real", "diff"} <= set(head.columns)
     n = min(6, sum(r["status"] == "ok" for r in records))  # same size: the first n of each set
     assert head["train_samples"].tolist()[:3] == [n, n, 2 * n]
+    assert head["steps"].tolist()[:3] == [4, 4, 8] and head.loc["a", "epochs"] == head.loc["c", "epochs"]  # equal epochs
+    assert (head["seeds"] == 2).all() and list(head["vs"].fillna("")) == ["", "a", "a", "b"]
+    assert (head["miou_lo"] <= head["miou"] + 1e-9).all() and (head["miou"] <= head["miou_hi"] + 1e-9).all()
     per_class = pd.read_csv(t / "segmenter_per_class_iou.csv")
-    assert set(per_class["class"]) == {"background", *run["params"].class_names}
-    miou = per_class.groupby("run")["iou"].apply(lambda s: np.nanmean(s))
+    assert set(per_class["class"]) == {"background", *run["params"].class_names} and set(per_class["seed"]) == {0, 1}
+    miou = per_class.groupby(["run", "seed"])["iou"].apply(lambda s: np.nanmean(s)).groupby("run").mean()  # mean over seeds
     np.testing.assert_allclose(head["miou"], miou.loc[head.index])
     np.testing.assert_allclose(head["ratio_to_real"], head["miou"] / head.loc["a", "miou"])
     assert head["miou"].between(0, 1).all()
@@ -142,5 +146,5 @@ def test_03_04_conclusions_are_computed_from_the_run_tables(run):
     concluded = wording.run_conclusions(run["out"])
     assert len(concluded) == 2 and all(concluded)
     assert concluded[0][0].startswith(f"{sum(r['status'] == 'ok' for r in run['records'])} samples written")
-    assert any("indicative" in s for s in concluded[1])  # one training per run: no interval, no verdict
+    assert "2 seeds" in concluded[1][0] and all("[" in s for s in concluded[1][:3])  # every run read with its interval
     assert wording.unsupported_in_run(run["out"]) == []

@@ -295,9 +295,14 @@ class StudyParams(_Strict):
     timestep_windows: int = Field(4, ge=1, le=50, description="study 01: disjoint windows the denoising steps are split into")
     threshold_images_per_class: int = Field(8, ge=1, description="study 02: generated images per class (every other one names two classes)")
     thresholds: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
-    crf_thresholds: list[float] | None = Field(default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
-                                               description="study 02: thresholds of the CRF-on sweeps (DenseCRF is slow); None = study.thresholds")
+    crf_thresholds: list[float] | None = Field(default_factory=lambda: [round(0.05 + 0.1 * i, 2) for i in range(10)],
+                                               description="studies 02 and 05: thresholds of the CRF-on sweeps, 0.05-0.95 in steps "
+                                               "of 0.1 (DenseCRF is slow: half of study.thresholds); None = study.thresholds")
     taus: list[int] = Field(default_factory=lambda: [0, 1, 2, 4])
+    segmenter_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
+                                       description="study 04: the training seeds of each run (intervals over seeds and test images)")
+    segmenter_steps: int | None = Field(None, ge=1, description="study 04: training steps of a run on n images (the real and the "
+                                        "synthetic run; the others scale them to the same epochs); None = train.steps")
     ablation_grid: str | None = Field("params/ablations/toy_small.yaml", description="YAML of variants")
     ablation_samples: int = Field(24, ge=1)
     family_models: list[str] = Field(default_factory=lambda: ["models/toy-sd", "models/toy-sd3"],
