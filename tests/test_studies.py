@@ -100,6 +100,18 @@ def test_auc_is_the_pairwise_rate_and_invariant_to_an_offset_and_a_positive_scal
     assert study.auc(-x, mask) == pytest.approx(1 - a, abs=1e-12)
 
 
+def test_study01_figure_plots_auc_with_intervals_against_one_half():
+    rows = [{"prompt": "p", "seed": k, "class": "circle", "map": m, "auc": v, "mass_in_mask": 0.2, "mask_fraction": 0.1}
+            for m, vs in {"cross@16": [0.9, 0.8, 0.95], "tau=1": [0.6, 0.4, float("nan")]}.items() for k, v in enumerate(vs)]
+    vs = study.against_uniform(pd.DataFrame(rows))
+    fig, caption = study.auc_figure(vs)
+    ax = fig.axes[0]
+    assert [round(b.get_height(), 6) for b in ax.patches] == [round(x, 6) for x in vs["auc"]]
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and set(dashed[0].get_ydata()) == {0.5} and dashed[0].get_label() == "uninformative map"
+    assert "n = 2 to 3" in caption and "95% bootstrap intervals" in caption
+
+
 def test_study01_tables(pipe, params):
     gen = study.generate(pipe, params, ["a circle and a ring"], [1], head_resolution=16, cross_resolutions="all")
     assert gen.maps().cross_resolutions == study.model_cross_resolutions(pipe, params) == [16, 8, 4, 2]  # the params name 16, 8

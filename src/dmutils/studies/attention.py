@@ -464,6 +464,28 @@ def tau_vs_zero(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.Da
     return pd.DataFrame(rows, columns=cols)
 
 
+def auc_figure(vs_uniform: pd.DataFrame):
+    """The figure of :func:`against_uniform`: each map's mean AUC with its 95% interval, a dashed line at 0.5 (an
+    uninformative map); returns (figure, caption), the caption stating n."""
+    from dmutils import figures
+
+    t = vs_uniform.dropna(subset=["auc"])
+    fig = figures.bar_with_ci(t, "map", "auc", "auc_lo", "auc_hi", title="How well each map picks out its object",
+                              xlabel="map", ylabel="AUC (pixel in the mask)", size="wide")
+    ax = fig.axes[0]
+    ax.axhline(CHANCE, color="grey", linestyle="--", label="uninformative map")
+    ax.set_ylim(0, 1)
+    for label in ax.get_xticklabels():
+        label.set(rotation=40, ha="right", rotation_mode="anchor")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    lo, hi = (int(t["n"].min()), int(t["n"].max())) if len(t) else (0, 0)
+    n = f"n = {lo}" if lo == hi else f"n = {lo} to {hi}"
+    caption = (f"Mean ROC AUC of each map as a score for the oracle's mask of its class, with 95% bootstrap intervals over "
+               f"the (sample, class) pairs ({n}); dashed: {CHANCE:g}, an uninformative map.")
+    return fig, caption
+
+
 def conclusions(vs_uniform: pd.DataFrame, heads: pd.DataFrame | None = None, tau_pairs: pd.DataFrame | None = None) -> list[str]:
     """Study 01's findings, every number a cell of ``vs_uniform`` (:func:`against_uniform`), ``tau_pairs``
     (:func:`tau_vs_zero`) or ``heads`` (:func:`head_spread`): how well the aggregated map and each resolution's
