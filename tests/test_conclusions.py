@@ -54,40 +54,63 @@ def test_conclude_records_the_sentences_and_the_index_shows_them(tmp_path):
 
 # -- study 01 --------------------------------------------------------------------------------------
 def in_mask(maps: dict[str, list[float]], fraction: float = 0.1) -> pd.DataFrame:
-    return pd.DataFrame([{"prompt": "p", "seed": k, "class": "circle", "word": "circle", "map": m, "mass_in_mask": v,
-                          "mask_fraction": fraction} for m, vs in maps.items() for k, v in enumerate(vs)])
+    """attention_in_mask rows: one (sample, class) pair per value, its AUC; the mass in the mask follows the AUC."""
+    return pd.DataFrame([{"prompt": "p", "seed": k, "class": "circle", "word": "circle", "map": m, "auc": v,
+                          "mass_in_mask": fraction * 2 * v, "mask_fraction": fraction} for m, vs in maps.items() for k, v in enumerate(vs)])
 
 
-def test_study01_says_tau_spreads_the_map_towards_uniform_when_the_table_shows_it():
-    table = in_mask({"cross@16": [0.4, 0.5, 0.45, 0.42], "cross@8": [0.3, 0.35, 0.3, 0.32], "aggregated": [0.4, 0.5, 0.45, 0.42],
-                     "window steps 1-2": [0.1, 0.2, 0.05, 0.12], "window steps 3-4": [0.4, 0.5, 0.45, 0.42],
-                     "tau=0": [0.4, 0.5, 0.45, 0.42], "tau=2": [0.2, 0.25, 0.2, 0.21], "tau=4": [0.1, 0.1, 0.1, 0.1]})
+def test_study01_reads_auc_against_chance_and_tau_paired_against_tau0():
+    table = in_mask({"cross@16": [0.9, 0.85, 0.95, 0.88], "cross@8": [0.8, 0.75, 0.7, 0.83], "aggregated": [0.9, 0.8, 0.9, 0.84],
+                     "window steps 1-2": [0.4, 0.6, 0.55, 0.45], "window steps 3-4": [0.9, 0.8, 0.9, 0.84],
+                     "tau=0": [0.9, 0.8, 0.9, 0.84], "tau=2": [0.8, 0.7, 0.8, 0.76], "tau=4": [0.9, 0.8, 0.912, 0.84]})
     vs = study01.against_uniform(table)
-    assert list(vs["map"]) == list(table["map"].unique()) and (vs["n"] == 4).all()
+    assert list(vs["map"]) == list(table["map"].unique()) and (vs["n"] == 4).all() and (vs["chance"] == 0.5).all()
     row = vs.set_index("map").loc["aggregated"]
-    assert row.uniform == pytest.approx(0.1) and row.excess == pytest.approx(0.3425) and 0 < row.excess_lo < row.excess < row.excess_hi
+    assert row.auc == pytest.approx(0.86) and row.auc_lo < row.auc < row.auc_hi and row.auc_lo > 0.5
+    assert row.mass_in_mask == pytest.approx(0.172) and row.uniform == pytest.approx(0.1)
+    pairs = study01.tau_vs_zero(table)
+    assert list(pairs["map"]) == ["tau=2", "tau=4"] and (pairs["n"] == 4).all()
+    two = pairs.set_index("map").loc["tau=2"]
+    assert two["diff"] == pytest.approx(-0.095) and two.diff_hi < 0  # lower on every row: the pairing sees it
     heads = pd.DataFrame({"layer": ["l"] * 3, "head": [0, 1, 2], "entropy": [0.9, 0.95, 0.99], "corr_with_mean": [-0.2, 0.5, 0.9]})
-    s = study01.conclusions(vs, heads)
-    supported(s, vs, heads)
-    assert "0.443 of a class word's mass" in s[0] and "above uniform" in s[0] and "cross@8 0.318" in s[0]
-    assert "down, towards the uniform level" in s[1] and "spreads each class map over the image" in s[1]
-    assert "at tau=4 it is +0.000 over uniform" in s[1] and s[1].count("within noise") == 1  # exactly uniform
-    assert "fills" not in " ".join(s) and "concentrates" not in " ".join(s)
-    assert "steps 1-2 put 0.118 inside (+0.017 over uniform, interval [-0.033, +0.075], within noise)" in s[2] and "from -0.200 to 0.900" in s[3] and "differ" in s[3]
+    s = study01.conclusions(vs, heads, pairs)
+    supported(s, vs, pairs, heads)
+    assert wording.unsupported(s, [float(x) for x in wording.numbers(vs.to_csv(index=False))])  # the pairs' numbers are theirs
+    assert "AUC 0.860 [" in s[0] and "above chance" in s[0] and "n = 4 sample-class pairs" in s[0] and "0.5 is an uninformative map" in s[0]
+    assert "cross@8 AUC 0.770 [0.725, 0.815] (above chance)" in s[0] and "share of mass inside the mask is 0.172" in s[0]
+    assert "paired over the same n = 4" in s[1] and "tau=2 -0.095 [" in s[1] and "worse" in s[1]
+    assert "tau=4 +0.003 [" in s[1] and s[1].count("within noise") == 1  # +0.003: below NEGLIGIBLE
+    assert "every tau" not in s[1]  # one worse, one within noise: no sweeping reading
+    assert "steps 1-2 has AUC 0.500 [" in s[2] and "within noise" in s[2] and "(n = 4 sample-class pairs)" in s[2]
+    assert "from -0.200 to 0.900" in s[3] and "differ" in s[3]
+    assert "fills" not in " ".join(s) and "sharpens" not in " ".join(s)
 
 
-def test_study01_within_noise_and_refinement_that_concentrates():
-    table = in_mask({"aggregated": [0.05, 0.2, 0.1, 0.08], "tau=0": [0.05, 0.2, 0.1, 0.08], "tau=1": [0.5, 0.6, 0.55, 0.5]})
-    vs = study01.against_uniform(table)
-    s = study01.conclusions(vs)
-    supported(s, vs)
-    assert "within noise" in s[0]  # the excess's interval holds 0
-    assert "up, away from the uniform level" in s[1] and "concentrates each class map on the object" in s[1]
-    assert "above uniform" in s[1]
-    flat = study01.against_uniform(in_mask({"tau=0": [0.1, 0.12, 0.11, 0.1], "tau=2": [0.1, 0.121, 0.11, 0.1]}))
-    s = study01.conclusions(flat)
-    supported(s, flat)
-    assert "leaves the mass in the mask where it was, within noise" in s[0] and "spreads" not in s[0]
+def test_study01_refinement_with_a_uniform_floor_is_judged_by_auc_not_by_mass():
+    # tau=1 adds a near-uniform floor: its mass in the mask falls towards uniform, yet it ranks the mask's pixels
+    # higher on every pair: the AUC headline calls it better
+    table = in_mask({"aggregated": [0.6, 0.7, 0.65, 0.62], "tau=0": [0.6, 0.7, 0.65, 0.62], "tau=1": [0.7, 0.8, 0.72, 0.71]})
+    table.loc[table["map"] == "tau=1", "mass_in_mask"] = 0.11
+    vs, pairs = study01.against_uniform(table), study01.tau_vs_zero(table)
+    assert vs.set_index("map").loc["tau=1", "mass_in_mask"] < vs.set_index("map").loc["tau=0", "mass_in_mask"]
+    s = study01.conclusions(vs, tau_pairs=pairs)
+    supported(s, vs, pairs)
+    assert "tau=1 +0.090 [" in s[1] and "better" in s[1] and "every tau ranks the object's pixels above the rest better" in s[1]
+    # rows that differ widely, each raised by 0.03: the unpaired intervals overlap, the paired difference is clear
+    shifted = in_mask({"tau=0": [0.55, 0.9, 0.6, 0.85], "tau=1": [0.58, 0.93, 0.63, 0.88]})
+    vs, pairs = study01.against_uniform(shifted).set_index("map"), study01.tau_vs_zero(shifted)
+    assert vs.loc["tau=1", "auc_lo"] < vs.loc["tau=0", "auc_hi"]
+    assert pairs["diff"].item() == pytest.approx(0.03) and pairs["diff_lo"].item() == pytest.approx(0.03)
+    assert "tau=1 +0.030 [+0.030, +0.030], better" in study01.conclusions(vs.reset_index(), tau_pairs=pairs)[0]
+    flat = in_mask({"aggregated": [0.45, 0.55, 0.5, 0.52], "tau=0": [0.45, 0.55, 0.5, 0.52], "tau=2": [0.5, 0.5, 0.45, 0.56]})
+    vs, pairs = study01.against_uniform(flat), study01.tau_vs_zero(flat)
+    s = study01.conclusions(vs, tau_pairs=pairs)
+    supported(s, vs, pairs)
+    assert "within noise" in s[0] and "above chance" not in s[0]  # an interval that holds 0.5
+    assert "within noise" in s[1] and "better" not in s[1] and "worse" not in s[1]
+    # a row without an AUC (empty or full mask) is left out and n says so
+    gap = in_mask({"aggregated": [0.9, float("nan"), 0.8, 0.85]})
+    assert study01.against_uniform(gap)["n"].tolist() == [3] and "n = 3 sample-class pairs" in study01.conclusions(study01.against_uniform(gap))[0]
 
 
 # -- study 02 --------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from dmutils import nb
 from dmutils.attention import CaptureSpec, capture
@@ -66,23 +69,114 @@ def test_timestep_windows_equal_a_capture_of_that_window(pipe, params):
         gen.maps((0.1, 0.3))
 
 
+def pairwise_auc(scores: np.ndarray, mask: np.ndarray) -> float:
+    """The definition: over every (mask pixel, other pixel) pair, 1 when the mask pixel scores higher, 1/2 on a tie."""
+    pos, neg = scores[mask].ravel()[:, None], scores[~mask].ravel()[None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
+
+
+def test_auc_is_one_for_the_mask_one_half_for_a_constant_and_nan_without_two_sides():
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 1:6] = True
+    assert study.auc(mask.astype(float), mask) == 1.0 and study.auc(torch.from_numpy(mask.astype(np.float32)), mask) == 1.0
+    assert study.auc(np.full((8, 8), 0.3), mask) == 0.5 and study.auc(-mask.astype(float), mask) == 0.0
+    ramp = np.arange(64, dtype=float).reshape(8, 8)
+    assert study.auc(ramp, mask) == pytest.approx(pairwise_auc(ramp, mask))
+    assert np.isnan(study.auc(ramp, np.zeros((8, 8), bool))) and np.isnan(study.auc(ramp, np.ones((8, 8), bool)))
+    with pytest.raises(ValueError, match="differ in size"):
+        study.auc(ramp[:4], mask)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=hnp.arrays(np.int64, (6, 6), elements=st.integers(0, 8)), mask=hnp.arrays(bool, (6, 6)),
+       shift=st.integers(-1000, 1000), scale=st.sampled_from([0.25, 0.5, 1.0, 3.0, 1000.0]))
+def test_auc_is_the_pairwise_rate_and_invariant_to_an_offset_and_a_positive_scale(values, mask, shift, scale):
+    assume(0 < mask.sum() < mask.size)
+    x = values.astype(np.float64)  # small integers: shifted and scaled exactly, so ties stay ties
+    a = study.auc(x, mask)
+    assert a == pytest.approx(pairwise_auc(x, mask), abs=1e-12)
+    assert study.auc(x + shift, mask) == pytest.approx(a, abs=1e-12)
+    assert study.auc(x * scale, mask) == pytest.approx(a, abs=1e-12)
+    assert study.auc(-x, mask) == pytest.approx(1 - a, abs=1e-12)
+
+
+def test_study01_figure_plots_auc_with_intervals_against_one_half():
+    rows = [{"prompt": "p", "seed": k, "class": "circle", "map": m, "auc": v, "mass_in_mask": 0.2, "mask_fraction": 0.1}
+            for m, vs in {"cross@16": [0.9, 0.8, 0.95], "tau=1": [0.6, 0.4, float("nan")]}.items() for k, v in enumerate(vs)]
+    vs = study.against_uniform(pd.DataFrame(rows))
+    fig, caption = study.auc_figure(vs)
+    ax = fig.axes[0]
+    assert [round(b.get_height(), 6) for b in ax.patches] == [round(x, 6) for x in vs["auc"]]
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and set(dashed[0].get_ydata()) == {0.5} and dashed[0].get_label() == "uninformative map"
+    assert "n = 2 to 3" in caption and "95% bootstrap intervals" in caption
+
+
 def test_study01_tables(pipe, params):
-    gen = study.generate(pipe, params, ["a circle and a ring"], [1], head_resolution=16)
+    gen = study.generate(pipe, params, ["a circle and a ring"], [1], head_resolution=16, cross_resolutions="all")
+    assert gen.maps().cross_resolutions == study.model_cross_resolutions(pipe, params) == [16, 8, 4, 2]  # the params name 16, 8
     labels = get_oracle(params).predict(gen.images)
     table = study.attention_in_mask(gen, params, labels, windows=study.equal_windows(3), taus=[0, 2])
     assert set(table["class"]) == {"circle", "ring"}
-    assert table.groupby("class").size().tolist() == [len(gen.maps().cross_resolutions) + 1 + 3 + 2] * 2
+    assert table.groupby("class").size().tolist() == [4 + 1 + 3 + 2] * 2
+    assert {f"cross@{r}" for r in (16, 8, 4, 2)} <= set(table["map"])
     valid = table["mass_in_mask"].dropna()
     assert ((valid >= 0) & (valid <= 1 + 1e-6)).all()
-    # one value recomputed by hand: the 16x16 map of 'ring', upsampled, its mass inside the oracle's ring
+    assert table["auc"].dropna().between(0, 1).all() and table["auc"].notna().any()
+    # values recomputed by hand: the 16x16 map of 'ring', upsampled: its mass inside the oracle's ring, and its AUC
     pos = gen.maps().token_positions(0, "ring")
     m = torch.nn.functional.interpolate(gen.maps().cross(0, 16)[pos].mean(0)[None, None], size=(32, 32), mode="bilinear")[0, 0]
-    mask = torch.from_numpy(labels[0] == CLASS_NAMES.index("ring") + 1)
+    mask = labels[0] == CLASS_NAMES.index("ring") + 1
     row = table[(table["class"] == "ring") & (table["map"] == "cross@16")]
-    assert row["mass_in_mask"].item() == pytest.approx(float((m * mask).sum() / m.sum()), rel=1e-5)
+    assert row["mass_in_mask"].item() == pytest.approx(float((m * torch.from_numpy(mask)).sum() / m.sum()), rel=1e-5)
+    assert 0 < mask.sum() < mask.size
+    assert row["auc"].item() == pytest.approx(pairwise_auc(m.numpy().astype(np.float64), mask), abs=1e-6)
     spread = study.head_spread(gen, 0, "circle")
     assert len(spread) == sum(h.shape[1] for h in gen.heads.values())
     assert spread["entropy"].between(0, 1 + 1e-6).all()
+
+
+def test_study01_aggregate_follows_resolution_weights(pipe, params):
+    # weights that list 16 only: the aggregate (and tau=0) is the 16x16 map, whatever else was captured
+    only16 = load_params(None, [*SMALL, "masks.resolution_weights={16: 1.0}"])
+    gen = study.generate(pipe, only16, ["a circle and a ring"], [1], cross_resolutions="all")
+    maps = gen.maps()
+    by_res = study.word_maps_by_resolution(maps, 0, ["circle", "ring"])
+    assert sorted(by_res) == [2, 4, 8, 16]
+    torch.testing.assert_close(study.aggregate_resolutions(maps, by_res), by_res[16])
+    labels = get_oracle(only16).predict(gen.images)
+    t = study.attention_in_mask(gen, only16, labels, taus=[0]).set_index(["class", "map"])["auc"]
+    np.testing.assert_allclose(t.xs("aggregated", level="map"), t.xs("cross@16", level="map"))
+    out = study.tau_scores(maps, 0, {"circle": "circle", "ring": "ring"}, [0, 1], only16.masks, gen.images[0], [1, 3])
+    assert set(out) == {0, 1}  # make_mask takes the weighted resolutions only
+    # no weights: every captured resolution, equally (AttentionMaps.aggregate's rule)
+    plain = study.generate(pipe, params, ["a circle and a ring"], [1], cross_resolutions="all").maps()
+    by_res = study.word_maps_by_resolution(plain, 0, ["circle", "ring"])
+    equal = torch.stack([torch.nn.functional.interpolate(m[None], size=(16, 16), mode="bilinear")[0] for m in by_res.values()]).mean(0)
+    torch.testing.assert_close(study.aggregate_resolutions(plain, by_res), equal)
+    torch.testing.assert_close(study.aggregate_resolutions(plain, by_res)[1], plain.word_map(0, "ring"))
+
+
+def test_study01_on_the_toy_unet_has_several_resolutions_and_one_on_the_toy_mmdit():
+    from dmutils.pipeline import load_pipeline
+
+    toy = load_params(REPO_ROOT / "params/toy.yaml", ["model.num_inference_steps=2"])
+    assert list(toy.capture.cross_resolutions) == [16]  # the dataset's params capture one
+    pipe = load_pipeline(toy.model)
+    gen = study.generate(pipe, toy, ["a red circle and a blue square"], [0], cross_resolutions="all")
+    table = study.attention_in_mask(gen, toy, get_oracle(toy).predict(gen.images), taus=[0])
+    cross = sorted({m for m in table["map"] if m.startswith("cross@")})
+    assert len(cross) > 1 and {"cross@16", "cross@8"} <= set(cross)
+    assert study.head_resolution(pipe, toy) == 16
+    sd3 = load_params(REPO_ROOT / "params/toy_sd3.yaml", ["model.num_inference_steps=2"])
+    pipe3 = load_pipeline(sd3.model)
+    assert study.model_cross_resolutions(pipe3, sd3) == list(sd3.capture.cross_resolutions) and study.head_resolution(pipe3, sd3) is None
+    gen3 = study.generate(pipe3, sd3, ["a red circle and a blue square"], [0], cross_resolutions="all")
+    t3 = study.attention_in_mask(gen3, sd3, get_oracle(sd3).predict(gen3.images), taus=[0, 1])
+    assert {m for m in t3["map"] if m.startswith("cross@")} == {f"cross@{r}" for r in sd3.capture.cross_resolutions}
+    assert len(study.tau_vs_zero(t3)) == 1
+    with pytest.raises(ValueError, match="UNets only"):
+        study.generate(pipe3, sd3, ["a circle"], [0], head_resolution=16)
 
 
 def test_explorer_views_reuse_the_generation(pipe, params):
@@ -296,11 +390,11 @@ def test_notebooks_write_the_tables_dmutils_computes(tmp_path, monkeypatch):
     # 01: one row per (class word, map variant) of the prompt; the head table covers every head
     mass = pd.read_csv(tables / "attention_in_mask.csv")
     assert set(mass["class"]) == {"circle", "square"}
-    assert set(mass["map"]) == {"cross@16", "cross@8", "aggregated", "tau=0", "tau=2"} | {f"window steps {k}-{k}" for k in (1, 2, 3)}
-    assert mass["mass_in_mask"].dropna().between(0, 1 + 1e-6).all()
-    summary = pd.read_csv(tables / "attention_in_mask_summary.csv")
-    np.testing.assert_allclose(summary.set_index("map").loc[mass["map"].unique(), "mass_in_mask"],
-                               mass.groupby("map", sort=False)["mass_in_mask"].mean())
+    assert set(mass["map"]) == ({f"cross@{r}" for r in (16, 8, 4, 2)} | {"aggregated", "tau=0", "tau=2"}
+                                | {f"window steps {k}-{k}" for k in (1, 2, 3)})  # every resolution of the model
+    assert mass["mass_in_mask"].dropna().between(0, 1 + 1e-6).all() and mass["auc"].dropna().between(0, 1).all()
+    pd.testing.assert_frame_equal(pd.read_csv(tables / "attention_vs_uniform.csv"), study.against_uniform(mass), check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_csv(tables / "attention_tau_vs_tau0.csv"), study.tau_vs_zero(mass), check_dtype=False)
     assert len(pd.read_csv(tables / "attention_head_spread.csv")) > 0
 
     # explorer: the default view's table, and figures of every notebook in the log
@@ -317,4 +411,4 @@ def test_notebooks_write_the_tables_dmutils_computes(tmp_path, monkeypatch):
     concluded = wording.run_conclusions(out)
     assert len(concluded) == 2 and all(concluded)  # the explorer draws no conclusions
     assert wording.unsupported_in_run(out) == []
-    assert any("tau=2" in s for s in concluded[0]) and any("DenseCRF" in s for s in concluded[1])
+    assert any("tau=2" in s for s in concluded[0]) and any("AUC" in s for s in concluded[0]) and any("DenseCRF" in s for s in concluded[1])

@@ -14,9 +14,15 @@ Per-head maps come from forward pre-hooks on the cross-attention layers of one r
 recompute the layer's probabilities per head with :func:`dmutils.attention.attention_probs` (the
 capture itself keeps heads reduced, as it must to stay small).
 
+The study captures every cross-attention resolution the model has (:func:`model_cross_resolutions`), not only
+the params' ``capture.cross_resolutions``; the aggregate of them follows ``masks.resolution_weights`` as
+:meth:`AttentionMaps.aggregate` does (None = every captured resolution, equal weights; else only the listed ones).
+
 The rest are pure functions of the maps: per-resolution / per-window / per-tau grids for
 :func:`dmutils.figures.map_grid`, the self-attention affinity of a pixel, the spread of heads, and
-how much of each map's mass falls inside the oracle's mask of its class.
+how well each map localises the oracle's mask of its class: the ROC AUC of the map's values as a score for "pixel
+in the mask" (:func:`auc`; 0.5 = an uninformative map, unchanged by adding a constant or scaling, so a near-uniform
+floor such as A_self^tau adds does not count against a map) and, secondary, the share of its mass inside the mask.
 """
 from __future__ import annotations
 
@@ -37,6 +43,8 @@ from dmutils.attention import (
     attention_probs,
     capture,
 )
+from dmutils.attention.adapters import UNetAdapter, adapter_for
+from dmutils.attention.adapters.unet import side_at_level
 from dmutils.attention.processors import CaptureAttnProcessor
 from dmutils.config import MaskParams, Params
 from dmutils.masks.refine import (
@@ -135,15 +143,47 @@ class Generation:
         return sum(t.numel() * t.element_size() for sums, _ in self._cumulative for t in sums.values())
 
 
-def generate(pipe, params: Params, prompts: Sequence[str], seeds: Sequence[int], head_resolution: int | None = None) -> Generation:
+def model_cross_resolutions(pipe, params: Params) -> list[int]:
+    """Every cross-attention map side the denoiser has at the params' image size, largest first (study 01 captures
+    them all). A UNet's follow from its levels in ``capture.blocks`` (16/8/4/2 for the toy UNet at 64 px); a
+    transformer's maps all lie on one patch grid: the params' ``capture.cross_resolutions``."""
+    spec = CaptureSpec.from_params(params.capture)
+    adapter = adapter_for(pipe, spec)
+    if not isinstance(adapter, UNetAdapter):
+        return sorted(set(spec.cross_resolutions), reverse=True)
+    scale = int(getattr(pipe, "vae_scale_factor", 8))
+    sample = adapter.denoiser.config.sample_size
+    sample = sample[0] if isinstance(sample, (list, tuple)) else sample
+    latent = (params.model.height or int(sample) * scale) // scale
+    return sorted({side_at_level(latent, layer.level) for layer in adapter.selected_layers() if layer.kind == "cross"}, reverse=True)
+
+
+def head_resolution(pipe, params: Params) -> int | None:
+    """The finest cross-attention resolution of a UNet, where :func:`generate` records per-head maps; None for a
+    transformer (its heads are not recorded per head here)."""
+    if not isinstance(adapter_for(pipe, CaptureSpec.from_params(params.capture)), UNetAdapter):
+        return None
+    return max(model_cross_resolutions(pipe, params))
+
+
+def generate(pipe, params: Params, prompts: Sequence[str], seeds: Sequence[int], head_resolution: int | None = None,
+             cross_resolutions: Sequence[int] | str | None = None) -> Generation:
     """Generate ``prompts[k]`` with ``seeds[k]`` (one batch) and keep what every view needs.
 
     Settings come from ``params.model`` and ``params.capture``; the capture records every step so
-    that any window can be read later (:meth:`Generation.maps`)."""
+    that any window can be read later (:meth:`Generation.maps`). ``cross_resolutions``: the cross-attention
+    resolutions captured, ``"all"`` for every one the model has (:func:`model_cross_resolutions`); None = the
+    params' ``capture.cross_resolutions``."""
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     if not prompts or len(prompts) != len(seeds):
         raise ValueError(f"give one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
     spec = dataclasses.replace(CaptureSpec.from_params(params.capture, params.masks.resolution_weights), timestep_window=(0.0, 1.0))
+    if isinstance(cross_resolutions, str):
+        if cross_resolutions != "all":
+            raise ValueError(f"cross_resolutions must be 'all', a list of map sides or None, got {cross_resolutions!r}")
+        cross_resolutions = model_cross_resolutions(pipe, params)
+    if cross_resolutions is not None:
+        spec = dataclasses.replace(spec, cross_resolutions=tuple(sorted({int(r) for r in cross_resolutions}, reverse=True)))
     m = params.model
     cumulative: list[tuple[dict, dict]] = [({}, {})]
 
@@ -152,6 +192,9 @@ def generate(pipe, params: Params, prompts: Sequence[str], seeds: Sequence[int],
         cumulative.append(({k: v.clone() for k, v in state.sums.items()}, dict(state.counts)))
         return {}
 
+    if head_resolution and not isinstance(adapter_for(pipe, spec), UNetAdapter):
+        raise ValueError("per-head maps are recorded for UNets only: pass head_resolution=None for this model "
+                         "(study.head_resolution gives None for it)")
     with torch.no_grad(), capture(pipe, spec) as rec:
         heads = _HeadRecorder(rec, head_resolution) if head_resolution else None
         try:
@@ -194,12 +237,24 @@ def word_maps_by_resolution(maps: AttentionMaps, i: int, words: Sequence[str]) -
     return {r: torch.stack([_reduce(maps.cross(i, r)[p], maps.token_reduce) for p in positions]) for r in maps.cross_resolutions}
 
 
+def aggregate_resolutions(maps: AttentionMaps, by_res: Mapping[int, torch.Tensor]) -> torch.Tensor:
+    """(C, R, R): the maps of :func:`word_maps_by_resolution` averaged as :meth:`AttentionMaps.aggregate` does: with
+    ``masks.resolution_weights`` over the resolutions they list (a resolution they leave out weighs nothing), else
+    equally over every captured resolution (DiffuMask's average)."""
+    return combine_resolutions(*_weighted(by_res, maps.resolution_weights))
+
+
+def _weighted(by_res: Mapping[int, torch.Tensor], weights: Mapping[int, float] | None):
+    """The resolutions the weights use and the weights (None: all of them, equal)."""
+    if weights is None:
+        return dict(by_res), None
+    return {r: m for r, m in by_res.items() if r in weights}, {r: float(w) for r, w in weights.items() if r in by_res}
+
+
 def resolution_grid(maps: AttentionMaps, i: int, words: Sequence[str], size: int) -> tuple[list[list[np.ndarray]], list[str]]:
     """Rows: words; columns: each captured resolution at its own size, then the aggregate at ``size``."""
     by_res = word_maps_by_resolution(maps, i, words)
-    weights = maps.resolution_weights
-    agg = combine_resolutions({r: m for r, m in by_res.items()}, weights)
-    agg = upsample(agg, (size, size))
+    agg = upsample(aggregate_resolutions(maps, by_res), (size, size))
     rows = [[by_res[r][k].numpy() for r in maps.cross_resolutions] + [agg[k].numpy()] for k in range(len(words))]
     return rows, [f"{r}x{r}" for r in maps.cross_resolutions] + ["aggregated"]
 
@@ -270,7 +325,7 @@ def peak_pixels(word_map: np.ndarray | torch.Tensor) -> dict[str, tuple[int, int
 def tau_scores(maps: AttentionMaps, i: int, words: Mapping[str, str], taus: Sequence[int], mask_params: MaskParams,
                image: np.ndarray, class_ids: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{tau: (labels (H, W), scores (C, H, W))} from :func:`make_mask` with refinement by A_self^tau."""
-    cross = word_maps_by_resolution(maps, i, list(words.values()))
+    cross, _ = _weighted(word_maps_by_resolution(maps, i, list(words.values())), mask_params.resolution_weights)
     self_attn = {r: maps.self_attention(i, r) for r in maps.self_resolutions}
     out = {}
     for tau in taus:
@@ -280,8 +335,27 @@ def tau_scores(maps: AttentionMaps, i: int, words: Mapping[str, str], taus: Sequ
 
 
 # ---------------------------------------------------------------------------------------------
-# The table: how much of each map lies on its object
+# The table: how well each map picks out its object
 # ---------------------------------------------------------------------------------------------
+def auc(scores: torch.Tensor | np.ndarray, mask: np.ndarray) -> float:
+    """ROC AUC of the map ``scores`` as a score for "the pixel is in ``mask``": the chance that a random pixel of the
+    mask scores above a random pixel outside it, ties counted half (the Mann-Whitney rank formula with average ranks).
+    1 = every mask pixel above every other, 0.5 = uninformative (a constant map), 0 = reversed; unchanged by adding a
+    constant or scaling by a positive factor. NaN when the mask is empty or covers the image, or a score is NaN."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(mask, dtype=bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores and mask differ in size: {np.shape(scores)} and {np.shape(mask)}")
+    pos = int(y.sum())
+    neg = y.size - pos
+    if pos == 0 or neg == 0 or np.isnan(s).any():
+        return float("nan")
+    ranks = rankdata(s)  # average ranks: a tie between a mask pixel and another counts half
+    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
 def _mass_in(m: torch.Tensor, mask: np.ndarray) -> float:
     m = m.clamp_min(0)
     total = float(m.sum())
@@ -290,11 +364,14 @@ def _mass_in(m: torch.Tensor, mask: np.ndarray) -> float:
 
 def attention_in_mask(gen: Generation, params: Params, oracle_labels: np.ndarray, windows: Sequence[tuple[float, float]] = (),
                       taus: Sequence[int] = ()) -> pd.DataFrame:
-    """Fraction of each class word's attention mass inside the oracle's mask of that class.
+    """How well each class word's map picks out the oracle's mask of that class.
 
-    One row per (sample, class, map): ``cross@r`` (one resolution), ``aggregated``, each timestep
-    window, and ``tau=k`` (A_self^k . A_cross). ``mask_fraction`` is the mask's share of the image:
-    what a uniform map would score."""
+    One row per (sample, class, map): ``cross@r`` (each captured resolution), ``aggregated``
+    (:func:`aggregate_resolutions`), each timestep window, and ``tau=k`` (A_self^k . A_cross of the aggregate).
+    ``auc``: the ROC AUC of the map's values for "pixel in the mask" (:func:`auc`; 0.5 = uninformative);
+    ``mass_in_mask``: the share of the map's mass inside the mask, and ``mask_fraction``, the mask's share of the
+    image, what a uniform map would put there (this share is lowered by a near-uniform floor that leaves the AUC as
+    it is)."""
     rows = []
     names = params.class_names
     for i, prompt in enumerate(gen.prompts):
@@ -304,12 +381,12 @@ def attention_in_mask(gen: Generation, params: Params, oracle_labels: np.ndarray
             continue
         size = tuple(gen.images[i].shape[:2])
         by_res = word_maps_by_resolution(maps, i, list(words.values()))
-        agg = combine_resolutions(by_res, maps.resolution_weights)
+        agg = aggregate_resolutions(maps, by_res)
         variants = {f"cross@{r}": upsample(m, size) for r, m in by_res.items()}
         variants["aggregated"] = upsample(agg, size)
         for w in windows:
             variants[f"window {window_label(w, gen.num_steps)}"] = upsample(
-                combine_resolutions(word_maps_by_resolution(gen.maps(w), i, list(words.values())), maps.resolution_weights), size)
+                aggregate_resolutions(maps, word_maps_by_resolution(gen.maps(w), i, list(words.values()))), size)
         self_attn = {r: maps.self_attention(i, r) for r in maps.self_resolutions}
         for tau in taus:
             if self_attn:
@@ -318,8 +395,8 @@ def attention_in_mask(gen: Generation, params: Params, oracle_labels: np.ndarray
             mask = oracle_labels[i] == names.index(cls) + 1
             for name, m in variants.items():
                 rows.append({"prompt": prompt, "seed": gen.seeds[i], "class": cls, "word": word, "map": name,
-                             "mass_in_mask": _mass_in(m[k], mask), "mask_fraction": float(mask.mean())})
-    return pd.DataFrame(rows)
+                             "auc": auc(m[k], mask), "mass_in_mask": _mass_in(m[k], mask), "mask_fraction": float(mask.mean())})
+    return pd.DataFrame(rows, columns=["prompt", "seed", "class", "word", "map", "auc", "mass_in_mask", "mask_fraction"])
 
 
 def normalized(m: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -331,71 +408,133 @@ def normalized(m: torch.Tensor | np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Conclusions
 # ---------------------------------------------------------------------------------------------
-def against_uniform(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per map of :func:`attention_in_mask`: the mean mass in the mask, what a uniform map puts there (the mean mask
-    fraction), their difference ``excess`` and its 95% percentile interval over the (sample, class) rows resampled
-    (``excess_lo``, ``excess_hi``); ``n`` rows. An interval that holds 0 is a map no better localised than uniform."""
+CHANCE = 0.5  # the AUC of an uninformative map (a constant or uniform one)
+KEYS = ["prompt", "seed", "class"]  # one (sample, class) row of attention_in_mask
+
+
+def _boot_mean(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``x`` over its rows resampled with replacement (NaN under 2 rows)."""
     from dmutils import stats
 
+    if len(x) < 2:  # one row has no spread to resample: no interval, so no verdict
+        return float("nan"), float("nan")
+    boot = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    lo, hi = np.quantile(boot, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2])
+    return float(lo), float(hi)
+
+
+def against_uniform(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Per map of :func:`attention_in_mask`: its mean AUC over the ``n`` (sample, class) rows that have one and the
+    95% percentile interval of that mean over the rows resampled (``auc_lo``, ``auc_hi``), against ``chance`` = 0.5,
+    the AUC of an uninformative (uniform) map: an interval that holds 0.5 is a map that localises no better than
+    uniform. Secondary: the mean share of the map's mass inside the mask (``mass_in_mask``) and what a uniform map
+    puts there (``uniform``, the mean mask fraction)."""
     rows = []
     rng = np.random.default_rng(seed)
     for name, g in table.groupby("map", sort=False):
-        g = g.dropna(subset=["mass_in_mask", "mask_fraction"])
-        x = (g["mass_in_mask"] - g["mask_fraction"]).to_numpy(np.float64)
-        lo = hi = float("nan")
-        if len(x):
-            boot = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-            lo, hi = (float(v) for v in np.quantile(boot, [(1 - stats.LEVEL) / 2, (1 + stats.LEVEL) / 2]))
-        rows.append({"map": name, "mass_in_mask": float(g["mass_in_mask"].mean()) if len(x) else float("nan"),
-                     "uniform": float(g["mask_fraction"].mean()) if len(x) else float("nan"),
-                     "excess": float(x.mean()) if len(x) else float("nan"), "excess_lo": lo, "excess_hi": hi, "n": len(x)})
-    return pd.DataFrame(rows, columns=["map", "mass_in_mask", "uniform", "excess", "excess_lo", "excess_hi", "n"])
+        g = g.dropna(subset=["auc"])
+        x = g["auc"].to_numpy(np.float64)
+        lo, hi = _boot_mean(x, n_boot, rng)
+        rows.append({"map": name, "n": len(x), "auc": float(x.mean()) if len(x) else float("nan"), "auc_lo": lo, "auc_hi": hi,
+                     "chance": CHANCE, "mass_in_mask": float(g["mass_in_mask"].mean()) if len(x) else float("nan"),
+                     "uniform": float(g["mask_fraction"].mean()) if len(x) else float("nan")})
+    return pd.DataFrame(rows, columns=["map", "n", "auc", "auc_lo", "auc_hi", "chance", "mass_in_mask", "uniform"])
 
 
-def conclusions(vs_uniform: pd.DataFrame, heads: pd.DataFrame | None = None) -> list[str]:
-    """Study 01's findings, every number a cell of ``vs_uniform`` (:func:`against_uniform`) or ``heads``
-    (:func:`head_spread`): how far the aggregated map sits above a uniform one, what τ does to it, the timestep
-    windows, and how much the heads agree."""
+def tau_vs_zero(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Each ``tau=k`` (k > 0) of :func:`attention_in_mask` against ``tau=0`` on the same (sample, class) rows: the mean
+    paired difference of AUC ``diff`` (tau=k minus tau=0) and its 95% percentile interval over the ``n`` rows that
+    have both resampled (``diff_lo``, ``diff_hi``); ``auc`` and ``auc_tau0`` are the two means over those rows. An
+    interval that holds 0 is a refinement within noise."""
+    cols = ["map", "reference", "n", "auc", "auc_tau0", "diff", "diff_lo", "diff_hi"]
+    taus = [m for m in table["map"].unique() if str(m).startswith("tau=")]
+    if "tau=0" not in taus:
+        return pd.DataFrame(columns=cols)
+    wide = table[table["map"].isin(taus)].pivot_table(index=KEYS, columns="map", values="auc", aggfunc="first", dropna=False)
+    rows = []
+    rng = np.random.default_rng(seed)
+    for m in sorted((t for t in taus if t != "tau=0"), key=lambda t: float(t.split("=")[1])):
+        pair = wide[[m, "tau=0"]].dropna().to_numpy(np.float64)
+        d = pair[:, 0] - pair[:, 1]
+        lo, hi = _boot_mean(d, n_boot, rng)
+        nan = float("nan")
+        rows.append({"map": m, "reference": "tau=0", "n": len(d), "auc": float(pair[:, 0].mean()) if len(d) else nan,
+                     "auc_tau0": float(pair[:, 1].mean()) if len(d) else nan, "diff": float(d.mean()) if len(d) else nan,
+                     "diff_lo": lo, "diff_hi": hi})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def auc_figure(vs_uniform: pd.DataFrame):
+    """The figure of :func:`against_uniform`: each map's mean AUC with its 95% interval, a dashed line at 0.5 (an
+    uninformative map); returns (figure, caption), the caption stating n."""
+    from dmutils import figures
+
+    t = vs_uniform.dropna(subset=["auc"])
+    fig = figures.bar_with_ci(t, "map", "auc", "auc_lo", "auc_hi", title="How well each map picks out its object",
+                              xlabel="map", ylabel="AUC (pixel in the mask)", size="wide")
+    ax = fig.axes[0]
+    ax.axhline(CHANCE, color="grey", linestyle="--", label="uninformative map")
+    ax.set_ylim(0, 1)
+    for label in ax.get_xticklabels():
+        label.set(rotation=40, ha="right", rotation_mode="anchor")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    lo, hi = (int(t["n"].min()), int(t["n"].max())) if len(t) else (0, 0)
+    n = f"n = {lo}" if lo == hi else f"n = {lo} to {hi}"
+    caption = (f"Mean ROC AUC of each map as a score for the oracle's mask of its class, with 95% bootstrap intervals over "
+               f"the (sample, class) pairs ({n}); dashed: {CHANCE:g}, an uninformative map.")
+    return fig, caption
+
+
+def conclusions(vs_uniform: pd.DataFrame, heads: pd.DataFrame | None = None, tau_pairs: pd.DataFrame | None = None) -> list[str]:
+    """Study 01's findings, every number a cell of ``vs_uniform`` (:func:`against_uniform`), ``tau_pairs``
+    (:func:`tau_vs_zero`) or ``heads`` (:func:`head_spread`): how well the aggregated map and each resolution's
+    localise the object (AUC against 0.5), what τ does to it against τ = 0 on the same rows, the timestep windows, and
+    how much the heads agree."""
     from dmutils.studies.wording import NEGLIGIBLE, interval, missing, num, signed, verdict
 
-    t = vs_uniform.dropna(subset=["mass_in_mask"]).set_index("map")
+    t = vs_uniform.dropna(subset=["auc"]).set_index("map")
     out = []
 
-    def against(m: str) -> str:
+    def score(m: str) -> str:
         r = t.loc[m]
-        return (f"{signed(r.excess)} over uniform, interval {interval(r.excess_lo, r.excess_hi)}, "
-                f"{verdict(r.excess_lo, r.excess_hi, 'above uniform', 'below uniform', r.excess, NEGLIGIBLE)}")
+        return f"AUC {num(r['auc'])} {interval(r['auc_lo'], r['auc_hi'], sign=False)}"
+
+    def call(m: str) -> str:
+        r = t.loc[m]
+        return verdict(r["auc_lo"] - r["chance"], r["auc_hi"] - r["chance"], "above chance", "below chance",
+                       r["auc"] - r["chance"], NEGLIGIBLE)
 
     if "aggregated" in t.index:
         r = t.loc["aggregated"]
         res = [m for m in t.index if m.startswith("cross@")]
-        per_res = "; per resolution: " + ", ".join(f"{m} {num(t.loc[m, 'mass_in_mask'])}" for m in res) if len(res) > 1 else ""
-        out.append(f"The aggregated cross-attention puts {num(r.mass_in_mask)} of a class word's mass inside the oracle's mask, "
-                   f"where a uniform map puts {num(r.uniform)}: {against('aggregated')}{per_res}.")
-    taus = sorted((m for m in t.index if m.startswith("tau=")), key=lambda m: float(m.split("=")[1]))
-    if len(taus) >= 2:
-        first, last = t.loc[taus[0]], t.loc[taus[-1]]
-        falls = last.mass_in_mask < first.mass_in_mask
-        towards = abs(last.excess) < abs(first.excess)
-        seq = ", ".join(f"{num(t.loc[m, 'mass_in_mask'])} at {m}" for m in taus)
-        # a move is called only when the two ends' intervals against uniform do not overlap and it is not negligible
-        moved = (abs(last.mass_in_mask - first.mass_in_mask) >= NEGLIGIBLE
-                 and (last.excess_hi < first.excess_lo or last.excess_lo > first.excess_hi))
-        how = (f"moves the mass in the mask {'down' if falls else 'up'}, {'towards' if towards else 'away from'} the uniform level"
-               if moved else "leaves the mass in the mask where it was, within noise")
-        s = f"Self-attention refinement (A_self^tau · A_cross) {how}: {seq}; at {taus[-1]} it is {against(taus[-1])}"
-        if moved and falls and towards:
-            s += ". On this run the refinement spreads each class map over the image rather than concentrating it on the object"
-        elif moved and not falls and not towards:
-            s += ". On this run the refinement concentrates each class map on the object"
+        per_res = ("; per resolution: " + ", ".join(f"{m} {score(m)} ({call(m)})" for m in res)) if len(res) > 1 else ""
+        out.append(f"As a score for the oracle's mask of its class, the aggregated cross-attention of a class word has "
+                   f"{score('aggregated')}, {call('aggregated')} (n = {int(r['n'])} sample-class pairs; {num(r['chance'], 1)} "
+                   f"is an uninformative map){per_res}. Its share of mass inside the mask is {num(r['mass_in_mask'])}, where a "
+                   f"uniform map puts {num(r['uniform'])}.")
+    pairs = tau_pairs.dropna(subset=["diff"]) if tau_pairs is not None else None
+    if pairs is not None and len(pairs):
+        seq = "; ".join(f"{p.map} {signed(p.diff)} {interval(p.diff_lo, p.diff_hi)}, "
+                        f"{verdict(p.diff_lo, p.diff_hi, 'better', 'worse', p.diff, NEGLIGIBLE)}" for p in pairs.itertuples())
+        last = pairs.iloc[-1]
+        s = (f"Self-attention refinement (A_self^tau · A_cross) against tau=0, AUC difference paired over the same "
+             f"n = {int(last['n'])} sample-class pairs: {seq}; AUC {num(last['auc_tau0'])} at tau=0 and {num(last['auc'])} "
+             f"at {last['map']}")
+        calls = {verdict(p.diff_lo, p.diff_hi, "better", "worse", p.diff, NEGLIGIBLE) for p in pairs.itertuples()}
+        if calls == {"better"}:
+            s += ". On this run every tau ranks the object's pixels above the rest better than the cross-attention alone"
+        elif calls == {"worse"}:
+            s += ". On this run every tau ranks the object's pixels above the rest worse than the cross-attention alone"
         out.append(s + ".")
     windows = [m for m in t.index if m.startswith("window ")]
     if len(windows) >= 2:
-        best = max(windows, key=lambda m: t.loc[m, "mass_in_mask"])
+        best = max(windows, key=lambda m: t.loc[m, "auc"])
         w = [windows[0], windows[-1]] + ([best] if best not in (windows[0], windows[-1]) else [])
-        out.append("Over the denoising steps: " + "; ".join(
-            f"{m.removeprefix('window ')} put {num(t.loc[m, 'mass_in_mask'])} inside ({against(m)})" for m in w)
-            + (f"; the most is in {best.removeprefix('window ')}" if best not in (windows[0], windows[-1]) else "") + ".")
+        out.append("Over the denoising steps, the aggregated map of " + "; of ".join(
+            f"{m.removeprefix('window ')} has {score(m)}, {call(m)}" for m in w)
+            + (f"; the highest AUC is in {best.removeprefix('window ')}" if best not in (windows[0], windows[-1]) else "")
+            + f" (n = {int(t.loc[windows[0], 'n'])} sample-class pairs).")
     if heads is not None and len(heads.dropna(subset=["corr_with_mean"])):
         h = heads.dropna(subset=["corr_with_mean"])
         lo, hi = h["corr_with_mean"].min(), h["corr_with_mean"].max()
