@@ -283,3 +283,37 @@ def test_run_grid_trains_segmenters_for_flagged_variants_and_caches_them(tmp_pat
     assert "segmenter mIoU (%)" in tables["splicing"] and "segmenter mIoU (%)" in tables["tau"]  # tau 0 is scored
     assert "segmenter mIoU (%)" not in ablations.pivot_tables(first[first["group"].isin(["baseline", "tau"])].assign(
         segmenter_miou=np.nan))["tau"]
+
+
+@pytest.mark.slow
+def test_notebook05_states_its_protocol_shows_the_ledger_rows_of_its_groups_and_concludes_from_its_tables(tmp_path, monkeypatch):
+    import papermill as pm
+
+    from dmutils import nb
+    from dmutils.paths import REPO_ROOT
+    from dmutils.runner import choose_kernel, kernel_options
+    from dmutils.studies import wording
+    from dmutils.testing.sd import save_tiny_sd15
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the kernel inherits it
+    grid = write_grid(tmp_path, {"groups": {"tau": {"2": {"masks.tau": 2}}, "crf": {"on": {"masks.crf.enabled": True}}}})
+    overrides = [*SMALL, f"model.path={save_tiny_sd15(tmp_path / 'tiny-sd')}", "masks.tau=1", "masks.crf.enabled=false",
+                 f"study.ablation_grid={grid}", "study.thresholds=[0.3,0.5]", "study.crf_thresholds=[0.4]", "run.name=nb05-test"]
+    out = tmp_path / "report"
+    pm.execute_notebook(str(REPO_ROOT / "notebooks" / "05_ablations.ipynb"), str(tmp_path / "05.ipynb"), kernel_name=choose_kernel(),
+                        parameters={"params_file": "params/toy.yaml", "overrides": overrides, "run_dir": str(out)},
+                        cwd=str(REPO_ROOT / "notebooks"), progress_bar=False, execution_timeout=600, **kernel_options())
+    tables = out / nb.TABLES
+    rows = pd.read_csv(tables / "ablations.csv").set_index("variant")
+    assert list(rows.index) == ["baseline: params", "tau: 2", "crf: on"] and not rows["same_masks"].any()
+    assert "self-attention refinement (tau 1)" in rows.loc["baseline: params", "protocol"]
+    assert "DenseCRF on" in rows.loc["crf: on", "protocol"] and "DenseCRF off" in rows.loc["tau: 2", "protocol"]
+    ledger = pd.read_csv(tables / "ablations_ledger.csv")
+    committed = {r["id"]: r for r in json.loads((REPO_ROOT / "results" / "claims.json").read_text())["rows"]}
+    assert {"dd_self_attention", "dm_densecrf"} <= set(ledger["claim"]) and set(ledger["group"]) == {"tau", "crf"}
+    for r in ledger.itertuples():  # the committed ledger's figures, as they are
+        assert r.diff == committed[r.claim]["segmenter"]["diff"] and r.verdict == committed[r.claim]["segmenter"]["verdict"]
+    assert rows["segmenter_miou"].isna().all()  # the grid names no segmenter variant: nothing trained
+    concluded = wording.run_conclusions(out)
+    assert len(concluded) == 1 and any("claims ledger" in s for s in concluded[0])
+    assert wording.unsupported_in_run(out) == []

@@ -149,10 +149,11 @@ def test_study01_aggregate_follows_resolution_weights(pipe, params):
     np.testing.assert_allclose(t.xs("aggregated", level="map"), t.xs("cross@16", level="map"))
     out = study.tau_scores(maps, 0, {"circle": "circle", "ring": "ring"}, [0, 1], only16.masks, gen.images[0], [1, 3])
     assert set(out) == {0, 1}  # make_mask takes the weighted resolutions only
-    # no weights: every captured resolution, equally (AttentionMaps.aggregate's rule)
+    # no weights: the params' resolutions (16 and 8), equally, as the dataset aggregates; 4 and 2 are only shown
     plain = study.generate(pipe, params, ["a circle and a ring"], [1], cross_resolutions="all").maps()
     by_res = study.word_maps_by_resolution(plain, 0, ["circle", "ring"])
-    equal = torch.stack([torch.nn.functional.interpolate(m[None], size=(16, 16), mode="bilinear")[0] for m in by_res.values()]).mean(0)
+    assert sorted(by_res) == [2, 4, 8, 16] and list(params.capture.cross_resolutions) == [16, 8]
+    equal = torch.stack([torch.nn.functional.interpolate(by_res[r][None], size=(16, 16), mode="bilinear")[0] for r in (16, 8)]).mean(0)
     torch.testing.assert_close(study.aggregate_resolutions(plain, by_res), equal)
     torch.testing.assert_close(study.aggregate_resolutions(plain, by_res)[1], plain.word_map(0, "ring"))
 
@@ -167,6 +168,8 @@ def test_study01_on_the_toy_unet_has_several_resolutions_and_one_on_the_toy_mmdi
     table = study.attention_in_mask(gen, toy, get_oracle(toy).predict(gen.images), taus=[0])
     cross = sorted({m for m in table["map"] if m.startswith("cross@")})
     assert len(cross) > 1 and {"cross@16", "cross@8"} <= set(cross)
+    by_map = table.set_index(["class", "map"])["auc"]  # the aggregate is the dataset's: 16x16 alone
+    np.testing.assert_allclose(by_map.xs("aggregated", level="map"), by_map.xs("cross@16", level="map"))
     assert study.head_resolution(pipe, toy) == 16
     sd3 = load_params(REPO_ROOT / "params/toy_sd3.yaml", ["model.num_inference_steps=2"])
     pipe3 = load_pipeline(sd3.model)

@@ -173,7 +173,8 @@ def generate(pipe, params: Params, prompts: Sequence[str], seeds: Sequence[int],
     Settings come from ``params.model`` and ``params.capture``; the capture records every step so
     that any window can be read later (:meth:`Generation.maps`). ``cross_resolutions``: the cross-attention
     resolutions captured, ``"all"`` for every one the model has (:func:`model_cross_resolutions`); None = the
-    params' ``capture.cross_resolutions``."""
+    params' ``capture.cross_resolutions``. The aggregate (and so tau and the masks) stays the dataset's: with no
+    ``masks.resolution_weights``, the resolutions captured beyond the params' weigh nothing in it."""
     prompts, seeds = list(prompts), [int(s) for s in seeds]
     if not prompts or len(prompts) != len(seeds):
         raise ValueError(f"give one seed per prompt: {len(prompts)} prompts, {len(seeds)} seeds")
@@ -183,7 +184,11 @@ def generate(pipe, params: Params, prompts: Sequence[str], seeds: Sequence[int],
             raise ValueError(f"cross_resolutions must be 'all', a list of map sides or None, got {cross_resolutions!r}")
         cross_resolutions = model_cross_resolutions(pipe, params)
     if cross_resolutions is not None:
-        spec = dataclasses.replace(spec, cross_resolutions=tuple(sorted({int(r) for r in cross_resolutions}, reverse=True)))
+        extra = {int(r) for r in cross_resolutions}
+        weights = spec.resolution_weights
+        if weights is None and extra - set(spec.cross_resolutions):  # the aggregate stays the dataset's: the params' resolutions
+            weights = {r: 1.0 for r in spec.cross_resolutions if r in extra} or None
+        spec = dataclasses.replace(spec, cross_resolutions=tuple(sorted(extra, reverse=True)), resolution_weights=weights)
     m = params.model
     cumulative: list[tuple[dict, dict]] = [({}, {})]
 
