@@ -225,7 +225,7 @@ def test_notebook_07_shows_the_committed_ledger_and_reruns_a_row(tmp_path, monke
     assert len(recorded) == 1 and recorded[0][:len(ledger_sentences)] == ledger_sentences
     from dmutils.studies import noise_study, open_vocab, scaling
 
-    shown = {"bench_scaling.json": ("scaling_mixing_gain", lambda d: scaling.conclusions(
+    shown = {"bench_scaling.json": ("scaling_equivalent", lambda d: scaling.conclusions(
                  pd.DataFrame(d["synthetic_equivalent"]), pd.DataFrame(d["mixing_gain"]))),
              "bench_open_vocab.json": ("open_vocab", lambda d: open_vocab.conclusions(pd.DataFrame(d["table"]))),
              "bench_noise_learning.json": ("noise_learning_controlled",
