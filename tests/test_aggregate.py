@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dmutils.attention import CaptureSpec, capture
-from dmutils.attention.aggregate import auto_weights, combine, concentration
+from dmutils.attention.aggregate import POWER, aggregate, auto_weights, combine, concentration
 from dmutils.config import load_params
 from dmutils.errors import ParamsError
 from dmutils.testing.dits import tiny_sd3_pipeline
@@ -46,16 +46,28 @@ def test_auto_weights_favour_the_concentrated_layer_heads_and_sum_to_one():
 
 
 def test_heads_with_one_budget_count_by_shape_a_joint_slice_by_its_mass():
-    """Rows that are distributions over the text: a head giving the word half the mass is scaled up to its
-    neighbour; rows that are not (a joint-attention slice) keep their mass."""
+    """Rows that are distributions over the text: a head giving the word half the mass counts as much as its
+    neighbour (unit mass, power mean); rows that are not (a joint-attention slice) are combined linearly, mass kept."""
     heads = _maps(True)
     weak = heads.clone()
     weak[1] = heads[1] * 0.5
     weak[1, :, 0] += 1 - weak[1].sum(-1)  # the rest goes to the start token: rows still sum to 1
-    w = auto_weights({"layer": weak}, focus=[1])["layer"]
-    assert w[1] > w[0]
-    w = auto_weights({"layer": heads * 0.3}, focus=[1])["layer"]  # rows sum to 0.3: not distributions
-    assert torch.allclose(w, torch.full((2,), 0.5))
+    word = aggregate({"layer": weak}, focus=[1])[0][:, 1]
+    same = aggregate({"layer": heads}, focus=[1])[0][:, 1]
+    torch.testing.assert_close(word / word.sum(), same / same.sum())  # the weak head's smaller mass does not count
+    linear, w = aggregate({"layer": heads * 0.3}, focus=[1])  # rows sum to 0.3: not distributions
+    assert torch.allclose(w["layer"], torch.full((2,), 0.5))
+    torch.testing.assert_close(linear, (heads * 0.3).mean(0))
+
+
+def test_the_power_mean_counts_where_many_heads_agree_over_where_one_is_strong():
+    """Two heads put half their word's mass on pixel 0 (and half on pixel 2), a third all of it on pixel 1: the
+    linear mean scores pixels 0 and 1 alike; with POWER < 1 the pixel two heads agree on scores higher."""
+    heads = torch.tensor([[0.5, 0.0, 0.5], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0]])[:, :, None]  # (heads, queries, one key)
+    w = {"layer": torch.full((3,), 1 / 3)}
+    linear, power = combine({"layer": heads}, w)[:, 0], combine({"layer": heads}, w, POWER)[:, 0]
+    assert POWER < 1 and torch.isclose(linear[0], linear[1]) and power[0] > 1.5 * power[1]
+    assert torch.equal(combine({"layer": heads}, w, 1.0), combine({"layer": heads}, w))
 
 
 def test_a_bad_aggregate_is_a_one_line_params_error():

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dmutils.attention.aggregate import auto_weights, combine
+from dmutils.attention.aggregate import aggregate
 
 
 class WordLookupError(KeyError):
@@ -110,8 +110,7 @@ class AttentionMaps:
         key = (i, resolution, focus)
         if key not in self._auto:
             layers = {name: h[i] for name, h in self.heads[resolution].items()}
-            weights = auto_weights(layers, focus)
-            self._auto[key] = (combine(layers, weights), weights)
+            self._auto[key] = aggregate(layers, focus)
         return self._auto[key]
 
     def _default_focus(self, i: int) -> tuple[int, ...]:
