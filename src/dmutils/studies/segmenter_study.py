@@ -192,11 +192,14 @@ def conclusions(headline: pd.DataFrame, gap: pd.DataFrame | None = None, dropped
                    f"{int(b.train_samples)} training samples each, {b.epochs:g} epochs).")
     if {"a", "c"} <= set(h.index) and not missing(h.loc["c", "miou"]):
         c = h.loc["c"]
-        out.append(f"Adding the synthetic masks to the real labels ({int(c.train_samples)} samples, the same {c.epochs:g} epochs) "
-                   f"gives {scored(c)}: {against(c, 'better than real labels alone', 'worse than real labels alone')}.")
+        out.append(f"Adding the synthetic masks to the real labels ({int(c.train_samples)} samples, the same {c.epochs:g} epochs, "
+                   f"so {int(c.steps)} training steps against {int(h.loc['a', 'steps'])}) gives {scored(c)}: "
+                   f"{against(c, 'better than real labels alone', 'worse than real labels alone')}; more steps alone could "
+                   "explain part of a gain.")
     if {"b", "d"} <= set(h.index) and not missing(h.loc["d", "miou"]):
         d = h.loc["d"]
-        out.append(f"Noise learning (the {int(d.train_samples)} synthetic samples it kept, {d.epochs:g} epochs) gives {scored(d)}: "
+        out.append(f"Noise learning (the {int(d.train_samples)} synthetic samples it kept, {d.epochs:g} epochs, so "
+                   f"{int(d.steps)} training steps) gives {scored(d)}: "
                    f"{against(d, 'better than all the synthetic masks', 'worse than all the synthetic masks')}.")
     if dropped is not None and len(dropped):
         d = dropped.set_index("group")
