@@ -283,5 +283,5 @@ def conclusions(head: pd.DataFrame, table: pd.DataFrame) -> list[str]:
             small = abs(cut.iloc[0] - kind.iloc[0]) < NEGLIGIBLE
             out.append(f"{model}: cutting text-to-text attention gives mask mIoU {num(cut.iloc[0])} against "
                        f"{num(kind.iloc[0])} uncut (best map kind, the same images), "
-                       + ("within noise: the class words stay apart without it." if small else "without an interval: indicative."))
+                       + ("within noise: the class words' maps do not depend on text-to-text attention here." if small else "without an interval: indicative."))
     return out
