@@ -55,9 +55,15 @@ def pooled_miou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
     return _mean_iou(i, u)
 
 
+def class_iou(i: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per-class IoU i / u of summed counts, NaN where a class has no union."""
+    i, u = np.asarray(i, np.float64), np.asarray(u, np.float64)
+    return np.divide(i, u, out=np.full_like(i, np.nan), where=u > 0)
+
+
 def _mean_iou(i: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Mean over the last axis of i / u where u > 0 (NaN where no class has a union)."""
-    iou = np.divide(i, u, out=np.full_like(i, np.nan), where=u > 0)
+    iou = class_iou(i, u)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN is the answer
         return np.nanmean(iou, axis=-1)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dmutils import stats
 from dmutils.config import Params
 from dmutils.studies import trainings as tr
 from dmutils.studies.thresholds import stable_hash
@@ -131,8 +132,7 @@ def _tables(params: Params, counts: dict, classes) -> tuple[pd.DataFrame, pd.Dat
                      **tr.flat("miou", tr.interval(res)), "vs": ref, **diff,
                      "train_seconds": round(sum(r["train_seconds"] for r in res), 2), "cached": all(r.get("cached", False) for r in res)})
         for s, r in zip(seeds, res):
-            i, u = (np.asarray(r[k], np.float64).sum(0) for k in ("inter", "union"))
-            iou = np.divide(i, u, out=np.full_like(i, np.nan), where=u > 0)
+            iou = stats.class_iou(*(np.asarray(r[k], np.float64).sum(0) for k in ("inter", "union")))
             per_class += [{"run": run, "data": data, "seed": s, "class": c, "iou": v} for c, v in zip(classes, iou)]
     headline = pd.DataFrame(rows)
     real_miou = headline.loc[headline.run == "a", "miou"].item()
