@@ -83,6 +83,53 @@ def test_paired_ratio_alternates_pair_order_and_reports_median_spread_and_repeat
     assert entries == {"ratio_x": 1.25, "ratio_x_spread": 0.4, "ratio_x_iqr": 0.175, "ratio_x_range": [1.1, 1.5], "ratio_x_repeats": 4}  # quartiles 1.175, 1.35
 
 
+def test_alternating_steps_switches_b_at_alternate_steps_and_charges_only_the_timed_layers():
+    """One generation of warm-up + 2 x pairs denoiser steps: B is on at steps off-on, on-off, ...; a pair's ratio is 1 +
+    (time in the timed layer with B - without) / the plain step's time, whatever the rest of the step took."""
+    import itertools
+
+    import torch
+
+    from dmutils.benchmarks import timing
+
+    clock = _FakeClock()
+    state = {"on": False}
+    rest = itertools.chain([5.0, 5.0, 1.0, 1.0, 3.0, 3.0, 2.0, 2.0], itertools.repeat(1.0))  # the machine's speed drifts
+
+    class Layer(torch.nn.Module):
+        def forward(self, x):
+            clock.now += 0.3 if state["on"] else 0.1
+            return x
+
+    class Denoiser(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = Layer()
+
+        def forward(self, x):
+            clock.now += next(rest)
+            return self.layer(x)
+
+    denoiser, seen = Denoiser(), []
+
+    def toggle(on: bool) -> None:
+        state["on"] = on
+        seen.append(on)
+
+    def generate(steps: int) -> None:
+        for _ in range(steps):
+            denoiser(torch.zeros(1))
+
+    r = timing.alternating_steps(denoiser, toggle, {"layer": denoiser.layer}, generate, pairs=3, warmup=2,
+                                 clock=lambda: clock.now)
+    assert seen == [False, True, False, True, True, False, False, True, False]  # the last: switched off after
+    assert r["ratios"] == pytest.approx([1 + 0.2 / 1.1, 1 + 0.2 / 3.1, 1 + 0.2 / 2.1])
+    assert r["ratio"] == pytest.approx(1 + 0.2 / 2.1) and r["repeats"] == 3
+    assert r["a_s"] == pytest.approx(2.1) and r["b_s"] == pytest.approx(2.3) and r["steps_ratio"] == pytest.approx(2.3 / 2.1)
+    with pytest.raises(RuntimeError, match="not 8"):
+        timing.alternating_steps(denoiser, toggle, {}, lambda steps: generate(steps - 1), pairs=3, warmup=2)
+
+
 def test_paired_ratio_refuses_no_repeats():
     from dmutils.benchmarks import timing
 
@@ -139,9 +186,11 @@ def test_bench_capture_quick_reports_ratios_flat_state_bytes_and_provenance(caps
     monkeypatch.setenv("DMUTILS_BENCH_THREADS", "1")
     assert bench.main(argparse.Namespace(name="capture", json=True, quick=True)) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for name in ("ratio_toy", "ratio_toy_explicit_all_layers", "ratio_sd15_256_bf16", "ratio_sd3_512_bf16", "ratio_flux_512_bf16"):
+    for name in ("ratio_toy", "ratio_toy_explicit_all_layers", "ratio_sd15_256_bf16", "ratio_sd3_512_bf16", "ratio_flux_512_bf16",
+                 "ratio_sd3_512_bf16_with_self", "ratio_flux_512_bf16_with_self"):
         _ratio_sane(out, name)
-    assert out["toy_steps"] == 3 and out["toy_batch"] == 2 and out["sd15_steps"] == 2 and out["threads"] == 1
+    assert out["toy_pairs"] == 2 and out["toy_batch"] == 2 and out["sd15_pairs"] == 1 and out["threads"] == 1
+    assert out["sd3_pairs"] == out["flux_pairs"] == 1 and out["ratio_sd3_512_bf16_steps"] > 0
     assert out["toy_plain_s"] > 0 and out["toy_capture_s"] > 0 and out["sd15_plain_s"] > 0
     assert out["state_bytes_10_steps"] == out["state_bytes_50_steps"] > 0
     for family in ("sd3", "flux"):

@@ -16,19 +16,21 @@ Only the columns a map needs are scored: cross maps alone cost a product over th
 joint attention again. For ``joint_slice`` the normaliser is the layer's own row logsumexp where plain SDPA
 runs the CPU flash kernel (no mask, a float dtype: ``_has_lse_kernel``): that kernel, called directly, gives
 the very output SDPA gives (bit for bit) and the logsumexp, so the map is exp(q k_text^T * scale - lse).
-Elsewhere (CUDA, masks) the normaliser is computed here from every column, as before. Reusing the probabilities for the output (as the UNet processor does)
-was measured slower here: on SD3.5-medium's joint attention at 512 px (bf16, 1 CPU thread, paired runs)
-an explicit softmax over every column with its P.V took 1.79x SDPA's time for cross + self maps and 1.68x
-for cross maps alone; SDPA plus only the needed columns takes 1.56x and 1.03x.
+Elsewhere (CUDA, masks) the normaliser is computed here from every column, as before. Scores are computed a head at a time where
+a head's matrix is large (``state.SCORE_CHUNK_BYTES``: it stays in the CPU's cache while it is exponentiated and
+added), and a self map's rows are divided as they are added. Reusing the probabilities for the output (as the UNet
+processor does) was measured slower: an explicit softmax over every column with its P.V costs more than SDPA plus
+only the needed columns. ``dmutils bench capture`` measures what capture costs (``ratio_sd3_512_bf16``, and
+``..._with_self`` with the self maps).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from dmutils.attention.state import CaptureState
+from dmutils.attention.state import SCORE_CHUNK_BYTES, CaptureState
 
-MAX_CHUNK_BYTES = 256 * 2**20  # float32 scores computed at once; more heads are done in chunks
+MAX_CHUNK_BYTES = SCORE_CHUNK_BYTES  # float32 scores computed at once; more heads are done in chunks
 
 
 def attend_and_record(state: CaptureState, kinds: tuple[str, ...], resolution: int, query: torch.Tensor, key: torch.Tensor,
@@ -111,26 +113,36 @@ def record_joint(state: CaptureState, kinds: tuple[str, ...], resolution: int, q
             return s if bias is None else s.add_((bias[:, hs] if bias.shape[1] > 1 else bias)[..., cols])
 
         s_img = scores(img_cols) if need_image else None
-        parts = {}
+        parts: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # kind -> (probabilities, row divisor or None)
         if "cross" in kinds:
             if joint_norm == "text_softmax":
-                parts["cross"] = _softmax_(scores(txt_cols))
+                parts["cross"] = _exp_rows_(scores(txt_cols))
             elif row_lse is not None:  # the text columns of the joint softmax, normalised by the layer's own logsumexp
-                parts["cross"] = scores(txt_cols).sub_(row_lse[:, hs]).exp_()
+                parts["cross"] = (scores(txt_cols).sub_(row_lse[:, hs]).exp_(), None)
             else:  # the text columns of the joint softmax: exp(score - logsumexp over every column)
                 s_txt = scores(txt_all)
                 norm = torch.logaddexp(s_img.logsumexp(-1, keepdim=True), s_txt.logsumexp(-1, keepdim=True))
                 part = range(txt_all.stop - txt_all.start)[text_part] if text_part is not None else None
                 s_txt = s_txt if part is None else s_txt[..., part.start:part.stop]
-                parts["cross"] = (s_txt - norm).exp()
+                parts["cross"] = ((s_txt - norm).exp(), None)
         if "self" in kinds:
-            parts["self"] = _softmax_(s_img)  # in place: s_img is not needed after this
-        for kind, p in parts.items():
-            part = p.amax(1) if reduce_max else p.sum(1)
-            prev = reduced.get(kind)
-            reduced[kind] = part if prev is None else (torch.maximum(prev, part) if reduce_max else prev.add_(part))
-            if kind in kept:
-                kept[kind].append(p)
+            parts["self"] = _exp_rows_(s_img)  # in place: s_img is not needed after this
+        for kind, (p, divisor) in parts.items():
+            if reduce_max or kind in kept:
+                p = p if divisor is None else p.div_(divisor)
+                if kind in kept:
+                    kept[kind].append(p)
+                if reduce_max:
+                    part = p.amax(1)
+                    prev = reduced.get(kind)
+                    reduced[kind] = part if prev is None else torch.maximum(prev, part)
+                    continue
+            total = reduced.setdefault(kind, p.new_zeros(p.shape[:1] + p.shape[2:]))
+            for j in range(p.shape[1]):  # one pass per head over a matrix still in cache
+                if divisor is None or kind in kept:
+                    total.add_(p[:, j])
+                else:
+                    total.addcdiv_(p[:, j], divisor[:, j])
         del s_img, parts
     for kind, r in reduced.items():
         state.add(kind, resolution, r if reduce_max else r.div_(heads), heads=torch.cat(kept[kind], 1) if kind in kept else None,
@@ -149,7 +161,8 @@ def _bias(mask: torch.Tensor | None, cond: slice, rows: slice) -> torch.Tensor |
     return m.float()
 
 
-def _softmax_(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension, in place (a float32 buffer of the caller's)."""
+def _exp_rows_(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp(scores - row max), in place (a float32 buffer of the caller's), and its row sums: the softmax is their
+    quotient, left to the caller, who divides as it adds (one pass over the matrix, not two)."""
     scores.sub_(scores.amax(-1, keepdim=True)).exp_()
-    return scores.div_(scores.sum(-1, keepdim=True))
+    return scores, scores.sum(-1, keepdim=True)

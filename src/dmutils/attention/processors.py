@@ -25,7 +25,7 @@ from diffusers.models.attention_processor import (
     AttnProcessor2_0,
 )
 
-from dmutils.attention.state import CaptureState
+from dmutils.attention.state import SCORE_CHUNK_BYTES, CaptureState
 
 SUPPORTED = (AttnProcessor2_0, AttnProcessor)
 
@@ -44,7 +44,7 @@ def attention_probs(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor |
 class CaptureAttnProcessor:
     """``AttnProcessor2_0`` that records the probabilities of one layer into ``state``."""
 
-    max_chunk_bytes = 256 * 2**20  # float32 scores computed at once; more heads are done in chunks
+    max_chunk_bytes = SCORE_CHUNK_BYTES  # float32 scores computed at once; more heads are done in chunks
     layer = ""  # the layer's name, set by capture: auto aggregation keeps each layer's heads apart
 
     def __init__(self, state: CaptureState, kind: str, resolution: int, original) -> None:

@@ -7,33 +7,36 @@ cross@16 + self@32 at 512 px, cross@8 + self@16 for a 32x32 latent (SD at 256 px
 for the toy model's 16x16 latent. Also the bytes of the capture state after 10 and after 50 steps
 (flat: one running sum per map).
 
-Timing (:mod:`dmutils.benchmarks.timing`): CPU seconds of this process (``time.process_time``) on
-one torch thread by default (``DMUTILS_BENCH_THREADS``), which other jobs' load moves less than wall time; a
-warm-up of each, then plain and capture runs interleaved in pairs, each run >= ~1 s of CPU time;
-every ratio is the median of the per-pair ratios, with ``<name>_spread`` (max - min), ``<name>_iqr``, ``<name>_range``
-and ``<name>_repeats``. Runs of 0.2 s gave toy ratios
-of 1.22 and 1.07 in two runs in a row.
+Timing (:func:`dmutils.benchmarks.timing.alternating_steps`): CPU seconds of this process (``time.process_time``)
+on one torch thread by default (``DMUTILS_BENCH_THREADS``). Within one generation, recording is switched on and off
+at alternate denoiser steps (pairs: off on, on off, ...) after a warm-up step of each, and the captured layers are
+timed: each pair's ratio is 1 + (their time recording - their time not) / the plain step's time. Whole generations
+timed in turn could not show a 5% cost here: the same SD3.5 step took 1.6-2.7 s from one run to the next on this
+2-core machine, and 9 pairs of whole runs ranged 0.69-1.15 for one capture. Every ratio is the median of its pairs'
+ratios, with ``<name>_spread`` (max - min), ``<name>_iqr``, ``<name>_range``, ``<name>_repeats`` and
+``<name>_steps`` (the median ratio of the whole steps, capture's cost and the machine's noise together).
 
 - ``ratio_toy``: models/toy-sd if it is there, else a random SD 1.5-shaped stand-in of the same size
   (``toy_model`` says which).
 - ``ratio_sd15_256_bf16``: the real SD 1.5 UNet config, random weights, bf16, 256 px, on the CPU.
 - ``ratio_toy_explicit_all_layers``: for reference, explicit softmax in every layer (diffusers'
   ``AttnProcessor``), as the official DiffuMask / Dataset Diffusion code does, without capture.
-- ``ratio_sd3_512_bf16`` / ``ratio_flux_512_bf16``: diffusion transformers at 512 px in bf16, cross and
-  self maps of the middle third of the blocks (:func:`sd3_bench`, :func:`flux_bench`), and their
+- ``ratio_sd3_512_bf16`` / ``ratio_flux_512_bf16``: diffusion transformers at 512 px in bf16, the cross maps
+  of the middle third of the blocks as the presets capture them (``joint_slice``: the text columns only);
+  ``..._with_self``: the presets' self maps too (every image column of every captured layer: the one part of
+  capture that scores as much as the layer's attention does) (:func:`sd3_bench`, :func:`flux_bench`); and their
   ``state_bytes_*`` after 2 and 6 steps. ``DMUTILS_BENCH_CAPTURE=sd3,flux`` runs only those parts.
 """
 from __future__ import annotations
 
 import os
 import sys
-import time
 
 import torch
-from diffusers.models.attention_processor import AttnProcessor
+from diffusers.models.attention_processor import Attention, AttnProcessor
 
 from dmutils.attention import CaptureSpec, capture
-from dmutils.benchmarks.timing import fixed_threads, paired_ratio, ratio_entries
+from dmutils.benchmarks.timing import alternating_steps, fixed_threads, ratio_entries
 from dmutils.paths import REPO_ROOT
 
 TOY_PATH = REPO_ROOT / "models" / "toy-sd"
@@ -49,35 +52,31 @@ def _generate(pipe, prompts: list[str], steps: int) -> None:
     pipe(prompts, generator=generators, num_inference_steps=steps, guidance_scale=7.5, output_type="latent")
 
 
-def _run(pipe, prompts: list[str], steps: int, spec: CaptureSpec | None = None):
-    """One generation, with capture when ``spec`` is given: a zero-argument callable for paired_ratio."""
-    def go() -> None:
-        if spec is None:
-            _generate(pipe, prompts, steps)
-        else:
-            with capture(pipe, spec):
-                _generate(pipe, prompts, steps)
-    return go
+def capture_ratio(pipe, spec: CaptureSpec, generate, pairs: int, label: str = "") -> dict:
+    """Generation with capture over generation without it, step by step in one generation of ``generate(steps)``
+    (:func:`alternating_steps`, the captured layers timed): its dict (``a_s`` a plain step, ``b_s`` a captured one)."""
+    with capture(pipe, spec) as rec:
+        state = rec.state
+        r = alternating_steps(rec.denoiser, lambda on: setattr(state, "recording", on),
+                              {layer.name: layer.module for layer in rec.layers}, generate, pairs)
+    _log(f"{label}: ratio {r['ratio']:.3f} (iqr {r['iqr']:.3f}, {pairs} pairs), whole steps {r['steps_ratio']:.3f}")
+    return r
 
 
-def time_ratio(pipe, prompts: list[str], steps: int, spec: CaptureSpec, repeats: int, label: str = "") -> dict:
-    """Generation with capture over generation without it: :func:`paired_ratio`'s dict (``a_s`` plain, ``b_s`` capture)."""
-    return paired_ratio(_run(pipe, prompts, steps), _run(pipe, prompts, steps, spec), repeats=repeats, warmup=1, label=label,
-                        clock=time.process_time)
-
-
-def explicit_ratio(pipe, prompts: list[str], steps: int, repeats: int) -> dict:
-    """Explicit softmax in every layer (diffusers' ``AttnProcessor``, no capture) over the default processors."""
+def explicit_ratio(pipe, prompts: list[str], pairs: int) -> dict:
+    """Explicit softmax in every layer (diffusers' ``AttnProcessor``, no capture) over the default processors, step
+    by step as :func:`capture_ratio`."""
     originals = dict(pipe.unet.attn_processors)
+    modules = {name: m for name, m in pipe.unet.named_modules() if isinstance(m, Attention)}
 
-    def explicit() -> None:
-        pipe.unet.set_attn_processor(AttnProcessor())
-        try:
-            _generate(pipe, prompts, steps)
-        finally:
-            pipe.unet.set_attn_processor(dict(originals))  # diffusers pops from the dict it is given
-    return paired_ratio(_run(pipe, prompts, steps), explicit, repeats=repeats, warmup=1, label="toy explicit",
-                        clock=time.process_time)
+    def toggle(on: bool) -> None:
+        pipe.unet.set_attn_processor(AttnProcessor() if on else dict(originals))  # diffusers pops from the dict it is given
+    return alternating_steps(pipe.unet, toggle, modules, lambda steps: _generate(pipe, prompts, steps), pairs)
+
+
+def ratio_fields(name: str, r: dict) -> dict:
+    """The JSON entries of one step-alternated ratio: :func:`ratio_entries`' and ``<name>_steps``."""
+    return ratio_entries(name, r) | {f"{name}_steps": round(r["steps_ratio"], 4)}
 
 
 def state_bytes(pipe, prompts: list[str], spec: CaptureSpec, steps: int) -> int:
@@ -106,9 +105,10 @@ def run(args) -> dict:
     quick = bool(getattr(args, "quick", False))
     threads = fixed_threads()
     torch.manual_seed(0)
-    out: dict = {"_inputs": {"device": "cpu"}, "threads": threads, "timing": "CPU seconds (process_time) of the denoising loop, output_type='latent', "
-                 "guidance 7.5 (CFG batch); "
-                 "plain/capture runs interleaved in pairs after a warm-up, median of the per-pair ratios"}
+    out: dict = {"_inputs": {"device": "cpu"}, "threads": threads,
+                 "timing": "CPU seconds (process_time); recording on and off at alternate denoiser steps of one generation "
+                           "(pairs, after a warm-up step of each), the captured layers timed: per pair 1 + their extra time / "
+                           "the plain step's time; the median of the pairs"}
     parts = os.environ.get("DMUTILS_BENCH_CAPTURE", "unet,sd3,flux").split(",")
     if "sd3" in parts:
         out |= sd3_bench(quick)
@@ -124,15 +124,15 @@ def run(args) -> dict:
     latent = toy.unet.config.sample_size
     spec = dataset_diffusion_spec(latent)
     prompts = ["a red circle and a blue square", "a photo of a star and a ring"]
-    toy_steps, repeats = (3, 2) if quick else (20, 4)
-    _log(f"toy: {toy_name}, {toy_steps} steps, {repeats} pairs")
-    r = time_ratio(toy, prompts, toy_steps, spec, repeats, label="toy")
+    toy_pairs = 2 if quick else 40
+    _log(f"toy: {toy_name}, {toy_pairs} pairs of steps")
+    r = capture_ratio(toy, spec, lambda steps, p=toy: _generate(p, prompts, steps), toy_pairs, label="toy")
     out |= {"toy_model": toy_name, "toy_setting": f"cross@{latent // 4} + self@{latent // 2} (latent {latent})",
-            "toy_steps": toy_steps, "toy_batch": len(prompts), "toy_plain_s": round(r["a_s"], 4),
-            "toy_capture_s": round(r["b_s"], 4), **ratio_entries("ratio_toy", r)}
-    e = explicit_ratio(toy, prompts, toy_steps, repeats)
-    out |= ratio_entries("ratio_toy_explicit_all_layers", e)
-    _log(f"toy ratio {r['ratio']:.3f} (spread {r['spread']:.3f}), explicit everywhere {e['ratio']:.3f}; state bytes")
+            "toy_pairs": toy_pairs, "toy_batch": len(prompts), "toy_plain_s": round(r["a_s"], 4),
+            "toy_capture_s": round(r["b_s"], 4), **ratio_fields("ratio_toy", r)}
+    e = explicit_ratio(toy, prompts, toy_pairs)
+    out |= ratio_fields("ratio_toy_explicit_all_layers", e)
+    _log(f"explicit everywhere {e['ratio']:.3f}; state bytes")
     out["state_bytes_10_steps"] = state_bytes(toy, prompts[:1], spec, 10)
     out["state_bytes_50_steps"] = state_bytes(toy, prompts[:1], spec, 50)
     out["state_bytes_batch"] = 1
@@ -143,34 +143,36 @@ def run(args) -> dict:
 
     sd = sd15_bench_pipeline(dtype=torch.bfloat16)
     sd.set_progress_bar_config(disable=True)
-    sd_steps, sd_repeats = (2, 1) if quick else (4, 3)
-    _log(f"sd15: {sd_steps} steps, {sd_repeats} pairs")
-    r = time_ratio(sd, ["a photo of a horse and a person"], sd_steps, dataset_diffusion_spec(32), sd_repeats, label="sd15")
-    out |= {"sd15_setting": "cross@8 + self@16 (256 px, latent 32)", "sd15_steps": sd_steps, "sd15_batch": 1,
-            "sd15_plain_s": round(r["a_s"], 4), "sd15_capture_s": round(r["b_s"], 4), **ratio_entries("ratio_sd15_256_bf16", r)}
+    sd_pairs = 1 if quick else 12
+    prompt = ["a photo of a horse and a person"]
+    r = capture_ratio(sd, dataset_diffusion_spec(32), lambda steps: _generate(sd, prompt, steps), sd_pairs, label="sd15")
+    out |= {"sd15_setting": "cross@8 + self@16 (256 px, latent 32)", "sd15_pairs": sd_pairs, "sd15_batch": 1,
+            "sd15_plain_s": round(r["a_s"], 4), "sd15_capture_s": round(r["b_s"], 4), **ratio_fields("ratio_sd15_256_bf16", r)}
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Diffusion transformers: SD3.5-medium and FLUX.1 configs at 512 px, bf16
 # ---------------------------------------------------------------------------------------------
-def middle_third_spec(grid: int) -> CaptureSpec:
-    """Cross and self maps of the blocks in the middle third of the depth, on the patch grid."""
-    return CaptureSpec(cross_resolutions=(grid,), self_resolutions=(grid,), depth=(1 / 3, 2 / 3), timestep_window=(0.0, 1.0))
+def middle_third_spec(grid: int, with_self: bool = True) -> CaptureSpec:
+    """The presets' capture (params/voc_sd35.yaml, voc_flux1.yaml): maps of the blocks in the middle third of the
+    depth, on the patch grid, every step; cross maps (``joint_slice``) and, ``with_self``, self maps."""
+    return CaptureSpec(cross_resolutions=(grid,), self_resolutions=(grid,) if with_self else (), depth=(1 / 3, 2 / 3),
+                       timestep_window=(0.0, 1.0))
 
 
 def _transformer_ratio(name: str, build, call_kwargs: dict, blocks_note: str, quick: bool) -> dict:
-    """Paired timing (plain vs capture, 1 step a run) of the real-width model ``build(narrow=False)`` and the
-    capture state after 2 and 6 steps of ``build(narrow=True)`` (same grid and text length: the state's size
-    does not depend on the width)."""
-    from dmutils.benchmarks.timing import paired_ratio, ratio_entries
-
-    spec = middle_third_spec(32)
-    out: dict = {f"{name}_setting": f"512 px (32x32 patch grid), bf16, cross@32 + self@32 of the middle third of the blocks; "
+    """Step-alternated timings (:func:`capture_ratio`) of the real-width model ``build(narrow=False)``:
+    ``ratio_<name>_512_bf16`` with the presets' cross maps alone, ``ratio_<name>_512_bf16_with_self`` with their self
+    maps too; and the capture state after 2 and 6 steps of ``build(narrow=True)`` (same grid and text length: the
+    state's size does not depend on the width)."""
+    specs = {"": middle_third_spec(32, with_self=False), "_with_self": middle_third_spec(32)}
+    out: dict = {f"{name}_setting": f"512 px (32x32 patch grid), bf16, the middle third of the blocks, every step: cross@32 "
+                                    f"(joint_slice) for ratio_{name}_512_bf16, cross@32 + self@32 for ratio_{name}_512_bf16_with_self; "
                                     f"{blocks_note}"}
 
-    def generate(pipe, captured: bool, steps: int) -> int:
-        if not captured:
+    def generate(pipe, spec: CaptureSpec | None, steps: int) -> int:
+        if spec is None:
             pipe(num_inference_steps=steps, output_type="latent", **call_kwargs)
             return 0
         with capture(pipe, spec) as rec:
@@ -178,18 +180,19 @@ def _transformer_ratio(name: str, build, call_kwargs: dict, blocks_note: str, qu
         return rec.state.peak_bytes
 
     narrow = build(narrow=True)
-    out[f"state_bytes_{name}_2_steps"] = generate(narrow, True, 2)
-    out[f"state_bytes_{name}_6_steps"] = generate(narrow, True, 6)
+    out[f"state_bytes_{name}_2_steps"] = generate(narrow, specs["_with_self"], 2)
+    out[f"state_bytes_{name}_6_steps"] = generate(narrow, specs["_with_self"], 6)
     del narrow
     pipe = build(narrow=quick)
-    with capture(pipe, spec) as rec:
+    with capture(pipe, specs["_with_self"]) as rec:
         out[f"{name}_captured_layers"] = [layer.name for layer in rec.layers]
-    repeats, warmup = (1, 0) if quick else (int(os.environ.get("DMUTILS_BENCH_PAIRS", 9)), 1)
-    _log(f"{name}: timing {repeats} pairs of 1-step runs ({blocks_note})")
-    r = paired_ratio(lambda: generate(pipe, False, 1), lambda: generate(pipe, True, 1), repeats=repeats, warmup=warmup, label=name,
-                     clock=time.process_time)
-    out |= ratio_entries(f"ratio_{name}_512_bf16", r)
-    out |= {f"{name}_plain_s": round(r["a_s"], 3), f"{name}_capture_s": round(r["b_s"], 3)}
+    pairs = 1 if quick else int(os.environ.get("DMUTILS_BENCH_PAIRS", 30))
+    out[f"{name}_pairs"] = pairs
+    for suffix, spec in specs.items():
+        _log(f"{name}{suffix}: {pairs} pairs of steps ({blocks_note})")
+        r = capture_ratio(pipe, spec, lambda steps, p=pipe: generate(p, None, steps), pairs, label=name + suffix)
+        out |= ratio_fields(f"ratio_{name}_512_bf16{suffix}", r)
+        out |= {f"{name}_plain_s{suffix}": round(r["a_s"], 3), f"{name}_capture_s{suffix}": round(r["b_s"], 3)}
     return out
 
 

@@ -97,3 +97,69 @@ def ratio_entries(name: str, result: dict, digits: int = 4) -> dict:
     return {name: round(result["ratio"], digits), f"{name}_spread": round(result["spread"], digits),
             f"{name}_iqr": round(result.get("iqr", result["spread"]), digits),
             f"{name}_range": [round(result["min"], digits), round(result["max"], digits)], f"{name}_repeats": result["repeats"]}
+
+
+def alternating_steps(denoiser, toggle: Callable[[bool], None], modules: dict, generate: Callable[[int], object], pairs: int,
+                      warmup: int = 2, clock: Callable[[], float] = time.process_time) -> dict:
+    """B over A, alternated step by step inside one generation: what a per-layer change (capture) costs.
+
+    Why: on this project's CPU the same denoiser step takes 1.6-2.7 s from one run to the next (the machine's speed
+    drifts), so two whole generations compared in turn differ by more than capture costs. Here ``generate(steps)``
+    runs one generation of ``warmup + 2 * pairs`` denoiser calls; before each call ``toggle(on)`` switches B on or off
+    (pairs alternate their order: A B, B A, ...). B changes only ``modules`` (name -> module: the captured layers),
+    so each pair's extra time is the time spent in those modules with B less without it, measured within a second
+    of each other; the pair's ratio is 1 + that extra / the A step's time. ``ratio`` is the median of the pairs'
+    ratios, with ``spread``, ``iqr``, ``min``, ``max`` and ``ratios`` as :func:`paired_ratio`'s; ``a_s`` / ``b_s``:
+    median seconds of an A step and of an A step plus the extra; ``steps_ratio``: the median of the whole steps'
+    ratios B / A, which also holds any cost outside ``modules`` (none is expected) and the machine's noise."""
+    if pairs < 1 or warmup < 0:
+        raise ValueError(f"alternating_steps needs pairs >= 1 and warmup >= 0 (got {pairs}, {warmup})")
+    steps: list[tuple[bool, float, float]] = []  # (B on, step seconds, seconds inside modules)
+    inside = [0.0]
+    started: dict[int, float] = {}
+
+    def before_step(module, args, kwargs) -> None:
+        index = len(steps) - warmup  # warm-up steps: off, on, off, ...
+        on = index % 2 == 1 if index < 0 else (index % 2 == 1) == ((index // 2) % 2 == 0)
+        toggle(on)
+        inside[0] = 0.0
+        started[-1] = clock()
+        steps.append((on, 0.0, 0.0))
+
+    def after_step(module, args, kwargs, output) -> None:
+        on, _, _ = steps[-1]
+        steps[-1] = (on, clock() - started[-1], inside[0])
+
+    def before(module, args) -> None:
+        started[id(module)] = clock()
+
+    def after(module, args, output) -> None:
+        inside[0] += clock() - started.pop(id(module))
+
+    hooks = [denoiser.register_forward_pre_hook(before_step, with_kwargs=True),
+             denoiser.register_forward_hook(after_step, with_kwargs=True)]
+    for module in modules.values():
+        hooks += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        generate(warmup + 2 * pairs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        toggle(False)
+    timed_steps = steps[warmup:]
+    if len(timed_steps) != 2 * pairs:
+        raise RuntimeError(f"alternating_steps: the generation made {len(steps)} denoiser calls, not {warmup + 2 * pairs}")
+    ratios, steps_ratios, a_times, extras = [], [], [], []
+    for first, second in zip(timed_steps[0::2], timed_steps[1::2]):
+        b, a = (first, second) if first[0] else (second, first)
+        extra = b[2] - a[2]
+        ratios.append(1 + extra / a[1])
+        steps_ratios.append(b[1] / a[1])
+        a_times.append(a[1])
+        extras.append(extra)
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
+    a_s = statistics.median(a_times)
+    return {"ratio": statistics.median(ratios), "spread": max(ratios) - min(ratios), "iqr": quartiles[2] - quartiles[0],
+            "min": min(ratios), "max": max(ratios), "repeats": pairs, "a_s": a_s, "b_s": a_s + statistics.median(extras),
+            "steps_ratio": statistics.median(steps_ratios), "steps_ratio_spread": max(steps_ratios) - min(steps_ratios),
+            "ratios": ratios}
