@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 # Float32 scores a recorder computes at once: a chunk of heads. Small enough that one head's scores at a 32x32 grid
-# stay in the CPU's cache while they are exponentiated, normalised and added (one head at a time at 1024 x 1357 keys:
-# 3.6x faster than all 24 heads at once, SD3.5-medium's self maps on one thread, bf16); small maps go many heads at once.
+# stay in the CPU's cache while they are exponentiated, normalised and added (one head at a time at 1024 x 1357 keys
+# measured faster than all 24 at once: SD3.5-medium's self maps, one thread, bf16); small maps go many heads at once.
 SCORE_CHUNK_BYTES = 4 * 2**20
 
 

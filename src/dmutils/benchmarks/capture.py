@@ -11,8 +11,8 @@ Timing (:func:`dmutils.benchmarks.timing.alternating_steps`): CPU seconds of thi
 on one torch thread by default (``DMUTILS_BENCH_THREADS``). Within one generation, recording is switched on and off
 at alternate denoiser steps (pairs: off on, on off, ...) after a warm-up step of each, and the captured layers are
 timed: each pair's ratio is 1 + (their time recording - their time not) / the plain step's time. Whole generations
-timed in turn could not show a 5% cost here: the same SD3.5 step took 1.6-2.7 s from one run to the next on this
-2-core machine, and 9 pairs of whole runs ranged 0.69-1.15 for one capture. Every ratio is the median of its pairs'
+timed in turn could not show a 5% cost on this 2-core machine: the same SD3.5 step's time varied from one run to the
+next by far more than that. Every ratio is the median of its pairs'
 ratios, with ``<name>_spread`` (max - min), ``<name>_iqr``, ``<name>_range``, ``<name>_repeats`` and
 ``<name>_steps`` (the median ratio of the whole steps, capture's cost and the machine's noise together).
 

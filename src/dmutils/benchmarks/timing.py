@@ -80,10 +80,8 @@ def paired_ratio(run_a: Run, run_b: Run, repeats: int = 5, warmup: int = 1, min_
         if label:
             print(f"[timing] {label} pair {i + 1}/{repeats}: {a:.2f} s / {b:.2f} s, ratio {b / a:.3f}", file=sys.stderr, flush=True)
     ratios = [b / a for a, b in zip(a_times, b_times)]
-    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
-    out = {"ratio": statistics.median(ratios), "spread": max(ratios) - min(ratios), "iqr": quartiles[2] - quartiles[0], "min": min(ratios), "max": max(ratios),
-           "repeats": repeats, "a_s": statistics.median(a_times), "b_s": statistics.median(b_times),
-           "a_spread_s": max(a_times) - min(a_times), "b_spread_s": max(b_times) - min(b_times), "ratios": ratios}
+    out = {**_summary(ratios), "a_s": statistics.median(a_times), "b_s": statistics.median(b_times),
+           "a_spread_s": max(a_times) - min(a_times), "b_spread_s": max(b_times) - min(b_times)}
     if min(out["a_s"], out["b_s"]) < min_seconds:
         print(f"[timing] {label or 'paired_ratio'}: runs of {min(out['a_s'], out['b_s']):.2f} s are shorter than "
               f"{min_seconds} s; the ratio may not repeat (time more work per run)", file=sys.stderr, flush=True)
@@ -103,7 +101,7 @@ def alternating_steps(denoiser, toggle: Callable[[bool], None], modules: dict, g
                       warmup: int = 2, clock: Callable[[], float] = time.process_time) -> dict:
     """B over A, alternated step by step inside one generation: what a per-layer change (capture) costs.
 
-    Why: on this project's CPU the same denoiser step takes 1.6-2.7 s from one run to the next (the machine's speed
+    Why: on this project's CPU the same denoiser step's time varies from one run to the next (the machine's speed
     drifts), so two whole generations compared in turn differ by more than capture costs. Here ``generate(steps)``
     runs one generation of ``warmup + 2 * pairs`` denoiser calls; before each call ``toggle(on)`` switches B on or off
     (pairs alternate their order: A B, B A, ...). B changes only ``modules`` (name -> module: the captured layers),
@@ -115,20 +113,20 @@ def alternating_steps(denoiser, toggle: Callable[[bool], None], modules: dict, g
     if pairs < 1 or warmup < 0:
         raise ValueError(f"alternating_steps needs pairs >= 1 and warmup >= 0 (got {pairs}, {warmup})")
     steps: list[tuple[bool, float, float]] = []  # (B on, step seconds, seconds inside modules)
-    inside = [0.0]
-    started: dict[int, float] = {}
+    inside, step_start = [0.0], [0.0]
+    started: dict[int, float] = {}  # id(module) -> when its call began
 
     def before_step(module, args, kwargs) -> None:
-        index = len(steps) - warmup  # warm-up steps: off, on, off, ...
+        index = len(steps) - warmup  # warm-up steps alternate, the last one on
         on = index % 2 == 1 if index < 0 else (index % 2 == 1) == ((index // 2) % 2 == 0)
         toggle(on)
         inside[0] = 0.0
-        started[-1] = clock()
+        step_start[0] = clock()
         steps.append((on, 0.0, 0.0))
 
     def after_step(module, args, kwargs, output) -> None:
         on, _, _ = steps[-1]
-        steps[-1] = (on, clock() - started[-1], inside[0])
+        steps[-1] = (on, clock() - step_start[0], inside[0])
 
     def before(module, args) -> None:
         started[id(module)] = clock()
@@ -157,9 +155,13 @@ def alternating_steps(denoiser, toggle: Callable[[bool], None], modules: dict, g
         steps_ratios.append(b[1] / a[1])
         a_times.append(a[1])
         extras.append(extra)
-    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
     a_s = statistics.median(a_times)
+    return {**_summary(ratios), "a_s": a_s, "b_s": a_s + statistics.median(extras),
+            "steps_ratio": statistics.median(steps_ratios), "steps_ratio_spread": max(steps_ratios) - min(steps_ratios)}
+
+
+def _summary(ratios: list[float]) -> dict:
+    """The per-pair ratios' median, spread (max - min), interquartile range, min, max, count and the ratios."""
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
     return {"ratio": statistics.median(ratios), "spread": max(ratios) - min(ratios), "iqr": quartiles[2] - quartiles[0],
-            "min": min(ratios), "max": max(ratios), "repeats": pairs, "a_s": a_s, "b_s": a_s + statistics.median(extras),
-            "steps_ratio": statistics.median(steps_ratios), "steps_ratio_spread": max(steps_ratios) - min(steps_ratios),
-            "ratios": ratios}
+            "min": min(ratios), "max": max(ratios), "repeats": len(ratios), "ratios": ratios}
