@@ -136,3 +136,57 @@ def test_auto_on_a_joint_attention_transformer_records_its_blocks(sd3):
     names = {name for (_, name) in rec.state.heads}
     assert names == {f"transformer_blocks.{b}.attn" for b in range(4)}
     _check_weights(maps, names, 8)
+
+
+def test_the_single_heads_weighted_as_auto_chose_give_the_joint_slices_class_maps(sd3):
+    """A joint slice is combined linearly: every head's class map alone (dmutils.toy.heads), weighted by auto's
+    recorded weights under the same labels, is the auto class map; so each head's score is of the map auto used."""
+    from dmutils.toy.heads import head_labels, single_head_maps
+
+    _, maps, _ = _run(sd3, CaptureSpec(cross_resolutions=(8,), self_resolutions=(), aggregate="auto"), max_sequence_length=8)
+    words = ("dog", "grass")
+    singles = single_head_maps(maps, 0, words, 16)
+    positions = [k for w in words for k in maps.token_positions(0, w)]
+    weights = head_labels(maps.head_weights(0, positions))
+    assert list(singles) == list(weights) and len(singles) == 4 * 4  # 4 blocks of 4 heads
+    assert all(m.shape == (2, 16, 16) for m in singles.values())
+    mixed = sum(weights[label] * m for label, m in singles.items())
+    torch.testing.assert_close(mixed, maps.class_maps(0, {w: w for w in words}, size=16), atol=1e-6, rtol=1e-4)
+
+
+def test_head_choices_report_each_head_and_a_ceiling_no_candidate_beats():
+    """The ceiling is the labels' pick per image among the aggregated mask and every single head's: on two images
+    where a different head is right in each, it is perfect while each head alone and the aggregate are not."""
+    from dmutils.data.toyworld import CLASS_NAMES
+    from dmutils.toy.heads import HeadChoices
+
+    class Maps:  # two heads of one layer on a 2x2 grid, one key per class word
+        def __init__(self, right_head):
+            self.heads = {2: {"layer": torch.zeros(1, 2, 4, 2)}}
+            self.heads[2]["layer"][0, right_head, 0, 0] = 1  # the right head puts the word on pixel 0
+            self.heads[2]["layer"][0, 1 - right_head, 3, 0] = 1  # the other on pixel 3
+            self.heads[2]["layer"][0, :, 1, 1] = 1  # both put the second word on pixel 1
+
+        def token_positions(self, i, word):
+            return [0] if word == "circle" else [1]
+
+        def head_weights(self, i, focus):
+            return {2: {"layer": [0.5, 0.5]}}
+
+        def cross(self, i, res):
+            return torch.zeros(2, 2, 2)
+
+        def reduce_tokens(self, maps):
+            return maps.mean(0)
+
+    classes = ("circle", "square")
+    truth = np.zeros((2, 2), np.uint8)
+    truth[0, 0], truth[0, 1] = CLASS_NAMES.index("circle") + 1, CLASS_NAMES.index("square") + 1
+    wrong = np.zeros((2, 2), np.uint8)
+    choices = HeadChoices(threshold=0.5, normalize_mode="minmax_per_class")
+    for right in (0, 1):
+        choices.add(Maps(right), 0, classes, 2, wrong, truth)
+    out = choices.summary(np.stack([truth, truth]))
+    assert list(out["by_head"]) == ["layer[0]", "layer[1]"]
+    assert all(h["weight"] == 0.5 and h["miou"] < 1 for h in out["by_head"].values())
+    assert out["ceiling"] == 1.0

@@ -51,6 +51,7 @@ def test_bench_toy_model_quick_measures_at_the_protocol_and_at_the_params_guidan
     assert out["presence_rate"] >= 0.8 and out["presence_rate_at_params_guidance"] >= 0.75
     assert out["attention_miou"] >= 0.6 and out["attention_miou_at_params_guidance"] >= 0.55
     assert out["oracle_miou_real"] >= 0.9
+    assert "attention_heads" not in out and out["aggregate"] == "mean"  # per-head scores only with capture.aggregate auto
     _provenance_sane(out, "dmutils bench toy-model --quick --json")
 
 

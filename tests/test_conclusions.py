@@ -248,3 +248,21 @@ def test_study06_reads_the_headline_and_the_views():
     assert "pooled vector only, the named objects are present at a rate 0.312 against 1.000" in s[3]
     assert s[4] == "toy-sd3: the first class a prompt names scores IoU 0.610, the second 0.430 (indicative: no interval)."
     assert "0.688 against 0.690 uncut (best map kind, the same images), within noise" in s[5]
+    assert len(s) == 6  # no aggregation rows: no aggregation sentence
+
+
+def test_study06_compares_auto_with_the_mean_the_best_head_and_the_label_chosen_ceiling():
+    head = pd.DataFrame({"model": ["toy-sd3"], "family": ["SD3Transformer2DModel"], "best_map_kind": ["joint_slice"],
+                         "attention_miou": [0.69], "selected_on": [4], "scored_on": [4], "presence_rate": [1.0],
+                         "segmenter_ratio": [np.nan]})
+    table = pd.DataFrame({"model": ["toy-sd3"] * 3, "family": ["SD3Transformer2DModel"] * 3, "view": ["aggregation"] * 3,
+                          "setting": ["mean", "auto", model_families.CEILING], "miou": [0.692, 0.7095, 0.7231],
+                          "presence": [0.96, 0.96, np.nan], "cached": [False] * 3})
+    heads = pd.DataFrame({"model": ["toy-sd3"] * 2, "head": ["transformer_blocks.0.attn[0]", "transformer_blocks.0.attn[1]"],
+                          "weight": [0.19, 0.19], "miou": [0.7074, 0.4962]})
+    s = model_families.conclusions(head, table, heads)
+    supported(s, head, table, heads)
+    assert s[-1] == ("toy-sd3: auto aggregation gives mask mIoU 0.710 against 0.692 with the mean over heads and layers; "
+                     "its best head alone (transformer_blocks.0.attn[0], auto's mean weight 0.190) 0.707; choosing per image, "
+                     "with the labels, the best of the auto mask and every single head's gives 0.723, a ceiling for any "
+                     "label-free choice of one head per image (indicative: no interval).")

@@ -164,9 +164,15 @@ def test_notebook06_scores_every_view_of_both_families_and_its_cache_is_what_dmu
     table = pd.read_csv(out / nb.TABLES / "model_families_scores.csv")
     unet, mmdit = table[table.model == "toy-sd"], table[table.model == tiny.name]
     assert set(unet.family) == {"UNet2DConditionModel"} and set(mmdit.family) == {"SD3Transformer2DModel"}
-    assert list(unet.groupby("view", sort=False).size().items()) == [("map kind", 1), ("depth", 2), ("timestep window", 2), ("named word", 2)]
+    assert list(unet.groupby("view", sort=False).size().items()) == [("map kind", 1), ("depth", 2), ("timestep window", 2), ("named word", 2),
+                                                                    ("aggregation", 3)]
     assert list(mmdit.groupby("view", sort=False).size().items()) == [("map kind", 4), ("depth", 2), ("timestep window", 2), ("named word", 2),
-                                                                     ("text-to-text attention", 1), ("caption route", 3)]
+                                                                     ("text-to-text attention", 1), ("caption route", 3), ("aggregation", 3)]
+    assert list(mmdit[mmdit.view == "aggregation"].setting) == ["mean", "auto", study.CEILING]
+    heads = pd.read_csv(out / nb.TABLES / "model_families_heads.csv")  # every captured head of each model's best kind
+    assert set(heads.model) == {"toy-sd", tiny.name} and heads.weight.between(0, 1).all() and heads.miou.between(0, 1).all()
+    for model, part in heads.groupby("model"):
+        assert part.weight.sum() == pytest.approx(1, abs=0.01), model  # auto's weights at one resolution sum to 1
     assert table.miou.dropna().between(0, 1).all() and table.presence.dropna().between(0, 1).all() and not table.cached.any()
 
     params = load_params("params/toy.yaml", overrides)
@@ -181,7 +187,7 @@ def test_notebook06_scores_every_view_of_both_families_and_its_cache_is_what_dmu
         assert r.attention_miou == mine.loc[mine.miou_selection.idxmax(), "miou_held_out"] and "guidance 7.5" in r.protocol
     assert list(head.segmenter_ratio.fillna(-1)) == [0.9, -1] and set(head.best_map_kind) <= {"cross", "joint_slice", "text_softmax", "concept_attention", "output"}
     assert set(pd.read_csv(out / nb.TABLES / "model_families_headline.csv").model) == {"toy-sd", tiny.name}
-    assert {"model_families_scores", "model_families_examples"} <= {a["name"] for a in nb.read_artifacts(out) if a["kind"] == "figure"}
+    assert {"model_families_scores", "model_families_examples", "model_families_heads"} <= {a["name"] for a in nb.read_artifacts(out) if a["kind"] == "figure"}
     from dmutils.studies import wording
 
     concluded = wording.run_conclusions(out)  # computed from the tables: every number is a cell of them

@@ -196,7 +196,7 @@ class AttentionMaps:
                  occurrence: str = "all") -> torch.Tensor:
         """(S, S) aggregated map of ``word``, its tokens reduced with ``reduce`` (default: the spec's)."""
         positions = self.token_positions(i, word, occurrence)
-        return self._reduce(self.aggregate(i, size, focus=positions)[positions], reduce)
+        return self.reduce_tokens(self.aggregate(i, size, focus=positions)[positions], reduce)
 
     def class_maps(self, i: int, class_words: dict[str, str], size: int | tuple[int, int] | None = None,
                    occurrence: str = "all") -> torch.Tensor:
@@ -204,10 +204,10 @@ class AttentionMaps:
         by the maps of these words)."""
         positions = [self.token_positions(i, w, occurrence) for w in class_words.values()]
         aggregated = self.aggregate(i, size, focus=[k for pos in positions for k in pos])  # once for all classes
-        return torch.stack([self._reduce(aggregated[pos]) for pos in positions])
+        return torch.stack([self.reduce_tokens(aggregated[pos]) for pos in positions])
 
-    def _reduce(self, maps: torch.Tensor, reduce: str | None = None) -> torch.Tensor:
-        """Tokens of one word -> one map."""
+    def reduce_tokens(self, maps: torch.Tensor, reduce: str | None = None) -> torch.Tensor:
+        """(tokens of one word, ...) -> one map, with ``reduce`` (default: the spec's ``token_reduce``)."""
         reduce = reduce or self.token_reduce
         if reduce == "mean":
             return maps.mean(0)

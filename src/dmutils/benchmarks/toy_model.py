@@ -6,6 +6,8 @@ fixed seeds), with the oracle as ground truth:
 - ``attention_miou``: mIoU (background included) of plain cross-attention masks (heads, layers and steps
   averaged at the toy params' resolutions and timestep window (the late half of the steps; ``attention_miou_all_steps``
   averages every step); each class map min-max normalised; fixed threshold; no refinement) vs the oracle;
+- with ``capture.aggregate: auto``, ``attention_heads`` (each head's mean weight and mIoU alone) and
+  ``attention_miou_head_choice_ceiling`` (:mod:`dmutils.toy.heads`);
 - ``seconds_per_image`` at 50 steps (batch of ``batch``, with CFG), and ``oracle_miou_real`` on real test scenes.
 
 The first two are measured at SD's guidance 7.5 (``PROTOCOL_GUIDANCE``), so that models stay comparable
@@ -25,6 +27,7 @@ from dmutils.toy.probe import (
     PROTOCOL_GUIDANCE,
     SPLIT_TEST_OFFSET,
     evaluate_model,
+    head_fields,
     other_model,
     two_class_prompts,
 )
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> dict:
         "attention_miou": round(res["attention_miou"], 4),
         "attention_miou_all_steps": round(every_step["attention_miou"], 4),
         "attention_iou_by_word": res["iou_by_word"],
+        **head_fields(res),
         "guidance_scale": PROTOCOL_GUIDANCE,
         "presence_rate_at_params_guidance": round(at_params["presence_rate"], 4),
         "attention_miou_at_params_guidance": round(at_params["attention_miou"], 4),

@@ -16,6 +16,8 @@ Capture leaves images unchanged, so every kind and block is scored on the same i
 attention cut in every block (:func:`text_isolated`: each text token attends to the image and itself). It is an ablation
 of the model as trained: its images change, so presence is measured again. If mixing among the text tokens blurred the
 class words, the maps would sharpen without it.
+``attention_heads`` and ``attention_miou_head_choice_ceiling`` (auto aggregation only): the best kind's heads, each
+with auto's mean weight and its mIoU alone, and the label-chosen ceiling (:mod:`dmutils.toy.heads`).
 ``presence_rate_by_route``: which route the caption takes into the image. SD3 conditions on the caption twice: its
 tokens in joint attention, and a pooled vector in every block's AdaLN. ``tokens_only`` gives the pooled vector of the
 empty caption, ``pooled_only`` the token sequence of the empty caption; a model whose presence survives
@@ -27,6 +29,7 @@ from dmutils.attention.ablations import text_isolated
 from dmutils.attention.adapters.families import SD3
 from dmutils.toy.probe import (
     KINDS,
+    head_fields,
     PROTOCOL_GUIDANCE,
     kind_spec,
     presence_by_route,
@@ -61,6 +64,7 @@ def run_transformer(pipe, params, orc, n: int, batch: int, steps: int, quick: bo
         "attention_miou_by_kind": {k: round(v["attention_miou"], 4) for k, v in by_kind.items()},
         "attention_miou_by_block": by_block,
         "attention_iou_by_word": by_kind[best]["iou_by_word"],
+        **head_fields(by_kind[best]),
         "text_isolated": isolated,
         "presence_rate_by_route": presence_by_route(pipe, orc, n, steps),
         "map_grid": grid,

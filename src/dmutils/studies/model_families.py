@@ -11,7 +11,10 @@ plain masks, the params' threshold), and each map is scored against the oracle's
 - per named word: the IoU of the first and of the second class the prompt names (best kind; a word absorbing its
   neighbour shows here);
 - the MMDiT with text-to-text attention cut (:func:`dmutils.attention.ablations.text_isolated`; best kind);
-- which route the MMDiT's caption takes (tokens, pooled vector: ``presence_by_route``).
+- which route the MMDiT's caption takes (tokens, pooled vector: ``presence_by_route``);
+- per aggregation (best kind): the mean over heads and layers, ``capture.aggregate: auto``, and the labels' choice,
+  image by image, of the auto mask or one head's (``label-chosen head``: no label-free choice of one head per image can
+  beat it); and per head (:func:`heads_table`), auto's mean weight and the head's mIoU alone (:mod:`dmutils.toy.heads`).
 Every score is a generation of ``study.family_images`` images; results are cached under
 ``<run_dir>/model_families_cache/`` by a hash of the settings, of the model's weights (:func:`dmutils.provenance.model_hash`)
 and of its config files, so a re-run costs nothing. The segmenter ratio is read from
@@ -31,7 +34,9 @@ from dmutils.config import Params
 from dmutils.paths import RESULTS_DIR, atomic_write_bytes
 from dmutils.provenance import model_hash, require_same_weights
 
-SCORES_VERSION = 3  # part of the cache key: raise it when score_model scores something new
+SCORES_VERSION = 4  # part of the cache key: raise it when score_model scores something new
+AGGREGATES = ("mean", "auto")  # capture.aggregate, each scored on the best map kind
+CEILING = "label-chosen head"  # the aggregation row of dmutils.toy.heads' ceiling
 UNET_DEPTHS = ("down", "up")  # the toy UNet's blocks that hold maps at its 16x16 level (mid is coarser)
 
 
@@ -114,9 +119,18 @@ def score_model(params: Params, path: str, images: int, windows: int, orc=None, 
 
         rows += [{"view": "caption route", "setting": route, "miou": None, "presence": v}
                  for route, v in presence_by_route(pipe, orc, images, steps).items()]
+    by_aggregate = {kinds[best].aggregate: results[best]}  # the best kind with the mean and with auto aggregation
+    for aggregate in AGGREGATES:
+        if aggregate not in by_aggregate:
+            by_aggregate[aggregate] = score(dataclasses.replace(kinds[best], aggregate=aggregate), uses_concepts(best))
+    rows += [{"view": "aggregation", "setting": a, "miou": by_aggregate[a]["attention_miou"], "presence": by_aggregate[a]["presence_rate"]}
+             for a in AGGREGATES]
+    chosen = by_aggregate["auto"]["heads"]
+    rows.append({"view": "aggregation", "setting": CEILING, "miou": chosen["ceiling"], "presence": None})
     family = type(getattr(pipe, "transformer", None) or pipe.unet).__name__
     examples = {k: results[best][k][:4].tolist() for k in ("images", "preds", "targets")}
-    return {"model": path, "family": family, "best_kind": best, "rows": rows, "examples": examples}
+    return {"model": path, "family": family, "best_kind": best, "rows": rows, "examples": examples,
+            "heads": [{"head": label, **v} for label, v in chosen["by_head"].items()]}
 
 
 def split_miou(result: dict, images: int) -> tuple[float, float]:
@@ -158,6 +172,29 @@ def scores_table(results: dict[str, dict]) -> pd.DataFrame:
     """One row per model and setting: mask mIoU against the oracle and the presence of the named objects."""
     rows = [{"model": Path(m).name, "family": r["family"], **row, "cached": r["cached"]} for m, r in results.items() for row in r["rows"]]
     return pd.DataFrame(rows)
+
+
+def heads_table(results: dict[str, dict]) -> pd.DataFrame:
+    """One row per model and captured head (best map kind): auto aggregation's mean weight and the head's mask mIoU alone."""
+    return pd.DataFrame([{"model": Path(m).name, **row} for m, r in results.items() for row in r["heads"]])
+
+
+def heads_figure(heads: pd.DataFrame, table: pd.DataFrame):
+    """Per model, each head's mIoU alone against the weight auto gave it, with the mean's, auto's and the label-chosen
+    ceiling's mIoU as lines: does auto weigh the heads that localise, and how far could choosing heads go?"""
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(heads["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.2), squeeze=False, sharey=True)
+    for ax, model in zip(axes[0], models):
+        h = heads[heads.model == model]
+        ax.scatter(h["weight"], h["miou"], s=14, color="0.3", label="one head alone")
+        lines = table[(table.model == model) & (table.view == "aggregation")]
+        for setting, miou in lines[["setting", "miou"]].itertuples(index=False):
+            ax.axhline(miou, linestyle={"mean": "--", "auto": "-"}.get(setting, ":"), color="C0", label=setting)
+        ax.set(title=model, xlabel="auto's mean weight", ylabel="mask mIoU vs oracle" if ax is axes[0][0] else "")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize="small")
+    return fig
 
 
 def headline(results: dict[str, dict], segmenter_ratios: dict[str, float | None], params: Params) -> pd.DataFrame:
@@ -244,12 +281,13 @@ def scores_figure(table: pd.DataFrame):
 # ---------------------------------------------------------------------------------------------
 # Conclusions
 # ---------------------------------------------------------------------------------------------
-def conclusions(head: pd.DataFrame, table: pd.DataFrame) -> list[str]:
-    """Study 06's findings, every number a cell of ``head`` (:func:`headline`) or ``table`` (:func:`scores_table`):
-    do each model's words localise (its best map kind, chosen on other images than those it is scored on), does the
-    caption reach the image through the tokens, and do the class words stay apart (the IoU of the first and second
-    named class; the MMDiT with text-to-text attention cut). The scores have no interval (a few images per score), so
-    comparisons between them are indicative."""
+def conclusions(head: pd.DataFrame, table: pd.DataFrame, heads: pd.DataFrame | None = None) -> list[str]:
+    """Study 06's findings, every number a cell of ``head`` (:func:`headline`), ``table`` (:func:`scores_table`) or
+    ``heads`` (:func:`heads_table`): do each model's words localise (its best map kind, chosen on other images than
+    those it is scored on), does the caption reach the image through the tokens, do the class words stay apart (the
+    IoU of the first and second named class; the MMDiT with text-to-text attention cut), and what auto aggregation
+    gives against the mean, the best head alone and the labels' choice of heads. The scores have no interval (a few
+    images per score), so comparisons between them are indicative."""
     from dmutils.studies.wording import NEGLIGIBLE, missing, num
 
     out = []
@@ -284,4 +322,19 @@ def conclusions(head: pd.DataFrame, table: pd.DataFrame) -> list[str]:
             out.append(f"{model}: cutting text-to-text attention gives mask mIoU {num(cut.iloc[0])} against "
                        f"{num(kind.iloc[0])} uncut (best map kind, the same images), "
                        + ("within noise: the class words' maps do not depend on text-to-text attention here." if small else "without an interval: indicative."))
+        out += _aggregation_conclusion(model, g, None if heads is None else heads[heads["model"] == model])
     return out
+
+
+def _aggregation_conclusion(model: str, g: pd.DataFrame, heads: pd.DataFrame | None) -> list[str]:
+    """One sentence: auto against the mean, the best single head and the label-chosen ceiling (when scored)."""
+    from dmutils.studies.wording import num
+
+    agg = g[g["view"] == "aggregation"].set_index("setting")["miou"].dropna()
+    if not {"mean", "auto", CEILING} <= set(agg.index):
+        return []
+    best = "" if heads is None or heads.empty else heads.loc[heads["miou"].idxmax()]
+    alone = f"; its best head alone ({best['head']}, auto's mean weight {num(best['weight'])}) {num(best['miou'])}" if len(best) else ""
+    return [f"{model}: auto aggregation gives mask mIoU {num(agg['auto'])} against {num(agg['mean'])} with the mean over "
+            f"heads and layers{alone}; choosing per image, with the labels, the best of the auto mask and every single "
+            f"head's gives {num(agg[CEILING])}, a ceiling for any label-free choice of one head per image (indicative: no interval)."]

@@ -14,6 +14,7 @@ import torch
 
 from dmutils.data.toyworld import CLASS_NAMES
 from dmutils.oracles import toy_unet as oracle_mod
+from dmutils.toy.heads import HeadChoices
 
 PROTOCOL_GUIDANCE = 7.5  # SD's default: the model's figures do not move when the params' guidance does
 
@@ -68,7 +69,8 @@ def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold:
     """``spec``: a :class:`CaptureSpec` to use instead of the params' cross maps (transformers: map kind, blocks);
     ``class_prompts``: maps over the class prompt "circle star" carried beside the caption (ConceptAttention).
     ``iou_by_word``: the IoU of the first and of the second class the prompt names (pooled over the images): a word
-    whose key takes in its neighbour's meaning ("a circle and a star": star absorbing circle) scores low."""
+    whose key takes in its neighbour's meaning ("a circle and a star": star absorbing circle) scores low.
+    ``heads`` (auto aggregation, else None): :meth:`HeadChoices.summary`, each head's weight and mIoU alone."""
     from dmutils.progress import progress_bar
 
     from dmutils.attention import capture
@@ -78,6 +80,7 @@ def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold:
     items = two_class_prompts(n)
     found = named = 0
     preds, targets, images = [], [], []
+    choices = None  # auto aggregation: HeadChoices
     for start in progress_bar(range(0, n, batch), desc="bench toy-model", disable=not progress):
         chunk = items[start:start + batch]
         gens = [torch.Generator().manual_seed(start + k) for k in range(len(chunk))]
@@ -96,10 +99,21 @@ def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold:
             t = truth[k].copy()
             t[~np.isin(t, [0] + [CLASS_NAMES.index(c) + 1 for c in classes])] = 0
             targets.append(t)
+            if maps.heads:
+                choices = choices or HeadChoices(threshold, params.masks.normalize)
+                choices.add(maps, k, classes, size, preds[-1], t)
         images.append(imgs)
     return {"presence_rate": found / named, "attention_miou": oracle_mod.miou(np.stack(preds), np.stack(targets)),
             "iou_by_word": iou_by_word(preds, targets, [c for _, c in items]),
+            "heads": choices.summary(np.stack(targets)) if choices else None,
             "images": np.concatenate(images), "preds": np.stack(preds), "targets": np.stack(targets)}
+
+
+def head_fields(result: dict) -> dict:
+    """The JSON entries of :func:`evaluate_model`'s ``heads`` (auto aggregation; none with the mean)."""
+    if not result.get("heads"):
+        return {}
+    return {"attention_heads": result["heads"]["by_head"], "attention_miou_head_choice_ceiling": result["heads"]["ceiling"]}
 
 
 # map kind -> (capture.joint_norm, capture.map_space, read against concept tokens carried beside the caption)
