@@ -281,7 +281,7 @@ def test_capture_bench_reports_flat_state_bytes():
     from dmutils.benchmarks import capture_dit
     from dmutils.testing.dits import tiny_pixart_sigma_pipeline
 
-    out = capture_dit.measure("pixart", tiny_pixart_sigma_pipeline(), steps=1, repeats=1)
+    out = capture_dit.measure("pixart", tiny_pixart_sigma_pipeline(), pairs=1)
     assert out["grid_pixart"] == GRID and out["captured_blocks_pixart"] == [1, 2]  # the middle third of 4 blocks
     assert out["state_bytes_pixart_1"] == out["state_bytes_pixart_3"] == 4 * (GRID**2 * 300 + GRID**4)  # float32 cross + self
-    assert out["ratio_pixart_512"] > 0
+    assert out["ratio_pixart_512"] > 0 and out["ratio_pixart_512_steps"] > 0 and out["ratio_pixart_512_repeats"] == 1

@@ -1,6 +1,6 @@
 """Capture overhead on the cross-attention DiTs: PixArt-Σ and SANA blocks at their real width.
 
-    python -m dmutils.benchmarks.capture_dit [--blocks 3] [--repeats 3] [--steps 2]
+    python -m dmutils.benchmarks.capture_dit [--blocks 3] [--pairs 12]
 
 The transformer blocks have the real models' width (PixArt-Σ: 16 heads x 72, cross-attention to 1152;
 SANA 1600M: 70 linear heads x 32, 20 cross heads x 112, GLUMBConv 2.5x) but only ``--blocks`` of them
@@ -8,8 +8,9 @@ SANA 1600M: 70 linear heads x 32, 20 cross heads x 112, GLUMBConv 2.5x) but only
 encoders and VAEs (their cost is left out: latents are returned). Both at 512 px (the pipelines' smallest
 bin of their 1024 px sample sizes would be 1024): PixArt's 32x32 patch grid, SANA's 16x16. Cross and self
 maps are captured in the middle third of the blocks (block 1 of 3), as on the real stack. Prints
-``ratio_<family>_512`` (capture time / plain time of a pipeline call, median of paired runs,
-:mod:`dmutils.benchmarks.timing`) and ``state_bytes_<family>_<steps>`` for 1 and 3 steps (flat in steps).
+``ratio_<family>_512`` (recording on and off at alternate steps of one generation, the captured layers timed, as
+``dmutils bench capture`` does: :func:`dmutils.benchmarks.capture.capture_ratio`; median of ``--pairs`` pairs, with
+``_steps``, the whole steps' ratio) and ``state_bytes_<family>_<steps>`` for 1 and 3 steps (flat in steps).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from diffusers import (
 )
 
 from dmutils.attention import CaptureSpec, capture
-from dmutils.benchmarks.timing import paired_ratio, ratio_entries
+from dmutils.benchmarks.capture import capture_ratio, ratio_fields
 
 SIZE = 512
 
@@ -66,17 +67,16 @@ def _call(pipe, steps: int) -> None:
              generator=torch.Generator().manual_seed(0), clean_caption=False)
 
 
-def measure(name: str, pipe, steps: int, repeats: int) -> dict:
+def measure(name: str, pipe, pairs: int) -> dict:
     grid = _grid(pipe)
     spec = CaptureSpec(cross_resolutions=(grid,), self_resolutions=(grid,), depth=(1 / 3, 2 / 3))
 
-    def captured(k: int = steps):
+    def captured(k: int):
         with capture(pipe, spec) as rec:
             _call(pipe, k)
         return rec
 
-    out = ratio_entries(f"ratio_{name}_512", paired_ratio(lambda: _call(pipe, steps), captured, repeats=repeats, warmup=1,
-                                                          label=name))
+    out = ratio_fields(f"ratio_{name}_512", capture_ratio(pipe, spec, lambda steps: _call(pipe, steps), pairs, label=name))
     for k in (1, 3):
         out[f"state_bytes_{name}_{k}"] = captured(k).nbytes
     out[f"grid_{name}"] = grid
@@ -87,13 +87,12 @@ def measure(name: str, pipe, steps: int, repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m dmutils.benchmarks.capture_dit", description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=12, help="pairs of denoiser steps, recording on and off")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    out = {"blocks": args.blocks, "steps": args.steps, "note": f"real block width, {args.blocks} blocks, random weights, float32, CPU"}
-    out |= measure("pixart", pixart_sigma_wide(args.blocks), args.steps, args.repeats)
-    out |= measure("sana", sana_wide(args.blocks), args.steps, args.repeats)
+    out = {"blocks": args.blocks, "pairs": args.pairs, "note": f"real block width, {args.blocks} blocks, random weights, float32, CPU"}
+    out |= measure("pixart", pixart_sigma_wide(args.blocks), args.pairs)
+    out |= measure("sana", sana_wide(args.blocks), args.pairs)
     print(json.dumps(out, indent=1))
     return out
 
