@@ -185,6 +185,15 @@ def test_pages_have_runnable_blocks():
         assert langs == {"bash", "python"}, f"{page}: runnable block languages {sorted(langs)}"
 
 
+def test_the_readme_quickstart_is_the_getting_started_pages():
+    """README.md's runnable blocks are getting-started.md's, character for character: their runs are shared (a
+    one-line difference would run the quickstart twice, about 40 s)."""
+    def runnable(page):
+        return [b.code for b in BLOCKS if b.page == REPO / page and b.lang in RUN]
+    readme, guide = runnable("README.md"), runnable("docs/getting-started.md")
+    assert readme and readme == guide[:len(readme)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang in RUN], ids=lambda b: b.id)
 def test_block_runs(block: Block, runner: Runner):
