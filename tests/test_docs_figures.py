@@ -7,7 +7,8 @@ A quoted figure is marked in one of three ways (the lead ties each to a committe
 - a link whose title is the key: ``[0.692](results/toy-sd3/bench_toy_model.json "attention_miou")``;
 - a table with a ``source`` column holding the file and columns headed by a key in backticks (`` `unet_steps` ``).
 
-Keys are dotted paths into the JSON (``attention_miou_by_block.0``). A file that is not committed yet is skipped.
+Keys are dotted paths into the JSON (``attention_miou_by_block.0``; a key that holds dots itself, such as a layer's
+name, is matched whole). A file that is not committed yet is skipped.
 """
 from __future__ import annotations
 
@@ -87,12 +88,15 @@ def test_quoted_figure_matches_its_file(where: str, figure: str, file: str, key:
     value = json.loads(path.read_text())
     if file.startswith("results/"):  # models/*/training_summary.json are the training runs' own records (seeds, steps, sources)
         assert isinstance(value.get("provenance"), dict), f"{where}: {file} has no provenance block (dmutils bench NAME --out FILE writes one)"
-    for part in key.split("."):  # a number indexes a list: ratio_sd3_512_bf16_range.0
-        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
+    parts = key.split(".")
+    while parts:  # a number indexes a list: ratio_sd3_512_bf16_range.0
+        if isinstance(value, list) and parts[0].isdigit() and int(parts[0]) < len(value):
+            value = value[int(parts.pop(0))]
             continue
-        assert isinstance(value, dict) and part in value, f"{where}: {file} has no key {key!r}"
-        value = value[part]
+        # a dict key may hold dots itself (a layer's name: attention_heads.transformer_blocks.0.attn[0].miou): the longest
+        n = next((n for n in range(len(parts), 0, -1) if isinstance(value, dict) and ".".join(parts[:n]) in value), 0)
+        assert n, f"{where}: {file} has no key {key!r}"
+        value, parts = value[".".join(parts[:n])], parts[n:]
     assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {file} {key} = {value!r} is not a number"
     quoted = figure.replace(",", "").lstrip("+")
     decimals = len(quoted.split(".")[1]) if "." in quoted else 0
