@@ -264,5 +264,5 @@ def test_study06_compares_auto_with_the_mean_the_best_head_and_the_label_chosen_
     supported(s, head, table, heads)
     assert s[-1] == ("toy-sd3: auto aggregation gives mask mIoU 0.710 against 0.692 with the mean over heads and layers; "
                      "its best head alone (transformer_blocks.0.attn[0], auto's mean weight 0.190) 0.707; choosing per image, "
-                     "with the labels, the best of the auto mask and every single head's gives 0.723, a ceiling for any "
-                     "label-free choice of one head per image (indicative: no interval).")
+                     "with the labels, the best of the auto mask and every single head's gives 0.723, the most a choice "
+                     "of one head per image could give (indicative: no interval).")

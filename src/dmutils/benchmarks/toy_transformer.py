@@ -29,8 +29,8 @@ from dmutils.attention.ablations import text_isolated
 from dmutils.attention.adapters.families import SD3
 from dmutils.toy.probe import (
     KINDS,
-    head_fields,
     PROTOCOL_GUIDANCE,
+    head_fields,
     kind_spec,
     presence_by_route,
     uses_concepts,

@@ -13,8 +13,8 @@ plain masks, the params' threshold), and each map is scored against the oracle's
 - the MMDiT with text-to-text attention cut (:func:`dmutils.attention.ablations.text_isolated`; best kind);
 - which route the MMDiT's caption takes (tokens, pooled vector: ``presence_by_route``);
 - per aggregation (best kind): the mean over heads and layers, ``capture.aggregate: auto``, and the labels' choice,
-  image by image, of the auto mask or one head's (``label-chosen head``: no label-free choice of one head per image can
-  beat it); and per head (:func:`heads_table`), auto's mean weight and the head's mIoU alone (:mod:`dmutils.toy.heads`).
+  image by image, of the auto mask or one head's (``label-chosen head``: an oracle choice of one head per image, which a label-free
+  choice can hardly beat); and per head (:func:`heads_table`), auto's mean weight and the head's mIoU alone (:mod:`dmutils.toy.heads`).
 Every score is a generation of ``study.family_images`` images; results are cached under
 ``<run_dir>/model_families_cache/`` by a hash of the settings, of the model's weights (:func:`dmutils.provenance.model_hash`)
 and of its config files, so a re-run costs nothing. The segmenter ratio is read from
@@ -337,4 +337,4 @@ def _aggregation_conclusion(model: str, g: pd.DataFrame, heads: pd.DataFrame | N
     alone = f"; its best head alone ({best['head']}, auto's mean weight {num(best['weight'])}) {num(best['miou'])}" if len(best) else ""
     return [f"{model}: auto aggregation gives mask mIoU {num(agg['auto'])} against {num(agg['mean'])} with the mean over "
             f"heads and layers{alone}; choosing per image, with the labels, the best of the auto mask and every single "
-            f"head's gives {num(agg[CEILING])}, a ceiling for any label-free choice of one head per image (indicative: no interval)."]
+            f"head's gives {num(agg[CEILING])}, the most a choice of one head per image could give (indicative: no interval)."]

@@ -4,8 +4,9 @@ With auto aggregation the capture keeps every layer's maps per head. For each im
 the weight auto gave each head (:meth:`AttentionMaps.head_weights`, for the image's class words) and the mask each
 head's map makes alone (same normalisation and threshold as the aggregated mask). Over the images it reports,
 per head, the mean weight and the mask mIoU of that head alone, and ``ceiling``: the mIoU when the labels choose,
-image by image, the best of the aggregated mask and every single head's. No label-free choice of one head per image
-can score above that ceiling; a weighting of several heads may, but only where mixing maps beats every map mixed.
+image by image, the best of the aggregated mask and every single head's (best by that image's own mIoU). It is what an
+oracle choice of one head per image gives: a label-free choice can hardly do better (not a strict bound: the pick is
+per image, the mIoU over the images). A weighting of several heads can, where mixing maps beats every map mixed.
 """
 from __future__ import annotations
 
