@@ -11,7 +11,9 @@ STAMP := $(VENV)/.dmutils-installed
 EXTRAS := notebooks,train,distributed,docs,dev
 PARAMS ?= params/toy.yaml
 ARGS ?=
-PYTEST_ARGS ?= -q
+# two pytest-xdist workers, a test module per worker at a time (its module fixtures built once): the suite's heavy
+# tests mostly use one core, so two workers keep a 2-core machine busy (PYTEST_ARGS=-q: one process; -n 4: more cores)
+PYTEST_ARGS ?= -q -n 2 --dist loadscope
 # extra options for `jupyter lab`, e.g. LAB_ARGS='--port 8899 --no-browser'; as root (a container) --allow-root is added
 LAB_ARGS ?=
 LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
