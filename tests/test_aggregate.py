@@ -159,6 +159,7 @@ def test_head_choices_report_each_head_and_a_ceiling_no_candidate_beats():
     where a different head is right in each, it is perfect while each head alone and the aggregate are not."""
     from dmutils.data.toyworld import CLASS_NAMES
     from dmutils.toy.heads import HeadChoices
+    from dmutils.toy.probe import class_masks
 
     class Maps:  # two heads of one layer on a 2x2 grid, one key per class word
         def __init__(self, right_head):
@@ -173,8 +174,8 @@ def test_head_choices_report_each_head_and_a_ceiling_no_candidate_beats():
         def head_weights(self, i, focus):
             return {2: {"layer": [0.5, 0.5]}}
 
-        def cross(self, i, res):
-            return torch.zeros(2, 2, 2)
+        def grid(self, res):
+            return (2, 2)
 
         def reduce_tokens(self, maps):
             return maps.mean(0)
@@ -183,7 +184,7 @@ def test_head_choices_report_each_head_and_a_ceiling_no_candidate_beats():
     truth = np.zeros((2, 2), np.uint8)
     truth[0, 0], truth[0, 1] = CLASS_NAMES.index("circle") + 1, CLASS_NAMES.index("square") + 1
     wrong = np.zeros((2, 2), np.uint8)
-    choices = HeadChoices(threshold=0.5, normalize_mode="minmax_per_class")
+    choices = HeadChoices(lambda m, c: class_masks(m, c, 0.5, "minmax_per_class"))
     for right in (0, 1):
         choices.add(Maps(right), 0, classes, 2, wrong, truth)
     out = choices.summary(np.stack([truth, truth]))

@@ -97,6 +97,10 @@ class AttentionMaps:
             return mean
         return self._weighted(i, resolution, focus)[0].T.reshape(mean.shape)
 
+    def grid(self, resolution: int) -> tuple[int, int]:
+        """(h, w) of the cross maps at ``resolution`` (a transformer's patch grid need not be square)."""
+        return tuple(self._get(self._cross, "cross", 0, resolution).shape[-2:])
+
     def head_weights(self, i: int, focus: Sequence[int] | None = None) -> dict[int, dict[str, list[float]]]:
         """Auto aggregation's choice for sample ``i``: per resolution, per layer, the weight of each head (all sum
         to 1 at a resolution); empty with the mean."""

@@ -26,12 +26,16 @@ def two_class_prompts(n: int) -> list[tuple[str, tuple[str, str]]]:
     return [(f"a {a} and a {b}", (a, b)) for a, b in (pairs[i % len(pairs)] for i in range(n))]
 
 
-def attention_masks(maps, i: int, classes: tuple[str, ...], size: int, threshold: float, norm: str) -> np.ndarray:
-    """Plain masks: each class word's map normalised (``norm``), argmax, background below ``threshold``."""
+def class_masks(scores: torch.Tensor, classes: tuple[str, ...], threshold: float, norm: str) -> np.ndarray:
+    """Plain masks from (C, S, S) class maps: each normalised (``norm``), argmax, background below ``threshold``."""
     from dmutils.masks.refine import label_map, normalize
 
-    scores = normalize(maps.class_maps(i, {c: c for c in classes}, size=size), norm)
-    return label_map(scores, [CLASS_NAMES.index(c) + 1 for c in classes], threshold, None)
+    return label_map(normalize(scores, norm), [CLASS_NAMES.index(c) + 1 for c in classes], threshold, None)
+
+
+def attention_masks(maps, i: int, classes: tuple[str, ...], size: int, threshold: float, norm: str) -> np.ndarray:
+    """:func:`class_masks` of sample ``i``'s class maps."""
+    return class_masks(maps.class_maps(i, {c: c for c in classes}, size=size), classes, threshold, norm)
 
 
 def other_model(path: str) -> dict:
@@ -100,7 +104,7 @@ def evaluate_model(pipe, params, n: int, batch: int, steps: int, orc, threshold:
             t[~np.isin(t, [0] + [CLASS_NAMES.index(c) + 1 for c in classes])] = 0
             targets.append(t)
             if maps.heads:
-                choices = choices or HeadChoices(threshold, params.masks.normalize)
+                choices = choices or HeadChoices(lambda m, c: class_masks(m, c, threshold, params.masks.normalize))
                 choices.add(maps, k, classes, size, preds[-1], t)
         images.append(imgs)
     return {"presence_rate": found / named, "attention_miou": oracle_mod.miou(np.stack(preds), np.stack(targets)),
