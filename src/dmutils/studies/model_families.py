@@ -333,8 +333,10 @@ def _aggregation_conclusion(model: str, g: pd.DataFrame, heads: pd.DataFrame | N
     agg = g[g["view"] == "aggregation"].set_index("setting")["miou"].dropna()
     if not {"mean", "auto", CEILING} <= set(agg.index):
         return []
-    best = "" if heads is None or heads.empty else heads.loc[heads["miou"].idxmax()]
-    alone = f"; its best head alone ({best['head']}, auto's mean weight {num(best['weight'])}) {num(best['miou'])}" if len(best) else ""
+    alone = ""
+    if heads is not None and not heads.empty:
+        best = heads.loc[heads["miou"].idxmax()]
+        alone = f"; its best head alone ({best['head']}, auto's mean weight {num(best['weight'])}) {num(best['miou'])}"
     return [f"{model}: auto aggregation gives mask mIoU {num(agg['auto'])} against {num(agg['mean'])} with the mean over "
             f"heads and layers{alone}; choosing per image, with the labels, the best of the auto mask and every single "
             f"head's gives {num(agg[CEILING])}, the most a choice of one head per image could give (indicative: no interval)."]
